@@ -1,0 +1,16 @@
+//! The chassis both daemons stand on: sockets and the listener, host lists, the
+//! Authentication-Results writer and parser, DNS resolver setup, message reassembly, logging,
+//! configuration loading, and the milter front end that drives a [`milter::Filter`].
+
+pub mod address;
+pub mod authres;
+pub mod configfile;
+pub mod dns;
+pub mod envelope;
+pub mod hostlist;
+pub mod listener;
+pub mod logging;
+pub mod message;
+pub mod milter;
+pub mod socketspec;
+pub mod verdict;

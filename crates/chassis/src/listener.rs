@@ -1,0 +1,171 @@
+//! The listening socket. indymilter's `run` ends on the first `accept()` error; a daemon must
+//! not die because the process ran out of file descriptors for a moment, so the listener here
+//! logs the error, backs off and tries again. Accepted TCP connections get TCP_NODELAY so a
+//! reply is never held back by Nagle's algorithm waiting for the MTA's delayed ACK.
+
+use crate::socketspec::SocketSpec;
+use indymilter::{EitherStream, Listener};
+use std::future::Future;
+use std::io;
+use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
+use tokio::time::Sleep;
+
+enum Inner {
+    Tcp(TcpListener),
+    Unix(UnixListener, PathBuf),
+}
+
+/// A bound milter socket that survives accept errors.
+pub struct ResilientListener {
+    inner: Inner,
+    backoff: Option<Pin<Box<Sleep>>>,
+    delay: Duration,
+    remove_on_drop: bool,
+}
+
+const MIN_BACKOFF: Duration = Duration::from_millis(10);
+const MAX_BACKOFF: Duration = Duration::from_secs(1);
+
+impl ResilientListener {
+    /// Binds `spec`. A unix socket path is unlinked first when it is a stale socket (never a
+    /// regular file), then created with `mode` (e.g. 0o660) and removed again when dropped.
+    pub async fn bind(spec: &SocketSpec, unix_mode: Option<u32>) -> io::Result<Self> {
+        let inner = match spec {
+            SocketSpec::Unix(path) => {
+                if let Ok(meta) = std::fs::symlink_metadata(path) {
+                    use std::os::unix::fs::FileTypeExt;
+                    if meta.file_type().is_socket() {
+                        std::fs::remove_file(path)?;
+                    } else {
+                        return Err(io::Error::new(
+                            io::ErrorKind::AlreadyExists,
+                            format!("{} exists and is not a socket; refusing to replace it", path.display()),
+                        ));
+                    }
+                }
+                let l = UnixListener::bind(path)?;
+                if let Some(mode) = unix_mode {
+                    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
+                }
+                Inner::Unix(l, path.clone())
+            }
+            other => {
+                let addr = match other.resolve().await? {
+                    SocketSpec::Inet(addr) => addr,
+                    unresolved => {
+                        return Err(io::Error::new(io::ErrorKind::AddrNotAvailable, format!("{unresolved}: no address")))
+                    }
+                };
+                Inner::Tcp(TcpListener::bind(addr).await?)
+            }
+        };
+        Ok(Self { inner, backoff: None, delay: MIN_BACKOFF, remove_on_drop: true })
+    }
+
+    /// The bound address, in OpenDKIM's socket syntax (useful when binding port 0 in tests).
+    pub fn local_spec(&self) -> io::Result<SocketSpec> {
+        match &self.inner {
+            Inner::Tcp(l) => Ok(SocketSpec::Inet(l.local_addr()?)),
+            Inner::Unix(_, p) => Ok(SocketSpec::Unix(p.clone())),
+        }
+    }
+}
+
+impl Drop for ResilientListener {
+    fn drop(&mut self) {
+        if let Inner::Unix(_, path) = &self.inner {
+            if self.remove_on_drop {
+                let _ = std::fs::remove_file(path);
+            }
+        }
+    }
+}
+
+/// Errors that concern one connection only (the peer went away): retry at once.
+fn is_connection_error(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionAborted | io::ErrorKind::ConnectionReset | io::ErrorKind::Interrupted
+    )
+}
+
+impl Listener for ResilientListener {
+    type Io = EitherStream<TcpStream, UnixStream>;
+
+    fn poll_accept(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<Self::Io>> {
+        loop {
+            if let Some(sleep) = self.backoff.as_mut() {
+                match sleep.as_mut().poll(cx) {
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(()) => self.backoff = None,
+                }
+            }
+            let polled = match &mut self.inner {
+                Inner::Tcp(l) => TcpListener::poll_accept(l, cx).map_ok(|(s, _)| {
+                    let _ = s.set_nodelay(true);
+                    EitherStream::Tcp(s)
+                }),
+                Inner::Unix(l, _) => UnixListener::poll_accept(l, cx).map_ok(|(s, _)| EitherStream::Unix(s)),
+            };
+            match polled {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Ok(s)) => {
+                    self.delay = MIN_BACKOFF;
+                    return Poll::Ready(Ok(s));
+                }
+                Poll::Ready(Err(e)) if is_connection_error(&e) => {
+                    tracing::debug!("accept: connection dropped before it was accepted: {e}");
+                }
+                Poll::Ready(Err(e)) => {
+                    tracing::error!("accept failed: {e}; retrying in {} ms", self.delay.as_millis());
+                    self.backoff = Some(Box::pin(tokio::time::sleep(self.delay)));
+                    self.delay = (self.delay * 2).min(MAX_BACKOFF);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn binds_tcp_port_zero_and_reports_the_port() {
+        let l = ResilientListener::bind(&"inet:0@127.0.0.1".parse().unwrap(), None).await.unwrap();
+        match l.local_spec().unwrap() {
+            SocketSpec::Inet(a) => assert!(a.port() != 0),
+            other => panic!("unexpected {other}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn unix_socket_is_replaced_and_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.sock");
+        let spec: SocketSpec = format!("unix:{}", path.display()).parse().unwrap();
+        let first = ResilientListener::bind(&spec, Some(0o660)).await.unwrap();
+        std::mem::forget(first); // leave a stale socket file behind, as a crash would
+        assert!(path.exists());
+        let second = ResilientListener::bind(&spec, Some(0o660)).await.unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o660);
+        drop(second);
+        assert!(!path.exists());
+    }
+
+    #[tokio::test]
+    async fn refuses_to_replace_a_regular_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("not-a-socket");
+        std::fs::write(&path, b"data").unwrap();
+        let spec: SocketSpec = format!("unix:{}", path.display()).parse().unwrap();
+        assert!(ResilientListener::bind(&spec, None).await.is_err());
+        assert_eq!(std::fs::read(&path).unwrap(), b"data");
+    }
+}

@@ -1,0 +1,504 @@
+//! dkim-milter's configuration: the TOML file parsed once into a typed model, with keys and
+//! tables loaded and checked up front so that a bad key is a start-up (or reload) error, never
+//! a surprise in the middle of a message.
+
+use crate::keys::{self, SharedKey};
+use crate::tables::{dataset_path, KeyEntry, KeySource, KeyTable, SigningTable};
+use chassis::configfile::{self, ConfigError};
+use chassis::dns::ResolverSettings;
+use chassis::hostlist::HostList;
+use chassis::logging::LogSettings;
+use chassis::message::Limits;
+use chassis::socketspec::SocketSpec;
+use chassis::verdict::ActionKind;
+use mail_auth::dkim::Canonicalization;
+use serde::Deserialize;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// RFC 6376 §5.4.1's recommended header fields, OpenDKIM's default signing list.
+pub const DEFAULT_SIGN_HEADERS: &[&str] = &[
+    "From",
+    "Reply-To",
+    "Subject",
+    "Date",
+    "To",
+    "Cc",
+    "Resent-Date",
+    "Resent-From",
+    "Resent-Sender",
+    "Resent-To",
+    "Resent-Cc",
+    "In-Reply-To",
+    "References",
+    "List-Id",
+    "List-Help",
+    "List-Unsubscribe",
+    "List-Subscribe",
+    "List-Post",
+    "List-Owner",
+    "List-Archive",
+    "Message-ID",
+    "MIME-Version",
+    "Content-Type",
+    "Content-Transfer-Encoding",
+];
+
+/// The file as written (see etc/dkim-milter.toml for every key with comments).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default = "default_socket")]
+    socket: String,
+    #[serde(default)]
+    socket_mode: Option<String>,
+    #[serde(default)]
+    authserv_id: Option<String>,
+    #[serde(default = "default_mode")]
+    mode: String,
+    #[serde(default = "default_canon")]
+    canonicalization: String,
+    #[serde(default)]
+    domain: Option<String>,
+    #[serde(default)]
+    selector: Option<String>,
+    #[serde(default)]
+    key_file: Option<PathBuf>,
+    #[serde(default)]
+    key_table: Option<String>,
+    #[serde(default)]
+    signing_table: Option<String>,
+    #[serde(default = "yes")]
+    multiple_signatures: bool,
+    #[serde(default = "yes")]
+    require_safe_keys: bool,
+    #[serde(default)]
+    create_missing_keys: bool,
+    #[serde(default)]
+    internal_hosts: Option<HostList>,
+    #[serde(default)]
+    peer_list: Option<HostList>,
+    #[serde(default)]
+    external_ignore_list: Option<HostList>,
+    #[serde(default)]
+    mta: Vec<String>,
+    #[serde(default)]
+    macro_list: Vec<String>,
+    #[serde(default = "default_sender_headers")]
+    sender_headers: Vec<String>,
+    #[serde(default)]
+    sign_headers: Option<Vec<String>>,
+    #[serde(default = "default_oversign")]
+    oversign_headers: Vec<String>,
+    #[serde(default)]
+    signature_ttl: u64,
+    #[serde(default = "default_min_bits")]
+    minimum_key_bits: usize,
+    #[serde(default = "default_max_sigs")]
+    max_signatures_to_verify: usize,
+    #[serde(default)]
+    allow_sha1: bool,
+    #[serde(default)]
+    actions: RawActions,
+    #[serde(default)]
+    resolver: ResolverSettings,
+    #[serde(default)]
+    log: LogSettings,
+    #[serde(default)]
+    limits: RawLimits,
+}
+
+fn default_socket() -> String {
+    "inet:8891@127.0.0.1".into()
+}
+fn default_mode() -> String {
+    "sv".into()
+}
+fn default_canon() -> String {
+    "relaxed/relaxed".into()
+}
+fn yes() -> bool {
+    true
+}
+fn default_sender_headers() -> Vec<String> {
+    vec!["From".into()]
+}
+fn default_oversign() -> Vec<String> {
+    vec!["From".into()]
+}
+fn default_min_bits() -> usize {
+    1024
+}
+fn default_max_sigs() -> usize {
+    10
+}
+
+/// `[actions]`: OpenDKIM's On-* settings with its defaults.
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawActions {
+    pub bad_signature: ActionKind,
+    pub key_not_found: ActionKind,
+    pub no_signature: ActionKind,
+    pub dns_error: ActionKind,
+    pub internal_error: ActionKind,
+    pub signature_error: ActionKind,
+    pub security: ActionKind,
+}
+
+impl Default for RawActions {
+    fn default() -> Self {
+        Self {
+            bad_signature: ActionKind::Accept,
+            key_not_found: ActionKind::Accept,
+            no_signature: ActionKind::Accept,
+            dns_error: ActionKind::Tempfail,
+            internal_error: ActionKind::Tempfail,
+            signature_error: ActionKind::Reject,
+            security: ActionKind::Tempfail,
+        }
+    }
+}
+
+/// The On-* actions.
+pub type Actions = RawActions;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawLimits {
+    max_header_bytes: usize,
+    max_headers: usize,
+    spill_threshold: usize,
+    temp_dir: Option<PathBuf>,
+    max_connections: usize,
+    message_timeout: u64,
+}
+
+impl Default for RawLimits {
+    fn default() -> Self {
+        let l = Limits::default();
+        Self {
+            max_header_bytes: l.max_header_bytes,
+            max_headers: l.max_headers,
+            spill_threshold: l.spill_threshold,
+            temp_dir: None,
+            max_connections: 256,
+            message_timeout: 60,
+        }
+    }
+}
+
+/// A key ready to sign with: the KeyTable row and, unless it depends on the sender's domain, the
+/// loaded key.
+#[derive(Debug, Clone)]
+pub struct SigningKeyEntry {
+    pub entry: KeyEntry,
+    pub key: Option<SharedKey>,
+}
+
+/// A `MacroList` item: the macro and the values that make a client trusted (empty: any value).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MacroRule {
+    pub name: String,
+    pub values: Vec<String>,
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub file: PathBuf,
+    pub socket: SocketSpec,
+    pub socket_mode: Option<u32>,
+    pub authserv_id: Option<String>,
+    pub sign: bool,
+    pub verify: bool,
+    pub header_canon: Canonicalization,
+    pub body_canon: Canonicalization,
+    pub keys: HashMap<String, SigningKeyEntry>,
+    pub signing_table: SigningTable,
+    pub multiple_signatures: bool,
+    pub require_safe_keys: bool,
+    pub internal_hosts: HostList,
+    pub peer_list: HostList,
+    pub external_ignore_list: HostList,
+    pub mta: Vec<String>,
+    pub macro_list: Vec<MacroRule>,
+    pub sender_headers: Vec<String>,
+    pub sign_headers: Vec<String>,
+    pub oversign_headers: Vec<String>,
+    pub signature_ttl: u64,
+    pub minimum_key_bits: usize,
+    pub max_signatures_to_verify: usize,
+    pub allow_sha1: bool,
+    pub actions: Actions,
+    pub resolver: ResolverSettings,
+    pub log: LogSettings,
+    pub limits: Limits,
+    pub max_connections: usize,
+    pub message_timeout: Duration,
+}
+
+fn parse_canon(s: &str) -> Option<(Canonicalization, Canonicalization)> {
+    let one = |p: &str| match p.trim().to_ascii_lowercase().as_str() {
+        "relaxed" => Some(Canonicalization::Relaxed),
+        "simple" => Some(Canonicalization::Simple),
+        _ => None,
+    };
+    match s.split_once('/') {
+        Some((h, b)) => Some((one(h)?, one(b)?)),
+        // RFC 6376: a lone value names the header canonicalization; the body one is simple.
+        None => Some((one(s)?, Canonicalization::Simple)),
+    }
+}
+
+fn parse_macro_rule(s: &str) -> Result<MacroRule, String> {
+    let s = s.trim();
+    let (name, values) = match s.split_once(['=', '|']) {
+        Some((n, v)) => (n, v.split('|').map(|x| x.trim().to_string()).filter(|x| !x.is_empty()).collect()),
+        None => (s, Vec::new()),
+    };
+    let name = name.trim().trim_start_matches('{').trim_end_matches('}').to_string();
+    if name.is_empty() {
+        return Err(format!("bad macro_list entry '{s}': expected NAME, NAME=VALUE or NAME|V1|V2"));
+    }
+    Ok(MacroRule { name, values })
+}
+
+impl Config {
+    /// Reads, parses and validates `path`, loading every key and table it names.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::new(path, None, None, format!("cannot read: {e}")))?;
+        Self::from_toml(path, &text)
+    }
+
+    /// Parses TOML `text` as if read from `path` (relative paths resolve against its directory).
+    pub fn from_toml(path: &Path, text: &str) -> Result<Config, ConfigError> {
+        let raw: RawConfig = configfile::parse_toml(path, text)?;
+        let line_of = |key: &str| {
+            text.lines()
+                .position(|l| {
+                    let t = l.trim_start();
+                    t.starts_with(key) && t[key.len()..].trim_start().starts_with('=')
+                })
+                .map(|i| i + 1)
+        };
+        let err = |key: &str, msg: String| ConfigError::new(path, line_of(key), Some(key), msg);
+        let rel = |p: &Path| configfile::relative_to(path, p);
+
+        let socket: SocketSpec = raw.socket.parse().map_err(|e| err("socket", format!("{e}")))?;
+        let socket_mode = match &raw.socket_mode {
+            Some(m) => Some(u32::from_str_radix(m.trim_start_matches("0o"), 8).map_err(|_| {
+                err("socket_mode", format!("'{m}' is not an octal mode such as \"0660\""))
+            })?),
+            None => None,
+        };
+        let mode = raw.mode.to_ascii_lowercase();
+        if mode.is_empty() || !mode.chars().all(|c| c == 's' || c == 'v') {
+            return Err(err("mode", format!("'{}' must be made of 's' (sign) and 'v' (verify)", raw.mode)));
+        }
+        let (header_canon, body_canon) = parse_canon(&raw.canonicalization).ok_or_else(|| {
+            err("canonicalization", format!("'{}': expected simple or relaxed, as HEADER/BODY", raw.canonicalization))
+        })?;
+
+        let mut key_table = KeyTable::default();
+        let mut signing_table = SigningTable::parse(path, "", false).expect("empty table parses");
+        match (&raw.key_table, &raw.signing_table) {
+            (Some(kt), Some(st)) => {
+                let (_, kt_path) = dataset_path(kt).map_err(|m| err("key_table", m))?;
+                let kt_path = rel(&kt_path);
+                let kt_text = std::fs::read_to_string(&kt_path)
+                    .map_err(|e| err("key_table", format!("cannot read {}: {e}", kt_path.display())))?;
+                let base = kt_path.parent().unwrap_or(Path::new("/")).to_path_buf();
+                key_table =
+                    KeyTable::parse(&kt_path, &kt_text, &base).map_err(|e| err("key_table", e.to_string()))?;
+                let (wild, st_path) = dataset_path(st).map_err(|m| err("signing_table", m))?;
+                let st_path = rel(&st_path);
+                let st_text = std::fs::read_to_string(&st_path)
+                    .map_err(|e| err("signing_table", format!("cannot read {}: {e}", st_path.display())))?;
+                signing_table =
+                    SigningTable::parse(&st_path, &st_text, wild).map_err(|e| err("signing_table", e.to_string()))?;
+                for rule in &signing_table.rules {
+                    if !rule.key_name.contains('%') && key_table.get(&rule.key_name).is_none() {
+                        return Err(err(
+                            "signing_table",
+                            format!("{}:{}: key '{}' is not in the KeyTable", st_path.display(), rule.line, rule.key_name),
+                        ));
+                    }
+                }
+            }
+            (None, None) => {}
+            (Some(_), None) => return Err(err("key_table", "key_table needs a signing_table too".into())),
+            (None, Some(_)) => return Err(err("signing_table", "signing_table needs a key_table too".into())),
+        }
+        match (&raw.domain, &raw.selector, &raw.key_file) {
+            (Some(d), Some(s), Some(k)) => {
+                // The single-key shorthand: sign mail from `domain` and its subdomains.
+                let name = "default".to_string();
+                key_table.entries.push(KeyEntry {
+                    name: name.clone(),
+                    domain: d.to_ascii_lowercase(),
+                    selector: s.clone(),
+                    source: KeySource::Path(rel(k)),
+                });
+                let extra = format!("{d} {name}\n.{d} {name}\n");
+                let more = SigningTable::parse(path, &extra, false).expect("generated table parses");
+                let mut rules = signing_table.rules.clone();
+                rules.extend(more.rules);
+                let text: String = rules
+                    .iter()
+                    .map(|r| match &r.signer {
+                        Some(s) => format!("{} {}:{}\n", r.pattern, r.key_name, s),
+                        None => format!("{} {}\n", r.pattern, r.key_name),
+                    })
+                    .collect();
+                signing_table = SigningTable::parse(path, &text, signing_table.wildcard).expect("regenerated");
+            }
+            (None, None, None) => {}
+            _ => return Err(err("domain", "domain, selector and key_file go together".into())),
+        }
+
+        let mut keys = HashMap::new();
+        for entry in &key_table.entries {
+            let key = if entry.is_templated() {
+                None
+            } else {
+                Some(load_entry_key(entry, raw.require_safe_keys, raw.create_missing_keys).map_err(|m| {
+                    err(if raw.key_table.is_some() { "key_table" } else { "key_file" }, m)
+                })?)
+            };
+            keys.insert(entry.name.clone(), SigningKeyEntry { entry: entry.clone(), key });
+        }
+
+        let macro_list =
+            raw.macro_list.iter().map(|m| parse_macro_rule(m)).collect::<Result<Vec<_>, _>>().map_err(|m| err("macro_list", m))?;
+        if raw.resolver.parsed_nameservers().is_err() {
+            let e = raw.resolver.parsed_nameservers().unwrap_err();
+            return Err(err("nameservers", e));
+        }
+        if raw.max_signatures_to_verify == 0 {
+            return Err(err("max_signatures_to_verify", "must be at least 1".into()));
+        }
+
+        Ok(Config {
+            file: path.to_path_buf(),
+            socket,
+            socket_mode,
+            authserv_id: raw.authserv_id,
+            sign: mode.contains('s'),
+            verify: mode.contains('v'),
+            header_canon,
+            body_canon,
+            keys,
+            signing_table,
+            multiple_signatures: raw.multiple_signatures,
+            require_safe_keys: raw.require_safe_keys,
+            internal_hosts: raw.internal_hosts.unwrap_or_else(HostList::default_internal),
+            peer_list: raw.peer_list.unwrap_or_else(HostList::empty),
+            external_ignore_list: raw.external_ignore_list.unwrap_or_else(HostList::empty),
+            mta: raw.mta,
+            macro_list,
+            sender_headers: raw.sender_headers,
+            sign_headers: raw
+                .sign_headers
+                .unwrap_or_else(|| DEFAULT_SIGN_HEADERS.iter().map(|s| s.to_string()).collect()),
+            oversign_headers: raw.oversign_headers,
+            signature_ttl: raw.signature_ttl,
+            minimum_key_bits: raw.minimum_key_bits,
+            max_signatures_to_verify: raw.max_signatures_to_verify,
+            allow_sha1: raw.allow_sha1,
+            actions: raw.actions,
+            resolver: raw.resolver,
+            log: raw.log,
+            limits: Limits {
+                max_header_bytes: raw.limits.max_header_bytes,
+                max_headers: raw.limits.max_headers,
+                spill_threshold: raw.limits.spill_threshold,
+                temp_dir: raw.limits.temp_dir.map(|p| rel(&p)),
+            },
+            max_connections: raw.limits.max_connections.max(1),
+            message_timeout: Duration::from_secs(raw.limits.message_timeout.max(1)),
+        })
+    }
+
+    /// The key for a signing-table match, loading `%`-templated keys for this sender's domain.
+    pub fn resolve_key(&self, key_name: &str, sender_domain: &str) -> Result<(KeyEntry, SharedKey), String> {
+        let slot = self.keys.get(key_name).ok_or_else(|| format!("key '{key_name}' is not in the KeyTable"))?;
+        match &slot.key {
+            Some(k) => Ok((slot.entry.clone(), k.clone())),
+            None => {
+                let entry = slot.entry.for_domain(sender_domain);
+                let key = load_entry_key(&entry, self.require_safe_keys, false)?;
+                Ok((entry, key))
+            }
+        }
+    }
+}
+
+fn load_entry_key(entry: &KeyEntry, require_safe: bool, create_missing: bool) -> Result<SharedKey, String> {
+    match &entry.source {
+        KeySource::Inline(data) => keys::parse_key(data.as_bytes()).map_err(|e| format!("key '{}': {e}", entry.name)),
+        KeySource::Path(p) => {
+            if create_missing && !p.exists() {
+                crate::keygen::create_key_file(p, &entry.domain, &entry.selector)
+                    .map_err(|e| format!("key '{}': cannot create {}: {e}", entry.name, p.display()))?;
+            }
+            keys::load_key_file(p, require_safe).map_err(|e| format!("key '{}': {e}", entry.name))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn canonicalization_forms() {
+        assert_eq!(parse_canon("relaxed/simple"), Some((Canonicalization::Relaxed, Canonicalization::Simple)));
+        assert_eq!(parse_canon("simple"), Some((Canonicalization::Simple, Canonicalization::Simple)));
+        assert_eq!(parse_canon("loose/relaxed"), None);
+    }
+
+    #[test]
+    fn macro_rules() {
+        assert_eq!(
+            parse_macro_rule("daemon_name=ORIGINATING").unwrap(),
+            MacroRule { name: "daemon_name".into(), values: vec!["ORIGINATING".into()] }
+        );
+        assert_eq!(
+            parse_macro_rule("{daemon_name}|A|B").unwrap(),
+            MacroRule { name: "daemon_name".into(), values: vec!["A".into(), "B".into()] }
+        );
+        assert!(parse_macro_rule("=x").is_err());
+    }
+
+    #[test]
+    fn defaults_without_keys_verify_only_config() {
+        let c = Config::from_toml(Path::new("/etc/dkim-milter.toml"), "socket = \"inet:8891@127.0.0.1\"\n").unwrap();
+        assert!(c.sign && c.verify);
+        assert_eq!(c.actions.dns_error, ActionKind::Tempfail);
+        assert_eq!(c.actions.signature_error, ActionKind::Reject);
+        assert_eq!(c.max_signatures_to_verify, 10);
+        assert!(c.keys.is_empty());
+    }
+
+    #[test]
+    fn errors_name_the_line_and_key() {
+        let e = Config::from_toml(Path::new("/x.toml"), "\nmode = \"sx\"\n").unwrap_err();
+        assert_eq!((e.line, e.key.as_deref()), (Some(2), Some("mode")));
+        let e = Config::from_toml(Path::new("/x.toml"), "[actions]\nbad_signature = \"bounce\"\n").unwrap_err();
+        assert_eq!(e.line, Some(2));
+        let e = Config::from_toml(Path::new("/x.toml"), "socket = \"tcp:25\"\n").unwrap_err();
+        assert_eq!((e.line, e.key.as_deref()), (Some(1), Some("socket")));
+    }
+
+    #[test]
+    fn missing_key_file_is_a_config_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = dir.path().join("c.toml");
+        let text = "domain = \"example.com\"\nselector = \"s\"\nkey_file = \"nope.pem\"\n";
+        let e = Config::from_toml(&cfg, text).unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("key_file"));
+        assert!(e.message.contains("nope.pem"), "{e}");
+    }
+}

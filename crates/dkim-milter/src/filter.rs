@@ -1,0 +1,60 @@
+//! dkim-milter as a chassis [`Filter`]: connection screening (PeerList) and the per-message
+//! policy, with the configuration snapshot taken once per connection.
+
+use crate::policy::evaluate::evaluate;
+use crate::runtime::Runtime;
+use chassis::envelope::Envelope;
+use chassis::message::{Limits, Message};
+use chassis::milter::{ConnectDecision, Filter};
+use chassis::verdict::Verdict;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+pub struct DkimFilter {
+    current: RwLock<Arc<Runtime>>,
+}
+
+impl DkimFilter {
+    pub fn new(rt: Runtime) -> Self {
+        Self { current: RwLock::new(Arc::new(rt)) }
+    }
+
+    /// Installs a new runtime; sessions already running keep the one they started with.
+    pub fn replace(&self, rt: Runtime) {
+        let mut slot = self.current.write().unwrap_or_else(|p| p.into_inner());
+        *slot = Arc::new(rt);
+    }
+}
+
+impl Filter for DkimFilter {
+    type Snapshot = Runtime;
+
+    fn snapshot(&self) -> Arc<Runtime> {
+        self.current.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn limits(snap: &Runtime) -> Limits {
+        snap.config.limits.clone()
+    }
+
+    fn extra_macros(snap: &Runtime) -> Vec<String> {
+        snap.config.macro_list.iter().map(|m| m.name.clone()).collect()
+    }
+
+    fn on_connect(snap: &Runtime, env: &Envelope) -> ConnectDecision {
+        let name = (!env.client_name.is_empty()).then_some(env.client_name.as_str());
+        if snap.config.peer_list.matches(env.client_ip, name) {
+            ConnectDecision::Ignore("listed in peer_list".into())
+        } else {
+            ConnectDecision::Continue
+        }
+    }
+
+    async fn on_message(snap: Arc<Runtime>, env: Envelope, msg: Message) -> Verdict {
+        evaluate(&snap, &env, &msg).await
+    }
+
+    fn deadline(snap: &Runtime) -> Duration {
+        snap.config.message_timeout + Duration::from_secs(2)
+    }
+}

@@ -1,0 +1,185 @@
+//! Private signing keys: PEM (PKCS#1 or PKCS#8) or bare base64 DER, RSA or Ed25519. The algorithm
+//! comes from the key itself, so no global SignatureAlgorithm setting is needed.
+
+use base64::Engine;
+use mail_auth::common::crypto::{Algorithm, DkimKey, Ed25519Key, RsaKey, Sha256, SigningKey};
+use mail_auth::common::headers::Writable;
+use rustls_pki_types::{pem::PemObject, PrivateKeyDer, PrivatePkcs1KeyDer, PrivatePkcs8KeyDer};
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+use std::sync::Arc;
+
+/// Smallest RSA key we sign with (RFC 8301 says 1024 is the floor; our crypto backend and
+/// current practice say 2048).
+pub const MIN_SIGNING_RSA_BITS: usize = 2048;
+
+/// A loaded signing key, shareable between concurrent sessions.
+#[derive(Clone)]
+pub struct SharedKey {
+    key: Arc<DkimKey>,
+    /// RSA modulus size or 256 for Ed25519: reported in logs and by the tools.
+    pub bits: usize,
+}
+
+impl std::fmt::Debug for SharedKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SharedKey({}, {} bits)", self.algorithm_name(), self.bits)
+    }
+}
+
+impl SharedKey {
+    pub fn is_ed25519(&self) -> bool {
+        matches!(*self.key, DkimKey::Ed25519(_))
+    }
+
+    /// `rsa-sha256` or `ed25519-sha256`.
+    pub fn algorithm_name(&self) -> &'static str {
+        if self.is_ed25519() {
+            "ed25519-sha256"
+        } else {
+            "rsa-sha256"
+        }
+    }
+}
+
+impl SigningKey for SharedKey {
+    type Hasher = Sha256;
+
+    fn sign(&self, input: impl Writable) -> mail_auth::Result<Vec<u8>> {
+        self.key.sign(input)
+    }
+
+    fn algorithm(&self) -> Algorithm {
+        self.key.algorithm()
+    }
+}
+
+/// Reads a key file, refusing files other users can read when `require_safe` is set
+/// (OpenDKIM's RequireSafeKeys): a leaked signing key lets anyone forge our mail.
+pub fn load_key_file(path: &Path, require_safe: bool) -> Result<SharedKey, String> {
+    let meta = std::fs::metadata(path).map_err(|e| format!("key file {}: {e}", path.display()))?;
+    let mode = meta.mode() & 0o777;
+    if require_safe && mode & 0o077 != 0 {
+        return Err(format!(
+            "key file {} is accessible by group or other (mode {mode:04o}); run 'chmod 600 {}' or set require_safe_keys = false",
+            path.display(),
+            path.display()
+        ));
+    }
+    let data = std::fs::read(path).map_err(|e| format!("key file {}: {e}", path.display()))?;
+    parse_key(&data).map_err(|e| format!("key file {}: {e}", path.display()))
+}
+
+/// Parses key material: PEM (PKCS#1 `RSA PRIVATE KEY` or PKCS#8 `PRIVATE KEY`) or base64 DER.
+pub fn parse_key(data: &[u8]) -> Result<SharedKey, String> {
+    let text = String::from_utf8_lossy(data);
+    let der = if text.contains("-----BEGIN") {
+        PrivateKeyDer::from_pem_slice(data).map_err(|e| format!("cannot read PEM private key: {e}"))?
+    } else {
+        let compact: String = text.chars().filter(|c| !c.is_whitespace()).collect();
+        let raw = base64::engine::general_purpose::STANDARD
+            .decode(compact.as_bytes())
+            .map_err(|_| "neither PEM nor base64 DER key data".to_string())?;
+        if aws_lc_rs::rsa::KeyPair::from_der(&raw).is_ok() {
+            PrivateKeyDer::Pkcs1(PrivatePkcs1KeyDer::from(raw))
+        } else {
+            PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(raw))
+        }
+    };
+    match der {
+        PrivateKeyDer::Pkcs1(k) => rsa_key(PrivateKeyDer::Pkcs1(k)),
+        PrivateKeyDer::Pkcs8(k) => {
+            if let Ok(ed) = Ed25519Key::from_pkcs8_maybe_unchecked_der(k.secret_pkcs8_der()) {
+                return Ok(SharedKey { key: Arc::new(DkimKey::Ed25519(ed)), bits: 256 });
+            }
+            rsa_key(PrivateKeyDer::Pkcs8(k))
+        }
+        _ => Err("unsupported key format (expected an RSA or Ed25519 private key)".into()),
+    }
+}
+
+fn rsa_key(der: PrivateKeyDer<'_>) -> Result<SharedKey, String> {
+    let pair = match &der {
+        PrivateKeyDer::Pkcs1(k) => aws_lc_rs::rsa::KeyPair::from_der(k.secret_pkcs1_der()),
+        PrivateKeyDer::Pkcs8(k) => aws_lc_rs::rsa::KeyPair::from_pkcs8(k.secret_pkcs8_der()),
+        _ => return Err("unsupported key format".into()),
+    };
+    let bits = match pair {
+        Ok(p) => p.public_modulus_len() * 8,
+        Err(e) => {
+            let msg = e.to_string();
+            if msg.contains("TooSmall") || msg.to_ascii_lowercase().contains("small") {
+                return Err(format!("RSA key too small to sign with: at least {MIN_SIGNING_RSA_BITS} bits are required"));
+            }
+            return Err(format!("not a usable RSA or Ed25519 private key ({msg})"));
+        }
+    };
+    if bits < MIN_SIGNING_RSA_BITS {
+        return Err(format!("RSA key has {bits} bits; at least {MIN_SIGNING_RSA_BITS} are required to sign"));
+    }
+    let key = RsaKey::<Sha256>::from_key_der(der).map_err(|e| format!("cannot load RSA key: {e}"))?;
+    Ok(SharedKey { key: Arc::new(DkimKey::Rsa(key)), bits })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn pem(label: &str, der: &[u8]) -> String {
+        let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+        let mut s = format!("-----BEGIN {label}-----\n");
+        for chunk in b64.as_bytes().chunks(64) {
+            s.push_str(std::str::from_utf8(chunk).unwrap());
+            s.push('\n');
+        }
+        s.push_str(&format!("-----END {label}-----\n"));
+        s
+    }
+
+    fn ed25519_pkcs8() -> Vec<u8> {
+        let rng = aws_lc_rs::rand::SystemRandom::new();
+        aws_lc_rs::signature::Ed25519KeyPair::generate_pkcs8(&rng).unwrap().as_ref().to_vec()
+    }
+
+    #[test]
+    fn ed25519_pem_and_base64() {
+        let der = ed25519_pkcs8();
+        let k = parse_key(pem("PRIVATE KEY", &der).as_bytes()).unwrap();
+        assert!(k.is_ed25519());
+        assert_eq!(k.bits, 256);
+        let b64 = base64::engine::general_purpose::STANDARD.encode(&der);
+        assert!(parse_key(b64.as_bytes()).unwrap().is_ed25519());
+    }
+
+    #[test]
+    fn rsa_pkcs8_pem() {
+        let pair = aws_lc_rs::rsa::KeyPair::generate(aws_lc_rs::rsa::KeySize::Rsa2048).unwrap();
+        use aws_lc_rs::encoding::AsDer;
+        let der = pair.as_der().unwrap();
+        let k = parse_key(pem("PRIVATE KEY", der.as_ref()).as_bytes()).unwrap();
+        assert!(!k.is_ed25519());
+        assert_eq!(k.bits, 2048);
+        assert_eq!(k.algorithm_name(), "rsa-sha256");
+    }
+
+    #[test]
+    fn garbage_is_an_error_not_a_panic() {
+        assert!(parse_key(b"hello").is_err());
+        assert!(parse_key(b"-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n").is_err());
+        assert!(parse_key(b"").is_err());
+    }
+
+    #[test]
+    fn unsafe_permissions_are_refused_with_advice() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("k.pem");
+        std::fs::write(&path, pem("PRIVATE KEY", &ed25519_pkcs8())).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let e = load_key_file(&path, true).unwrap_err();
+        assert!(e.contains("mode 0644") && e.contains("chmod 600"), "{e}");
+        assert!(load_key_file(&path, false).is_ok());
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert!(load_key_file(&path, true).is_ok());
+    }
+}

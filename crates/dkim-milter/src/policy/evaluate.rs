@@ -1,0 +1,194 @@
+//! One message from start to verdict: remove forged Authentication-Results, decide, sign or
+//! verify, compose our Authentication-Results, pick the On-* action, and log in OpenDKIM's words.
+
+use super::decide::{decide, Decision};
+use super::sign::sign;
+use super::verify::{verify, Failure, Outcome, SignatureResult, VerifyReport};
+use crate::runtime::Runtime;
+use chassis::authres::{forged_indexes, AuthResults, ResInfo};
+use chassis::envelope::Envelope;
+use chassis::message::Message;
+use chassis::verdict::{Action, ActionKind, HeaderEdit, SmtpReply, Verdict};
+use std::time::Duration;
+
+/// The authserv-id we write and whose forgeries we delete.
+pub fn authserv_id(rt: &Runtime, env: &Envelope) -> String {
+    rt.config
+        .authserv_id
+        .clone()
+        .or_else(|| env.macro_value("j").map(str::to_string))
+        .unwrap_or_else(|| rt.hostname.clone())
+}
+
+fn action(kind: ActionKind, reject_text: &str, tempfail: SmtpReply, why: &str) -> Action {
+    Action::from_kind(kind, SmtpReply::new("550", "5.7.0", reject_text), tempfail, why)
+}
+
+/// Deletions for every incoming A-R claiming to be ours, highest occurrence first.
+pub fn forged_deletions(msg: &Message, ids: &[String]) -> Vec<HeaderEdit> {
+    let pairs: Vec<(&[u8], &[u8])> = msg.headers.iter().map(|h| (h.name.as_slice(), h.value.as_slice())).collect();
+    forged_indexes(&pairs, ids)
+        .into_iter()
+        .map(|occurrence| HeaderEdit::Delete { name: "Authentication-Results".into(), occurrence })
+        .collect()
+}
+
+/// The verdict for one message.
+pub async fn evaluate(rt: &Runtime, env: &Envelope, msg: &Message) -> Verdict {
+    let cfg = &rt.config;
+    let qid = env.queue_id();
+    let id = authserv_id(rt, env);
+    let mut edits = forged_deletions(msg, std::slice::from_ref(&id));
+    if !edits.is_empty() {
+        tracing::info!("{qid}: removed {} Authentication-Results header(s) claiming to be from {id}", edits.len());
+    }
+    if msg.headers_truncated {
+        tracing::warn!("{qid}: too much header data (limits: {} bytes, {} fields)", cfg.limits.max_header_bytes, cfg.limits.max_headers);
+        let a = action(
+            cfg.actions.security,
+            "message header too large",
+            SmtpReply::new("451", "4.7.0", "resource unavailable"),
+            "dkim-milter: header too large",
+        );
+        if a != Action::Accept {
+            return Verdict { edits, action: a };
+        }
+    }
+    match decide(cfg, env, &msg.headers) {
+        Decision::Skip(why) => {
+            if cfg.log.why {
+                tracing::info!("{qid}: {why}; accepting");
+            }
+            Verdict { edits, action: Action::Accept }
+        }
+        Decision::Sign { sender, matches } => match sign(cfg, msg.raw(), &msg.headers, &sender, &matches) {
+            Ok(signatures) => {
+                for s in signatures {
+                    if cfg.log.success {
+                        tracing::info!("{qid}: DKIM-Signature field added (s={}, d={})", s.selector, s.domain);
+                    }
+                    edits.push(HeaderEdit::Insert { index: 0, name: "DKIM-Signature".into(), value: s.value });
+                }
+                Verdict { edits, action: Action::Accept }
+            }
+            Err(e) => {
+                tracing::error!("{qid}: signature generation error: {e}");
+                let a = action(
+                    cfg.actions.signature_error,
+                    "DKIM signing error",
+                    SmtpReply::new("451", "4.7.0", "DKIM signing error"),
+                    "dkim-milter: signing error",
+                );
+                Verdict { edits, action: a }
+            }
+        },
+        Decision::Verify { why_not_sign, external_sender } => {
+            if let Some(domain) = external_sender {
+                tracing::info!("{qid}: external host {} attempted to send as {domain}", env.client_label());
+            }
+            if cfg.log.why {
+                tracing::info!("{qid}: not signing: {why_not_sign}");
+            }
+            let budget = cfg.message_timeout.saturating_sub(Duration::from_secs(1)).max(Duration::from_millis(500));
+            let report = verify(&rt.auth, cfg, msg.raw(), budget).await;
+            let (ar, action) = conclude(rt, env, &id, &report);
+            edits.push(HeaderEdit::Insert { index: 0, name: "Authentication-Results".into(), value: ar.to_value() });
+            Verdict { edits, action }
+        }
+    }
+}
+
+fn result_info(r: &SignatureResult) -> ResInfo {
+    let mut info = ResInfo::new("dkim", r.outcome.as_str());
+    let mut comment = Vec::new();
+    if let Some(bits) = r.key_bits {
+        comment.push(format!("{bits}-bit key"));
+    }
+    if r.testing {
+        comment.push("testing".to_string());
+    }
+    if !comment.is_empty() {
+        info = info.with_comment(comment.join("; "));
+    }
+    if let (Some(reason), false) = (&r.reason, r.outcome == Outcome::Pass) {
+        info = info.with_reason(reason.clone());
+    }
+    if !r.domain.is_empty() {
+        let identity = if r.identity.is_empty() { format!("@{}", r.domain) } else { r.identity.clone() };
+        info = info
+            .with_prop("header.d", r.domain.clone())
+            .with_prop("header.i", identity)
+            .with_prop("header.a", r.algorithm.clone())
+            .with_prop("header.s", r.selector.clone())
+            .with_prop("header.b", r.b_prefix.clone());
+    }
+    info
+}
+
+/// Builds our A-R and the action from a verification report, logging as OpenDKIM does.
+pub fn conclude(rt: &Runtime, env: &Envelope, id: &str, report: &VerifyReport) -> (AuthResults, Action) {
+    let cfg = &rt.config;
+    let qid = env.queue_id();
+    let mut ar = AuthResults::new(id);
+    if report.ignored > 0 {
+        tracing::info!("{qid}: ignoring {} signatures", report.ignored);
+    }
+    if report.results.is_empty() {
+        tracing::debug!("{qid}: no signature data");
+        ar.results.push(ResInfo::new("dkim", "none"));
+        let a = action(
+            cfg.actions.no_signature,
+            "no DKIM signature data",
+            SmtpReply::new("451", "4.7.0", "no DKIM signature data"),
+            "dkim-milter: no signature",
+        );
+        return (ar, a);
+    }
+    for r in &report.results {
+        ar.results.push(result_info(r));
+        let who = format!("s={}, d={}", r.selector, r.domain);
+        match r.outcome {
+            Outcome::Pass => {}
+            Outcome::TempError | Outcome::PermError if r.failure != Failure::BadSignature => tracing::warn!(
+                "{qid}: key retrieval failed ({who}): {}",
+                r.reason.as_deref().unwrap_or("unknown error")
+            ),
+            Outcome::Policy => tracing::info!("{qid}: signature not acceptable ({who}): {}", r.reason.as_deref().unwrap_or("")),
+            _ => tracing::info!("{qid}: bad signature data ({who}): {}", r.reason.as_deref().unwrap_or("")),
+        }
+    }
+    if report.results.iter().any(|r| r.outcome == Outcome::Pass) {
+        if cfg.log.success {
+            tracing::info!("{qid}: DKIM verification successful");
+        }
+        return (ar, Action::Accept);
+    }
+    // No signature passed: the most actionable failure decides, and a domain that says it is
+    // testing (t=y) never gets its mail refused.
+    let acted: Vec<&SignatureResult> = report.results.iter().filter(|r| !r.testing).collect();
+    let a = if acted.iter().any(|r| r.failure == Failure::DnsError) {
+        action(
+            cfg.actions.dns_error,
+            "DKIM key retrieval failed",
+            SmtpReply::new("451", "4.7.5", "DKIM key retrieval failed"),
+            "dkim-milter: DNS error",
+        )
+    } else if acted.iter().any(|r| r.failure == Failure::BadSignature) {
+        action(
+            cfg.actions.bad_signature,
+            "bad DKIM signature data",
+            SmtpReply::new("451", "4.7.0", "bad DKIM signature data"),
+            "dkim-milter: bad signature",
+        )
+    } else if acted.iter().any(|r| r.failure == Failure::KeyNotFound) {
+        action(
+            cfg.actions.key_not_found,
+            "DKIM key not found",
+            SmtpReply::new("451", "4.7.5", "DKIM key not found"),
+            "dkim-milter: key not found",
+        )
+    } else {
+        Action::Accept
+    };
+    (ar, a)
+}

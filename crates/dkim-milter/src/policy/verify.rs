@@ -1,0 +1,325 @@
+//! Verification: every DKIM-Signature up to a cap, each mapped to an RFC 8601 result with
+//! OpenDKIM's properties and reasons, plus what the key record says (size, testing flag), which
+//! mail-auth does not report and which drives `policy` results (small keys, rsa-sha1 per
+//! RFC 8301).
+
+use crate::config::Config;
+use base64::Engine;
+use mail_auth::common::crypto::Algorithm;
+use mail_auth::dkim::{DkimError, Signature};
+use mail_auth::{AuthenticatedMessage, DkimResult, DnsError, Error, MessageAuthenticator};
+use std::time::Duration;
+
+/// RFC 8601 DKIM result words.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Pass,
+    Fail,
+    Neutral,
+    Policy,
+    TempError,
+    PermError,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Pass => "pass",
+            Outcome::Fail => "fail",
+            Outcome::Neutral => "neutral",
+            Outcome::Policy => "policy",
+            Outcome::TempError => "temperror",
+            Outcome::PermError => "permerror",
+        }
+    }
+}
+
+/// What drives the configured On-* action for a failed signature.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    BadSignature,
+    KeyNotFound,
+    DnsError,
+    None,
+}
+
+/// The verdict on one signature.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SignatureResult {
+    pub outcome: Outcome,
+    pub failure: Failure,
+    pub reason: Option<String>,
+    pub domain: String,
+    pub selector: String,
+    pub identity: String,
+    pub algorithm: String,
+    /// The first characters of b= (header.b), to tell signatures apart.
+    pub b_prefix: String,
+    pub key_bits: Option<usize>,
+    /// The key record says t=y: the domain is testing, failures must not be acted upon.
+    pub testing: bool,
+}
+
+/// Everything verification found.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct VerifyReport {
+    pub results: Vec<SignatureResult>,
+    /// Signatures beyond the cap, not looked at.
+    pub ignored: usize,
+}
+
+/// What the key record says besides the key: parsed from the raw TXT.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct KeyFacts {
+    pub bits: Option<usize>,
+    pub testing: bool,
+}
+
+/// Reads `k=`, `p=` and `t=` from a DKIM key record.
+pub fn key_facts(record: &str) -> KeyFacts {
+    let mut k = "rsa".to_string();
+    let mut p = String::new();
+    let mut testing = false;
+    for tag in record.split(';') {
+        let Some((name, value)) = tag.split_once('=') else { continue };
+        let value: String = value.chars().filter(|c| !c.is_whitespace()).collect();
+        match name.trim() {
+            "k" => k = value.to_ascii_lowercase(),
+            "p" => p = value,
+            "t" => testing = value.split(':').any(|f| f.eq_ignore_ascii_case("y")),
+            _ => {}
+        }
+    }
+    let bits = match k.as_str() {
+        "ed25519" if !p.is_empty() => Some(256),
+        "rsa" => base64::engine::general_purpose::STANDARD.decode(p.as_bytes()).ok().and_then(|der| rsa_modulus_bits(&der)),
+        _ => None,
+    };
+    KeyFacts { bits, testing }
+}
+
+/// Reads one DER TLV: (tag, content, rest).
+fn der_tlv(data: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+    let (&tag, rest) = data.split_first()?;
+    let (&len0, rest) = rest.split_first()?;
+    let (len, rest) = if len0 & 0x80 == 0 {
+        (len0 as usize, rest)
+    } else {
+        let n = (len0 & 0x7f) as usize;
+        if n == 0 || n > 4 || rest.len() < n {
+            return None;
+        }
+        let len = rest[..n].iter().fold(0usize, |acc, &b| (acc << 8) | b as usize);
+        (len, &rest[n..])
+    };
+    if rest.len() < len {
+        return None;
+    }
+    Some((tag, &rest[..len], &rest[len..]))
+}
+
+/// The RSA modulus size of a SubjectPublicKeyInfo or PKCS#1 RSAPublicKey DER blob.
+pub fn rsa_modulus_bits(der: &[u8]) -> Option<usize> {
+    let (tag, content, _) = der_tlv(der)?;
+    if tag != 0x30 {
+        return None;
+    }
+    let (first_tag, first, rest) = der_tlv(content)?;
+    let modulus = match first_tag {
+        0x02 => first,
+        0x30 => {
+            let (bs_tag, bitstring, _) = der_tlv(rest)?;
+            if bs_tag != 0x03 || bitstring.is_empty() {
+                return None;
+            }
+            let (seq_tag, seq, _) = der_tlv(&bitstring[1..])?;
+            if seq_tag != 0x30 {
+                return None;
+            }
+            let (int_tag, n, _) = der_tlv(seq)?;
+            if int_tag != 0x02 {
+                return None;
+            }
+            n
+        }
+        _ => return None,
+    };
+    let start = modulus.iter().position(|&b| b != 0)?;
+    let significant = &modulus[start..];
+    Some(significant.len() * 8 - significant[0].leading_zeros() as usize)
+}
+
+fn b_prefix(sig: &Signature) -> String {
+    let b = base64::engine::general_purpose::STANDARD.encode(&sig.b);
+    b.chars().take(8).collect()
+}
+
+fn classify(result: &DkimResult) -> (Outcome, Failure, Option<String>) {
+    use Outcome::*;
+    match result {
+        DkimResult::Pass => (Pass, Failure::None, None),
+        DkimResult::Neutral(Error::Dkim(DkimError::FailedBodyHashMatch)) => {
+            (Fail, Failure::BadSignature, Some("body hash did not verify".into()))
+        }
+        DkimResult::Neutral(Error::Dkim(DkimError::SignatureExpired)) => {
+            (Neutral, Failure::BadSignature, Some("signature expired".into()))
+        }
+        DkimResult::Neutral(e) => (Neutral, Failure::BadSignature, Some(format!("bad signature data: {e}"))),
+        DkimResult::Fail(Error::Dkim(DkimError::FailedAuidMatch)) => {
+            (Fail, Failure::BadSignature, Some("identity does not match the key's domain rules".into()))
+        }
+        DkimResult::Fail(Error::Crypto(mail_auth::common::crypto::CryptoError::IncompatibleAlgorithms)) => {
+            (PermError, Failure::BadSignature, Some("key type does not match signature algorithm".into()))
+        }
+        DkimResult::Fail(_) => (Fail, Failure::BadSignature, Some("signature verification failed".into())),
+        DkimResult::PermError(Error::Dns(DnsError::RecordNotFound(_))) => {
+            (PermError, Failure::KeyNotFound, Some("no key for signature".into()))
+        }
+        DkimResult::PermError(Error::Dkim(DkimError::RevokedPublicKey)) => {
+            (PermError, Failure::BadSignature, Some("key revoked".into()))
+        }
+        DkimResult::PermError(e) => (PermError, Failure::KeyNotFound, Some(format!("key syntax error: {e}"))),
+        DkimResult::TempError(_) => (TempError, Failure::DnsError, Some("key retrieval failed".into())),
+        DkimResult::None => (Neutral, Failure::None, None),
+    }
+}
+
+/// Applies local policy on top of the cryptographic result: RFC 8301 (rsa-sha1 and keys under
+/// the configured minimum are not acceptable).
+fn apply_policy(cfg: &Config, r: &mut SignatureResult, sig: &Signature) {
+    if r.outcome != Outcome::Pass && r.outcome != Outcome::Fail {
+        return;
+    }
+    let rsa = matches!(sig.a, Algorithm::RsaSha1 | Algorithm::RsaSha256);
+    if let (true, Some(bits)) = (rsa, r.key_bits) {
+        if bits < cfg.minimum_key_bits {
+            r.outcome = Outcome::Policy;
+            r.failure = Failure::None;
+            r.reason = Some(format!("signing key too small ({bits} bits)"));
+            return;
+        }
+    }
+    if r.outcome == Outcome::Pass && sig.a == Algorithm::RsaSha1 && !cfg.allow_sha1 {
+        r.outcome = Outcome::Policy;
+        r.reason = Some("rsa-sha1 is not acceptable (RFC 8301)".into());
+    }
+}
+
+fn domain_key_name(sig: &Signature) -> String {
+    format!("{}._domainkey.{}.", sig.s, sig.d.trim_end_matches('.'))
+}
+
+/// Verifies up to the configured number of signatures in `raw`, within `budget` for all DNS.
+pub async fn verify(auth: &MessageAuthenticator, cfg: &Config, raw: &[u8], budget: Duration) -> VerifyReport {
+    let Some(mut msg) = AuthenticatedMessage::parse_with_opts(raw, None, false) else {
+        return VerifyReport::default();
+    };
+    let mut report = VerifyReport::default();
+    let total = msg.dkim_headers.len() + msg.errors.iter().filter(|e| matches!(e.header, Error::Dkim(_))).count();
+    if msg.dkim_headers.len() > cfg.max_signatures_to_verify {
+        report.ignored = msg.dkim_headers.len() - cfg.max_signatures_to_verify;
+        msg.dkim_headers.truncate(cfg.max_signatures_to_verify);
+    }
+    let malformed_room = cfg.max_signatures_to_verify.saturating_sub(msg.dkim_headers.len());
+    let mut seen_malformed = 0usize;
+    msg.errors.retain(|e| {
+        if matches!(e.header, Error::Dkim(_)) {
+            seen_malformed += 1;
+            seen_malformed <= malformed_room
+        } else {
+            true
+        }
+    });
+    report.ignored = total.saturating_sub(msg.dkim_headers.len() + seen_malformed.min(malformed_room));
+
+    let outputs = match tokio::time::timeout(budget, auth.verify_dkim(&msg)).await {
+        Ok(o) => o,
+        Err(_) => {
+            // Out of time: every signature is a temporary error, so the sender may retry.
+            report.results = msg
+                .dkim_headers
+                .iter()
+                .map(|h| SignatureResult {
+                    outcome: Outcome::TempError,
+                    failure: Failure::DnsError,
+                    reason: Some("key retrieval timed out".into()),
+                    domain: h.header.d.clone(),
+                    selector: h.header.s.clone(),
+                    identity: h.header.i.clone(),
+                    algorithm: h.header.a.name().into(),
+                    b_prefix: b_prefix(&h.header),
+                    key_bits: None,
+                    testing: false,
+                })
+                .collect();
+            return report;
+        }
+    };
+    for out in outputs {
+        let (outcome, failure, reason) = classify(out.result());
+        let mut r = SignatureResult {
+            outcome,
+            failure,
+            reason,
+            domain: String::new(),
+            selector: String::new(),
+            identity: String::new(),
+            algorithm: String::new(),
+            b_prefix: String::new(),
+            key_bits: None,
+            testing: false,
+        };
+        if let Some(sig) = out.signature() {
+            r.domain = sig.d.clone();
+            r.selector = sig.s.clone();
+            r.identity = sig.i.clone();
+            r.algorithm = sig.a.name().into();
+            r.b_prefix = b_prefix(sig);
+            if matches!(r.outcome, Outcome::Pass | Outcome::Fail) {
+                // Already fetched for the verification, so this comes from the resolver cache.
+                if let Ok(Ok(txt)) =
+                    tokio::time::timeout(Duration::from_secs(2), auth.txt_raw_lookup(domain_key_name(sig))).await
+                {
+                    let facts = key_facts(&String::from_utf8_lossy(&txt));
+                    r.key_bits = facts.bits;
+                    r.testing = facts.testing;
+                }
+            }
+            apply_policy(cfg, &mut r, sig);
+        }
+        report.results.push(r);
+    }
+    report
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_facts_of_rsa_and_ed25519_records() {
+        // A 512-bit SubjectPublicKeyInfo from the Mail::DKIM test data family (public key, no secret).
+        let rsa512 = "v=DKIM1; t=y; p=MFwwDQYJKoZIhvcNAQEBBQADSwAwSAJBALgSoqXVSEmfcIsOzw7oRuCCOwsmtX/SJnTWxYyj2leFxfS/AVJ+dYfY+hXqMsT7l+MZvvh/R1WzN4MO/kI/7XsCAwEAAQ==";
+        let f = key_facts(rsa512);
+        assert_eq!(f.bits, Some(512));
+        assert!(f.testing);
+        let ed = key_facts("v=DKIM1; k=ed25519; p=11qYAYKxCrfVS/7TyWQHOg7hcvPapiMlrwIaaPcHURo=");
+        assert_eq!(f.bits.map(|_| ()), Some(()));
+        assert_eq!(ed.bits, Some(256));
+        assert!(!ed.testing);
+        assert_eq!(key_facts("v=DKIM1; p=").bits, None);
+        assert_eq!(key_facts("garbage").bits, None);
+    }
+
+    #[test]
+    fn modulus_of_generated_2048_key() {
+        use aws_lc_rs::encoding::AsDer;
+        use aws_lc_rs::signature::KeyPair;
+        let pair = aws_lc_rs::rsa::KeyPair::generate(aws_lc_rs::rsa::KeySize::Rsa2048).unwrap();
+        let spki = pair.public_key().as_der().unwrap();
+        assert_eq!(rsa_modulus_bits(spki.as_ref()), Some(2048));
+        assert_eq!(rsa_modulus_bits(pair.public_key().as_ref()), Some(2048));
+        assert_eq!(rsa_modulus_bits(&[0x30, 0x80]), None);
+        assert_eq!(rsa_modulus_bits(&[]), None);
+    }
+}

@@ -1,0 +1,24 @@
+//! What a session works with: the validated configuration plus the live resources built from
+//! it (the resolver). One `Runtime` is shared by every session that started under it; a reload
+//! builds a new one and sessions in flight keep theirs.
+
+use crate::config::Config;
+use mail_auth::MessageAuthenticator;
+
+pub struct Runtime {
+    pub config: Config,
+    pub auth: MessageAuthenticator,
+    /// This host's name, the authserv-id fallback when neither config nor the MTA gives one.
+    pub hostname: String,
+}
+
+impl Runtime {
+    pub fn new(config: Config) -> Result<Runtime, String> {
+        let auth = config.resolver.build()?;
+        let hostname = nix::unistd::gethostname()
+            .ok()
+            .and_then(|h| h.into_string().ok())
+            .unwrap_or_else(|| "localhost".into());
+        Ok(Runtime { config, auth, hostname })
+    }
+}

@@ -1,0 +1,29 @@
+//! `testkit`: the shared test harness of authmilter.
+//!
+//! Tests in this project use real components instead of mocks: a real DNS server on loopback
+//! ([`dns`]), keys generated at run time ([`keys`]), independent DKIM implementations from Debian
+//! as judges ([`judges`]), the real OpenDKIM daemon ([`opendkim`]) and the shared public corpora
+//! ([`corpus`]). All traffic stays on 127.0.0.0/8 or ::1, and every wait is bounded.
+
+pub mod corpus;
+pub mod dns;
+pub mod judges;
+pub mod keys;
+pub mod opendkim;
+
+use std::sync::Once;
+
+/// Installs a `tracing` subscriber that writes through the test harness's captured output, with
+/// the filter taken from `RUST_LOG` (default `info`). Safe to call from every test: only the
+/// first call installs anything, and an already-installed global subscriber is left alone.
+pub fn init_tracing() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_test_writer()
+            .try_init();
+    });
+}

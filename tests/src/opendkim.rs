@@ -1,0 +1,2 @@
+//! placeholder
+pub const OPENDKIM: &str = "/usr/sbin/opendkim";
