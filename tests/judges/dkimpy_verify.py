@@ -38,6 +38,15 @@ class Collect(logging.Handler):
         self.messages.append(record.getMessage())
 
 
+def text(value):
+    """dkimpy keeps d=/s= as bytes after parsing, but its defaults are str or None."""
+    if value is None:
+        return ''
+    if isinstance(value, bytes):
+        return value.decode('ascii', 'replace')
+    return str(value)
+
+
 def split_hostport(value):
     host, _, port = value.rpartition(':')
     return host.strip('[]'), int(port)
@@ -119,10 +128,8 @@ def main():
             result = 'invalid'
         if collect.messages:
             detail = (detail + ' ' + '; '.join(collect.messages)).strip()
-        dom = getattr(d, 'domain', None) or b''
-        sel = getattr(d, 'selector', None) or b''
         print('RESULT\t{0}\t{1}\t{2}\t{3}\t{4}'.format(
-            idx, result, dom.decode('ascii', 'replace'), sel.decode('ascii', 'replace'),
+            idx, result, text(getattr(d, 'domain', None)), text(getattr(d, 'selector', None)),
             detail.replace('\t', ' ').replace('\n', ' ')))
 
 

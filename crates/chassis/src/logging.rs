@@ -61,6 +61,7 @@ pub fn init(settings: &LogSettings, ident: &'static str) -> Result<(), String> {
             let _ = tracing_subscriber::fmt()
                 .with_env_filter(filter)
                 .with_target(false)
+                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
                 .with_writer(std::io::stderr)
                 .try_init();
         }

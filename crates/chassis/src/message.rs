@@ -255,10 +255,13 @@ impl Message {
     }
 }
 
+/// A header field as `(name, value after the colon)`.
+pub type RawHeader = (Vec<u8>, Vec<u8>);
+
 /// Splits a raw message into header fields (value after the colon, folds kept as LF the way an
 /// MTA passes them) and a CRLF body.
-pub fn split_raw(raw: &[u8]) -> (Vec<(Vec<u8>, Vec<u8>)>, Vec<u8>) {
-    let mut headers: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+pub fn split_raw(raw: &[u8]) -> (Vec<RawHeader>, Vec<u8>) {
+    let mut headers: Vec<RawHeader> = Vec::new();
     let mut pos = 0;
     while pos < raw.len() {
         let end = raw[pos..].iter().position(|&b| b == b'\n').map(|i| pos + i + 1).unwrap_or(raw.len());

@@ -103,11 +103,14 @@ pub fn write_private(path: &Path, data: &str) -> std::io::Result<()> {
 pub fn create_key_file(path: &Path, domain: &str, selector: &str) -> Result<(), String> {
     let key = generate(KeyKind::Rsa(2048))?;
     write_private(path, &key.private_pem).map_err(|e| e.to_string())?;
-    tracing::warn!(
-        "created a new signing key {}; publish this DNS record before relying on it: {}",
+    // Logging may not be set up yet when the configuration is loaded: say it on stderr too.
+    let note = format!(
+        "created a new signing key {}; publish this DNS record before relying on it:\n{}",
         path.display(),
         key.zone_record(selector, domain)
     );
+    eprintln!("dkim-milter: {note}");
+    tracing::warn!("{note}");
     Ok(())
 }
 

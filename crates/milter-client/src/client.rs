@@ -224,7 +224,9 @@ impl MilterClient {
                 }
                 Response::Reply(r) => return Ok(r),
                 Response::Modification(_) => {
-                    return Err(unexpected("modifications are only allowed at end of message"))
+                    return Err(unexpected(
+                        "modifications are only allowed at end of message",
+                    ))
                 }
                 Response::OptNeg { .. } => {
                     return Err(unexpected("negotiation reply outside negotiation"))
@@ -525,7 +527,10 @@ mod tests {
 
     fn pair() -> (MilterClient, Fake) {
         let (a, b) = duplex(1 << 20);
-        (MilterClient::from_stream(a), Fake(b))
+        let mut c = MilterClient::from_stream(a);
+        // A broken exchange should fail fast, not after the 30 s default.
+        c.set_timeout(Duration::from_secs(5));
+        (c, Fake(b))
     }
 
     async fn negotiated(protocol: u32, actions: u32) -> (MilterClient, Fake) {
@@ -569,7 +574,10 @@ mod tests {
         let (mut c, mut f) = pair();
         f.send(b'c', b"").await;
         let e = c.negotiate(ALL_ACTIONS, ALL_PROTOCOL).await.unwrap_err();
-        assert!(matches!(e, Error::UnexpectedReply { reply: 'c', .. }), "{e}");
+        assert!(
+            matches!(e, Error::UnexpectedReply { reply: 'c', .. }),
+            "{e}"
+        );
     }
 
     #[tokio::test]
@@ -609,7 +617,9 @@ mod tests {
         assert_eq!(c.rcpt(&["<c@d.example>"]).await.unwrap(), Reply::Continue);
         assert_eq!(c.data().await.unwrap(), Reply::Continue);
         assert_eq!(
-            c.header_bytes(b"Subject", b"\xe9t\xe9\n\tsuite").await.unwrap(),
+            c.header_bytes(b"Subject", b"\xe9t\xe9\n\tsuite")
+                .await
+                .unwrap(),
             Reply::Continue
         );
         assert_eq!(c.eoh().await.unwrap(), Reply::Continue);
@@ -658,7 +668,10 @@ mod tests {
         let (mut c, mut f) = negotiated(0, 0).await;
         f.send(b's', b"").await;
         let e = c.body(b"x").await.unwrap_err();
-        assert!(matches!(e, Error::UnexpectedReply { reply: 's', .. }), "{e}");
+        assert!(
+            matches!(e, Error::UnexpectedReply { reply: 's', .. }),
+            "{e}"
+        );
     }
 
     #[tokio::test]
@@ -699,7 +712,10 @@ mod tests {
         let (mut c, mut f) = negotiated(0, SMFIF_ADDHDRS).await;
         f.send(b'b', b"new body").await;
         let e = c.eom().await.unwrap_err();
-        assert!(matches!(e, Error::UnexpectedReply { reply: 'b', .. }), "{e}");
+        assert!(
+            matches!(e, Error::UnexpectedReply { reply: 'b', .. }),
+            "{e}"
+        );
     }
 
     #[tokio::test]
@@ -707,7 +723,17 @@ mod tests {
         let (mut c, mut f) = negotiated(0, ALL_ACTIONS).await;
         f.send(b'h', b"X\0y\0").await;
         let e = c.rcpt(&["<a@b>"]).await.unwrap_err();
-        assert!(matches!(e, Error::UnexpectedReply { command: 'R', reply: 'h', .. }), "{e}");
+        assert!(
+            matches!(
+                e,
+                Error::UnexpectedReply {
+                    command: 'R',
+                    reply: 'h',
+                    ..
+                }
+            ),
+            "{e}"
+        );
     }
 
     #[tokio::test]
@@ -727,7 +753,10 @@ mod tests {
 
         let (mut c, f) = pair();
         drop(f);
-        assert!(matches!(c.data().await, Err(Error::Io(_)) | Err(Error::Closed)));
+        assert!(matches!(
+            c.data().await,
+            Err(Error::Io(_)) | Err(Error::Closed)
+        ));
 
         let (mut c, mut f) = pair();
         f.send(b'Z', b"").await;
@@ -745,6 +774,9 @@ mod tests {
         let (mut c, _f) = pair();
         c.set_timeout(Duration::from_millis(50));
         let e = c.data().await.unwrap_err();
-        assert!(matches!(e, Error::Timeout(d) if d == Duration::from_millis(50)), "{e}");
+        assert!(
+            matches!(e, Error::Timeout(d) if d == Duration::from_millis(50)),
+            "{e}"
+        );
     }
 }

@@ -168,7 +168,11 @@ mod tests {
 
     #[test]
     fn display_round_trips() {
-        for s in ["inet:8891@127.0.0.1", "inet6:8891@[::1]", "unix:/tmp/m.sock"] {
+        for s in [
+            "inet:8891@127.0.0.1",
+            "inet6:8891@[::1]",
+            "unix:/tmp/m.sock",
+        ] {
             let ep: Endpoint = s.parse().unwrap();
             assert_eq!(ep.to_string(), s);
             assert_eq!(ep.to_string().parse::<Endpoint>().unwrap(), ep);

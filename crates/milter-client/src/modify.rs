@@ -196,7 +196,11 @@ mod tests {
         let got = apply_modifications(
             rcvd(),
             &base(),
-            &[ins(0, "X-Top", "0"), ins(2, "X-Two", "2"), ins(99, "X-End", "e")],
+            &[
+                ins(0, "X-Top", "0"),
+                ins(2, "X-Two", "2"),
+                ins(99, "X-End", "e"),
+            ],
             false,
         );
         assert_eq!(
@@ -288,7 +292,11 @@ mod tests {
         let got = apply_modifications(
             rcvd(),
             &base(),
-            &[chg(3, "Subject", "three"), chg(5, "From", ""), chg(1, "Nope", "")],
+            &[
+                chg(3, "Subject", "three"),
+                chg(5, "From", ""),
+                chg(1, "Nope", ""),
+            ],
             false,
         );
         assert_eq!(
@@ -343,6 +351,9 @@ mod tests {
             &h(&[("Subject", " a\n\tb"), ("X", "v"), ("Y", " c\r\n d")]),
             b"body\r\n",
         );
-        assert_eq!(got, b"Subject: a\r\n\tb\r\nX:v\r\nY: c\r\n d\r\n\r\nbody\r\n");
+        assert_eq!(
+            got,
+            b"Subject: a\r\n\tb\r\nX:v\r\nY: c\r\n d\r\n\r\nbody\r\n"
+        );
     }
 }

@@ -469,8 +469,11 @@ mod tests {
         )
         .unwrap();
         assert_eq!(v4, b"mail.example.net\x004\x11\xd7192.0.2.1\0");
-        let v6 = connect_data(b"h", &ConnectAddr::Inet("[2001:db8::1]:25".parse().unwrap()))
-            .unwrap();
+        let v6 = connect_data(
+            b"h",
+            &ConnectAddr::Inet("[2001:db8::1]:25".parse().unwrap()),
+        )
+        .unwrap();
         assert_eq!(v6, b"h\x006\x00\x192001:db8::1\0");
         let unix = connect_data(b"localhost", &ConnectAddr::Unix("/tmp/s".into())).unwrap();
         assert_eq!(unix, b"localhost\0L\0\0/tmp/s\0");
@@ -603,7 +606,10 @@ mod tests {
             m(b'2', b"<x@y>\0"),
             Modification::AddRcptExt("<x@y>".into(), "".into())
         );
-        assert_eq!(m(b'-', b"<x@y>\0"), Modification::DeleteRcpt("<x@y>".into()));
+        assert_eq!(
+            m(b'-', b"<x@y>\0"),
+            Modification::DeleteRcpt("<x@y>".into())
+        );
         assert_eq!(
             m(b'e', b"<s@y>\0"),
             Modification::ChangeFrom("<s@y>".into(), "".into())

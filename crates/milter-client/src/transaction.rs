@@ -237,7 +237,10 @@ fn header_line(line: &[u8]) -> Option<(&[u8], &[u8])> {
         return None;
     }
     let rest = &line[name_len..];
-    let ws = rest.iter().take_while(|&&b| b == b' ' || b == b'\t').count();
+    let ws = rest
+        .iter()
+        .take_while(|&&b| b == b' ' || b == b'\t')
+        .count();
     let rest = rest[ws..].strip_prefix(b":")?;
     Some((&line[..name_len], rest))
 }
@@ -299,7 +302,9 @@ impl Outcome {
 /// then, and a milter may legitimately have closed the connection already.
 pub async fn run(ep: &Endpoint, tx: &Transaction) -> Result<Outcome, Error> {
     let mut client = MilterClient::connect_with_timeout(ep, tx.timeout).await?;
-    let negotiated = client.negotiate(tx.offer_actions, tx.offer_protocol).await?;
+    let negotiated = client
+        .negotiate(tx.offer_actions, tx.offer_protocol)
+        .await?;
     let (stage, reply, modifications) = drive(&mut client, tx).await?;
     if stage != Stage::Eom && stage >= Stage::Mail {
         let _ = client.abort().await;

@@ -21,16 +21,29 @@ use tokio::sync::oneshot;
 /// What the test milter observed, in order.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Ev {
-    Negotiate { actions: u32, opts: u32 },
-    Connect { host: String, info: SocketInfo, j: Option<String> },
+    Negotiate {
+        actions: u32,
+        opts: u32,
+    },
+    Connect {
+        host: String,
+        info: SocketInfo,
+        j: Option<String>,
+    },
     Helo(String),
-    Mail { args: Vec<String>, i: Option<String>, auth: Option<String> },
+    Mail {
+        args: Vec<String>,
+        i: Option<String>,
+        auth: Option<String>,
+    },
     Rcpt(Vec<String>),
     Data,
     Header(Vec<u8>, Vec<u8>),
     Eoh,
     Body(Vec<u8>),
-    Eom { i: Option<String> },
+    Eom {
+        i: Option<String>,
+    },
     Abort,
     Close,
 }
@@ -64,8 +77,8 @@ async fn start(b: Behaviour) -> (Endpoint, Log, oneshot::Sender<()>) {
     let push = move |e: Ev| l.lock().unwrap().push(e);
 
     let p = push.clone();
-    let mut callbacks = Callbacks::<()>::new()
-        .on_negotiate(move |cx: &mut NegotiateContext<()>, actions, opts| {
+    let mut callbacks =
+        Callbacks::<()>::new().on_negotiate(move |cx: &mut NegotiateContext<()>, actions, opts| {
             let p = p.clone();
             Box::pin(async move {
                 p(Ev::Negotiate {
@@ -404,7 +417,9 @@ async fn full_transaction_with_leadspc() {
     );
     assert_eq!(delivered[0].1, " v");
     let rendered = render(&delivered, &tx.body);
-    assert!(rendered.starts_with(b"X-Test: v\r\nReceived: by mx.example.org\r\nReceived: from relay.example.net\r\n\tby gw."));
+    assert!(rendered.starts_with(
+        b"X-Test: v\r\nReceived: by mx.example.org\r\nReceived: from relay.example.net\r\n\tby gw."
+    ));
     assert!(rendered.ends_with(&msg[body_start - 2..]));
 }
 
@@ -521,14 +536,19 @@ async fn low_level_client_and_raw_bytes() {
     let n = c.negotiate(ALL_ACTIONS, ALL_PROTOCOL).await.unwrap();
     assert!(n.leadspc());
     c.macros(b'C', &[("j", "mx.example.org")]).await.unwrap();
-    assert_eq!(c.connect_info("[unknown]", None).await.unwrap(), Reply::Continue);
+    assert_eq!(
+        c.connect_info("[unknown]", None).await.unwrap(),
+        Reply::Continue
+    );
     assert_eq!(c.helo("h").await.unwrap(), Reply::Continue);
     assert_eq!(c.mail(&["<>"]).await.unwrap(), Reply::Continue);
     assert_eq!(c.rcpt(&["<x@example.org>"]).await.unwrap(), Reply::Continue);
     assert_eq!(c.data().await.unwrap(), Reply::Continue);
     // 8-bit, non-UTF-8 bytes go through untouched.
     assert_eq!(
-        c.header_bytes(b"Subject", b" caf\xe9\x01\x7f").await.unwrap(),
+        c.header_bytes(b"Subject", b" caf\xe9\x01\x7f")
+            .await
+            .unwrap(),
         Reply::Continue
     );
     assert_eq!(c.eoh().await.unwrap(), Reply::Continue);
