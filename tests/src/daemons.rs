@@ -40,9 +40,12 @@ pub async fn start_dkim(dir: &Path, toml: &str, socket: &str) -> RunningMilter {
     crate::logcapture::install();
     let path = dir.join("dkim-milter.toml");
     std::fs::write(&path, toml).expect("write config");
-    let config = dkim_milter::config::Config::load(&path).unwrap_or_else(|e| panic!("test config invalid: {e}"));
+    let config = dkim_milter::config::Config::load(&path)
+        .unwrap_or_else(|e| panic!("test config invalid: {e}"));
     let spec: SocketSpec = socket.parse().expect("socket spec");
-    let listener = ResilientListener::bind(&spec, Some(0o660)).await.expect("bind milter socket");
+    let listener = ResilientListener::bind(&spec, Some(0o660))
+        .await
+        .expect("bind milter socket");
     let (addr, unix_path) = match listener.local_spec().expect("bound") {
         SocketSpec::Inet(a) => (a, None),
         SocketSpec::Unix(p) => ("127.0.0.1:0".parse().unwrap(), Some(p)),
@@ -58,5 +61,10 @@ pub async fn start_dkim(dir: &Path, toml: &str, socket: &str) -> RunningMilter {
         })
         .await;
     });
-    RunningMilter { addr, unix_path, stop: Some(tx), filter }
+    RunningMilter {
+        addr,
+        unix_path,
+        stop: Some(tx),
+        filter,
+    }
 }

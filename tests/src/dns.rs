@@ -157,7 +157,8 @@ impl Zone {
         self
     }
 
-    /// TTL for the records added so far *and* later without an explicit TTL (default 300 s).
+    /// Default TTL of every record that has no TTL of its own, whenever it was added
+    /// (default 300 s).
     pub fn ttl(mut self, ttl: u32) -> Self {
         self.ttl = Some(ttl);
         self
@@ -457,7 +458,11 @@ impl BlackholeDns {
 
 /// Resolver configuration that talks only to `addr` (UDP, then TCP on truncation), with no search
 /// domains and no hosts file, so a test can never leak a query to the system resolver.
-pub fn resolver_config(addr: SocketAddr, timeout: Duration, attempts: usize) -> (ResolverConfig, ResolverOpts) {
+pub fn resolver_config(
+    addr: SocketAddr,
+    timeout: Duration,
+    attempts: usize,
+) -> (ResolverConfig, ResolverOpts) {
     let mut udp = ConnectionConfig::udp();
     udp.port = addr.port();
     let mut tcp = ConnectionConfig::tcp();
@@ -497,7 +502,10 @@ mod tests {
         crate::init_tracing();
         let key = TestKey::rsa(2048);
         let record = key.dns_record();
-        assert!(record.len() > MAX_TXT_STRING, "a 2048-bit key record needs several strings");
+        assert!(
+            record.len() > MAX_TXT_STRING,
+            "a 2048-bit key record needs several strings"
+        );
         let zone = Zone::new()
             .txt("sel._domainkey.example.com", &record)
             .txt("example.com.", "v=spf1 ip4:192.0.2.1 -all")
@@ -510,28 +518,51 @@ mod tests {
         let dns = TestDns::start(&zone).await.unwrap();
         let auth = authenticator(dns.addr(), Duration::from_secs(2), 1);
 
-        let txt = auth.txt_raw_lookup("sel._domainkey.example.com.").await.unwrap();
+        let txt = auth
+            .txt_raw_lookup("sel._domainkey.example.com.")
+            .await
+            .unwrap();
         assert_eq!(txt, record.as_bytes());
         let txt = auth.txt_raw_lookup("split.example.com.").await.unwrap();
         assert_eq!(txt, b"v=DKIM1; p=abc");
 
-        let a = auth.resolver().ipv4_lookup("mail.example.com.").await.unwrap();
-        let a: Vec<Ipv4Addr> = a.answers().iter().filter_map(|r| match &r.data {
-            RData::A(a) => Some(a.0),
-            _ => None,
-        }).collect();
+        let a = auth
+            .resolver()
+            .ipv4_lookup("mail.example.com.")
+            .await
+            .unwrap();
+        let a: Vec<Ipv4Addr> = a
+            .answers()
+            .iter()
+            .filter_map(|r| match &r.data {
+                RData::A(a) => Some(a.0),
+                _ => None,
+            })
+            .collect();
         assert_eq!(a, vec![Ipv4Addr::new(192, 0, 2, 25)]);
 
-        let mx = auth.mx_lookup("example.com.", None::<&mail_auth::common::cache::NoCache<_, _>>).await;
+        let mx = auth
+            .mx_lookup(
+                "example.com.",
+                None::<&mail_auth::common::cache::NoCache<_, _>>,
+            )
+            .await;
         let mx = mx.unwrap();
         assert_eq!(mx.rrset.len(), 1);
         assert_eq!(mx.rrset[0].preference, 10);
         assert_eq!(&*mx.rrset[0].exchanges[0], "mail.example.com.");
 
-        let ptr = auth.resolver().reverse_lookup("192.0.2.25".parse::<IpAddr>().unwrap()).await.unwrap();
+        let ptr = auth
+            .resolver()
+            .reverse_lookup("192.0.2.25".parse::<IpAddr>().unwrap())
+            .await
+            .unwrap();
         assert_eq!(ptr.answers().len(), 1);
 
-        let err = auth.txt_raw_lookup("absent.example.com.").await.unwrap_err();
+        let err = auth
+            .txt_raw_lookup("absent.example.com.")
+            .await
+            .unwrap_err();
         assert!(is_nxdomain(&err), "expected NXDOMAIN, got {err:?}");
         // The parent of a zone apex must not be REFUSED either (DMARC tree walk).
         let err = auth.txt_raw_lookup("_dmarc.com.").await.unwrap_err();
@@ -541,8 +572,14 @@ mod tests {
         let addr = dns.addr();
         dns.stop().await;
         let fresh = authenticator(addr, Duration::from_millis(300), 1);
-        let err = fresh.txt_raw_lookup("sel._domainkey.example.com.").await.unwrap_err();
-        assert!(!is_nxdomain(&err), "a stopped server must not answer: {err:?}");
+        let err = fresh
+            .txt_raw_lookup("sel._domainkey.example.com.")
+            .await
+            .unwrap_err();
+        assert!(
+            !is_nxdomain(&err),
+            "a stopped server must not answer: {err:?}"
+        );
         eprintln!("stopped -> {err:?}");
         // The TCP side is closed too.
         assert!(std::net::TcpStream::connect(addr).is_err());
@@ -561,12 +598,19 @@ mod tests {
         let err = auth.txt_raw_lookup("broken.example.").await.unwrap_err();
         assert!(!is_nxdomain(&err), "{err:?}");
         eprintln!("SERVFAIL -> {err:?} after {:?}", started.elapsed());
-        assert!(started.elapsed() < Duration::from_millis(400), "SERVFAIL must not look like a timeout");
+        assert!(
+            started.elapsed() < Duration::from_millis(400),
+            "SERVFAIL must not look like a timeout"
+        );
         let started = Instant::now();
         let err = auth.txt_raw_lookup("slow.example.").await.unwrap_err();
         assert!(!is_nxdomain(&err), "{err:?}");
         eprintln!("timeout -> {err:?} after {:?}", started.elapsed());
-        assert!(started.elapsed() >= Duration::from_millis(400), "{:?}", started.elapsed());
+        assert!(
+            started.elapsed() >= Duration::from_millis(400),
+            "{:?}",
+            started.elapsed()
+        );
         dns.stop().await;
     }
 
@@ -578,6 +622,9 @@ mod tests {
         let err = auth.txt_raw_lookup("anything.example.").await.unwrap_err();
         assert!(!is_nxdomain(&err), "{err:?}");
         let took = started.elapsed();
-        assert!(took >= Duration::from_millis(250) && took < Duration::from_secs(10), "{took:?}");
+        assert!(
+            took >= Duration::from_millis(250) && took < Duration::from_secs(10),
+            "{took:?}"
+        );
     }
 }

@@ -195,8 +195,12 @@ pub fn dkimpy_verify_with(
     // RESULT idx result d s detail
     for line in raw.lines().filter(|l| l.starts_with("RESULT\t")) {
         let fields: Vec<&str> = line.splitn(6, '\t').collect();
-        verdict.results.push(fields.get(2).unwrap_or(&"").to_string());
-        verdict.details.push(fields.get(5).unwrap_or(&"").to_string());
+        verdict
+            .results
+            .push(fields.get(2).unwrap_or(&"").to_string());
+        verdict
+            .details
+            .push(fields.get(5).unwrap_or(&"").to_string());
     }
     Ok(verdict)
 }
@@ -234,8 +238,12 @@ pub fn mail_dkim_verify_with(
         if fields.get(2) != Some(&"dkim") {
             continue;
         }
-        verdict.results.push(fields.get(3).unwrap_or(&"").to_string());
-        verdict.details.push(fields.get(6).unwrap_or(&"").to_string());
+        verdict
+            .results
+            .push(fields.get(3).unwrap_or(&"").to_string());
+        verdict
+            .details
+            .push(fields.get(6).unwrap_or(&"").to_string());
     }
     Ok(verdict)
 }
@@ -345,7 +353,12 @@ pub fn judge_available(name: &str) -> bool {
             judges_dir().join("mail_dkim_verify.pl").is_file()
                 && quiet(
                     PERL,
-                    &["-MMail::DKIM::Verifier", "-MMail::DKIM::Signer", "-MNet::DNS", "-e1"],
+                    &[
+                        "-MMail::DKIM::Verifier",
+                        "-MMail::DKIM::Signer",
+                        "-MNet::DNS",
+                        "-e1",
+                    ],
                 )
         }
         "opendkim" => quiet(crate::opendkim::OPENDKIM, &["-V"]),
@@ -354,6 +367,24 @@ pub fn judge_available(name: &str) -> bool {
     };
     cache.lock().unwrap().insert(name.to_owned(), available);
     available
+}
+
+/// Whether judge `name` can verify (and sign) ed25519-sha256 (RFC 8463). dkimpy can (with
+/// python3-nacl); Debian 12's Mail::DKIM 1.20230212 cannot (support arrived upstream later, as the
+/// module Mail::DKIM::Algorithm::ed25519_sha256) and reports such signatures "invalid
+/// (unsupported algorithm ed25519-sha256)". Tests should expect "invalid" from a judge for which
+/// this is false, rather than skip the judge.
+pub fn judge_supports_ed25519(name: &str) -> bool {
+    static MAIL_DKIM: OnceLock<bool> = OnceLock::new();
+    match name {
+        "dkimpy" => judge_available("dkimpy"),
+        "mail-dkim" => *MAIL_DKIM.get_or_init(|| {
+            let mut cmd = Command::new(PERL);
+            cmd.args(["-MMail::DKIM::Algorithm::ed25519_sha256", "-e1"]);
+            run_bounded(cmd, b"", Duration::from_secs(20)).is_ok_and(|o| o.status.success())
+        }),
+        _ => false,
+    }
 }
 
 /// Whether tests run in CI (`CI=true`), where a missing judge is a failure, not a skip.
@@ -436,11 +467,14 @@ this message is signed by one independent implementation and judged by another.\
         let unsigned = dkimpy_verify(MESSAGE, dns.addr()).unwrap();
         assert!(unsigned.results.is_empty());
         assert_eq!(unsigned.best(), "none");
-        assert!(mail_dkim_verify(MESSAGE, dns.addr()).unwrap().results.is_empty());
+        assert!(mail_dkim_verify(MESSAGE, dns.addr())
+            .unwrap()
+            .results
+            .is_empty());
     }
 
-    /// Ed25519: dkimpy signs and verifies (Mail::DKIM in Debian 12 cannot, see module docs), with
-    /// the key published as raw 32 bytes per RFC 8463.
+    /// Ed25519: dkimpy signs and verifies, with the key published as raw 32 bytes per RFC 8463;
+    /// Mail::DKIM says "invalid" when it lacks Ed25519 (Debian 12), "pass" otherwise.
     #[test]
     fn dkimpy_ed25519_round_trip() {
         if !require_judge("dkimpy") {
@@ -454,6 +488,15 @@ this message is signed by one independent implementation and judged by another.\
         assert_eq!(v.results, ["pass"], "{}", v.raw_output);
         let v = dkimpy_verify(&tamper(&signed), dns.addr()).unwrap();
         assert_eq!(v.results, ["fail"], "{}", v.raw_output);
+        if require_judge("mail-dkim") {
+            let expected = if judge_supports_ed25519("mail-dkim") {
+                "pass"
+            } else {
+                "invalid"
+            };
+            let v = mail_dkim_verify(&signed, dns.addr()).unwrap();
+            assert_eq!(v.results, [expected], "{}", v.raw_output);
+        }
     }
 
     /// DNS failures are temporary errors for dkimpy's script, not failures.

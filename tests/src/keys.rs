@@ -64,7 +64,10 @@ impl TestKey {
         };
         let pair = rsa::KeyPair::generate(size).expect("generate RSA key");
         let pkcs8 = pair.as_der().expect("encode RSA PKCS#8");
-        let spki = pair.public_key().as_der().expect("encode RSA SubjectPublicKeyInfo");
+        let spki = pair
+            .public_key()
+            .as_der()
+            .expect("encode RSA SubjectPublicKeyInfo");
         Self::from_rsa_pkcs8(bits, pkcs8.as_ref(), spki.as_ref())
     }
 
@@ -120,7 +123,8 @@ impl TestKey {
 
     /// Generates an Ed25519 key with aws-lc-rs.
     pub fn ed25519() -> Self {
-        let pkcs8 = Ed25519KeyPair::generate_pkcs8v1(&SystemRandom::new()).expect("generate Ed25519");
+        let pkcs8 =
+            Ed25519KeyPair::generate_pkcs8v1(&SystemRandom::new()).expect("generate Ed25519");
         let pair = Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).expect("parse Ed25519 PKCS#8");
         let seed = pkcs8_inner_key(pkcs8.as_ref())
             .and_then(der_octet_string)
@@ -215,7 +219,9 @@ fn der_tlv(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
         if n == 0 || n > 4 || rest.len() < n {
             return None;
         }
-        let len = rest[..n].iter().fold(0usize, |acc, &b| (acc << 8) | b as usize);
+        let len = rest[..n]
+            .iter()
+            .fold(0usize, |acc, &b| (acc << 8) | b as usize);
         rest = &rest[n..];
         len
     };
@@ -264,9 +270,18 @@ mod tests {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        child.stdin.take().unwrap().write_all(pem_text.as_bytes()).unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(pem_text.as_bytes())
+            .unwrap();
         let out = child.wait_with_output().unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
@@ -290,7 +305,10 @@ mod tests {
     #[test]
     fn rsa_1024_from_openssl() {
         let key = TestKey::rsa_openssl(1024);
-        let text = openssl_check(key.pkcs1_pem.as_deref().unwrap(), &["pkey", "-noout", "-text"]);
+        let text = openssl_check(
+            key.pkcs1_pem.as_deref().unwrap(),
+            &["pkey", "-noout", "-text"],
+        );
         assert!(text.contains("1024 bit"), "{text}");
         assert!(key.public_b64.starts_with("MIGfMA0"));
     }

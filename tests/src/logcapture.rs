@@ -39,7 +39,10 @@ pub fn install() {
     static ONCE: OnceLock<()> = OnceLock::new();
     ONCE.get_or_init(|| {
         let _ = tracing_subscriber::fmt()
-            .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+            .with_env_filter(
+                tracing_subscriber::EnvFilter::try_from_default_env()
+                    .unwrap_or_else(|_| "info".into()),
+            )
             .with_ansi(false)
             .with_target(false)
             .without_time()
@@ -51,7 +54,10 @@ pub fn install() {
 /// Every captured line containing `needle` (usually a test's queue id), message text only.
 pub fn lines_with(needle: &str) -> Vec<String> {
     let l = lines().lock().unwrap_or_else(|p| p.into_inner());
-    l.iter().filter(|x| x.contains(needle)).map(|x| strip_level(x)).collect()
+    l.iter()
+        .filter(|x| x.contains(needle))
+        .map(|x| strip_level(x))
+        .collect()
 }
 
 fn strip_level(line: &str) -> String {
