@@ -151,14 +151,24 @@ fn strip_comments(s: &str) -> String {
 fn split_addr(spec: &str) -> Option<Mailbox> {
     let at = spec.rfind('@')?;
     let local = spec[..at].trim();
-    let domain = spec[at + 1..].trim().trim_end_matches('.').to_ascii_lowercase();
-    if domain.is_empty() || !domain.chars().all(|c| c.is_ascii_alphanumeric() || "-._".contains(c) || !c.is_ascii()) {
+    let domain = spec[at + 1..]
+        .trim()
+        .trim_end_matches('.')
+        .to_ascii_lowercase();
+    if domain.is_empty()
+        || !domain
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-._".contains(c) || !c.is_ascii())
+    {
         return None;
     }
     if domain.starts_with('.') || domain.contains("..") {
         return None;
     }
-    Some(Mailbox { local: local.to_string(), domain })
+    Some(Mailbox {
+        local: local.to_string(),
+        domain,
+    })
 }
 
 #[cfg(test)]
@@ -172,16 +182,31 @@ mod tests {
     #[test]
     fn common_forms() {
         assert_eq!(addrs(" user@Example.COM"), vec!["user@example.com"]);
-        assert_eq!(addrs(" \"Doe, John\" <john@example.org>"), vec!["john@example.org"]);
-        assert_eq!(addrs(" John (the boss) <john@example.org> (work)"), vec!["john@example.org"]);
-        assert_eq!(addrs(" a@one.example, B <b@two.example>"), vec!["a@one.example", "b@two.example"]);
-        assert_eq!(addrs(" team: a@x.example, b@y.example;"), vec!["a@x.example", "b@y.example"]);
+        assert_eq!(
+            addrs(" \"Doe, John\" <john@example.org>"),
+            vec!["john@example.org"]
+        );
+        assert_eq!(
+            addrs(" John (the boss) <john@example.org> (work)"),
+            vec!["john@example.org"]
+        );
+        assert_eq!(
+            addrs(" a@one.example, B <b@two.example>"),
+            vec!["a@one.example", "b@two.example"]
+        );
+        assert_eq!(
+            addrs(" team: a@x.example, b@y.example;"),
+            vec!["a@x.example", "b@y.example"]
+        );
         assert_eq!(addrs(" <@relay.example:u@d.example>"), vec!["u@d.example"]);
     }
 
     #[test]
     fn quoted_at_sign_in_display_name_is_not_the_address() {
-        assert_eq!(addrs(" \"evil@attacker.example\" <user@good.example>"), vec!["user@good.example"]);
+        assert_eq!(
+            addrs(" \"evil@attacker.example\" <user@good.example>"),
+            vec!["user@good.example"]
+        );
     }
 
     #[test]
@@ -195,7 +220,9 @@ mod tests {
 
     #[test]
     fn hostile_inputs_do_not_panic() {
-        for v in ["<", ">", "\"", "(((", ")", "\\", "@", "<@", "a@<b>", "\"\\", "(\\", ",,,,", ":::;;;"] {
+        for v in [
+            "<", ">", "\"", "(((", ")", "\\", "@", "<@", "a@<b>", "\"\\", "(\\", ",,,,", ":::;;;",
+        ] {
             let _ = mailboxes(v);
         }
     }

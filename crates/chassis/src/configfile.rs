@@ -15,8 +15,18 @@ pub struct ConfigError {
 }
 
 impl ConfigError {
-    pub fn new(file: &Path, line: Option<usize>, key: Option<&str>, message: impl Into<String>) -> Self {
-        Self { file: file.to_path_buf(), line, key: key.map(str::to_string), message: message.into() }
+    pub fn new(
+        file: &Path,
+        line: Option<usize>,
+        key: Option<&str>,
+        message: impl Into<String>,
+    ) -> Self {
+        Self {
+            file: file.to_path_buf(),
+            line,
+            key: key.map(str::to_string),
+            message: message.into(),
+        }
     }
 }
 
@@ -37,7 +47,8 @@ impl std::error::Error for ConfigError {}
 
 /// Reads and parses `path` as TOML into `T`.
 pub fn load_toml<T: DeserializeOwned>(path: &Path) -> Result<T, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|e| ConfigError::new(path, None, None, format!("cannot read: {e}")))?;
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ConfigError::new(path, None, None, format!("cannot read: {e}")))?;
     parse_toml(path, &text)
 }
 
@@ -51,7 +62,12 @@ pub fn parse_toml<T: DeserializeOwned>(path: &Path, text: &str) -> Result<T, Con
         // toml's message repeats a source excerpt; keep only the diagnosis.
         let message = e.message().trim().to_string();
         let key = key.or_else(|| quoted_field(&message));
-        ConfigError { file: path.to_path_buf(), line, key, message }
+        ConfigError {
+            file: path.to_path_buf(),
+            line,
+            key,
+            message,
+        }
     })
 }
 
@@ -76,7 +92,11 @@ fn locate(text: &str, offset: usize) -> (Option<usize>, Option<String>) {
         if i + 1 == line_no {
             if let Some((k, _)) = t.split_once('=') {
                 let k = k.trim().trim_matches('"');
-                key = Some(if table.is_empty() { k.to_string() } else { format!("{table}.{k}") });
+                key = Some(if table.is_empty() {
+                    k.to_string()
+                } else {
+                    format!("{table}.{k}")
+                });
             } else if !table.is_empty() {
                 key = Some(table.clone());
             }
@@ -92,7 +112,11 @@ fn locate(text: &str, offset: usize) -> (Option<usize>, Option<String>) {
             }
             if let Some((k, _)) = t.split_once('=') {
                 let k = k.trim().trim_matches('"');
-                key = Some(if table.is_empty() { k.to_string() } else { format!("{table}.{k}") });
+                key = Some(if table.is_empty() {
+                    k.to_string()
+                } else {
+                    format!("{table}.{k}")
+                });
                 break;
             }
         }
@@ -142,7 +166,11 @@ mod tests {
         let e = parse_toml::<Sample>(Path::new("/etc/x.toml"), text).unwrap_err();
         assert_eq!(e.line, Some(4));
         assert_eq!(e.key.as_deref(), Some("limits.max"));
-        assert!(e.to_string().starts_with("/etc/x.toml:4: key 'limits.max': "), "{e}");
+        assert!(
+            e.to_string()
+                .starts_with("/etc/x.toml:4: key 'limits.max': "),
+            "{e}"
+        );
     }
 
     #[test]

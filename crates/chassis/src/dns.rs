@@ -2,7 +2,9 @@
 //! Milter timeouts are tight (Postfix waits 300 s at end of message, 30 s per command), so the
 //! defaults here are shorter than hickory's 5 s x 2.
 
-use mail_auth::hickory_resolver::config::{ConnectionConfig, NameServerConfig, ResolverConfig, ResolverOpts};
+use mail_auth::hickory_resolver::config::{
+    ConnectionConfig, NameServerConfig, ResolverConfig, ResolverOpts,
+};
 use mail_auth::MessageAuthenticator;
 use serde::Deserialize;
 use std::net::{IpAddr, SocketAddr};
@@ -25,7 +27,12 @@ pub struct ResolverSettings {
 
 impl Default for ResolverSettings {
     fn default() -> Self {
-        Self { nameservers: Vec::new(), timeout: 5.0, attempts: 2, cache_size: 4096 }
+        Self {
+            nameservers: Vec::new(),
+            timeout: 5.0,
+            attempts: 2,
+            cache_size: 4096,
+        }
     }
 }
 
@@ -37,7 +44,10 @@ impl ResolverSettings {
 
     /// Parses the name server list; errors name the bad entry.
     pub fn parsed_nameservers(&self) -> Result<Vec<SocketAddr>, String> {
-        self.nameservers.iter().map(|s| parse_nameserver(s)).collect()
+        self.nameservers
+            .iter()
+            .map(|s| parse_nameserver(s))
+            .collect()
     }
 
     /// Builds the resolver every lookup goes through.
@@ -48,12 +58,14 @@ impl ResolverSettings {
         opts.attempts = self.attempts.max(1);
         opts.cache_size = self.cache_size;
         if servers.is_empty() {
-            let (config, mut sys_opts) = mail_auth::hickory_resolver::system_conf::read_system_conf()
-                .map_err(|e| format!("cannot read the system resolver configuration: {e}"))?;
+            let (config, mut sys_opts) =
+                mail_auth::hickory_resolver::system_conf::read_system_conf()
+                    .map_err(|e| format!("cannot read the system resolver configuration: {e}"))?;
             sys_opts.timeout = opts.timeout;
             sys_opts.attempts = opts.attempts;
             sys_opts.cache_size = opts.cache_size;
-            return MessageAuthenticator::new(config, sys_opts).map_err(|e| format!("cannot create resolver: {e}"));
+            return MessageAuthenticator::new(config, sys_opts)
+                .map_err(|e| format!("cannot create resolver: {e}"));
         }
         let ns = servers
             .into_iter()
@@ -76,10 +88,16 @@ pub fn parse_nameserver(s: &str) -> Result<SocketAddr, String> {
     if let Ok(addr) = s.parse::<SocketAddr>() {
         return Ok(addr);
     }
-    if let Ok(ip) = s.trim_start_matches('[').trim_end_matches(']').parse::<IpAddr>() {
+    if let Ok(ip) = s
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .parse::<IpAddr>()
+    {
         return Ok(SocketAddr::new(ip, 53));
     }
-    Err(format!("bad name server '{s}': expected IP, IP:PORT or [IPv6]:PORT"))
+    Err(format!(
+        "bad name server '{s}': expected IP, IP:PORT or [IPv6]:PORT"
+    ))
 }
 
 #[cfg(test)]
@@ -88,16 +106,32 @@ mod tests {
 
     #[test]
     fn nameserver_forms() {
-        assert_eq!(parse_nameserver("127.0.0.1").unwrap(), "127.0.0.1:53".parse().unwrap());
-        assert_eq!(parse_nameserver("127.0.0.1:5353").unwrap(), "127.0.0.1:5353".parse().unwrap());
-        assert_eq!(parse_nameserver("::1").unwrap(), "[::1]:53".parse().unwrap());
-        assert_eq!(parse_nameserver("[::1]:5353").unwrap(), "[::1]:5353".parse().unwrap());
+        assert_eq!(
+            parse_nameserver("127.0.0.1").unwrap(),
+            "127.0.0.1:53".parse().unwrap()
+        );
+        assert_eq!(
+            parse_nameserver("127.0.0.1:5353").unwrap(),
+            "127.0.0.1:5353".parse().unwrap()
+        );
+        assert_eq!(
+            parse_nameserver("::1").unwrap(),
+            "[::1]:53".parse().unwrap()
+        );
+        assert_eq!(
+            parse_nameserver("[::1]:5353").unwrap(),
+            "[::1]:5353".parse().unwrap()
+        );
         assert!(parse_nameserver("dns.example").is_err());
     }
 
     #[test]
     fn worst_case_is_timeout_times_attempts() {
-        let s = ResolverSettings { timeout: 1.5, attempts: 2, ..Default::default() };
+        let s = ResolverSettings {
+            timeout: 1.5,
+            attempts: 2,
+            ..Default::default()
+        };
         assert_eq!(s.worst_case(), Duration::from_secs(3));
     }
 }

@@ -23,7 +23,10 @@ impl Envelope {
     /// A macro by name, with or without braces (`{auth_type}` and `auth_type` are the same macro).
     pub fn macro_value(&self, name: &str) -> Option<&str> {
         let bare = name.trim_start_matches('{').trim_end_matches('}');
-        self.macros.get(bare).map(String::as_str).filter(|v| !v.is_empty())
+        self.macros
+            .get(bare)
+            .map(String::as_str)
+            .filter(|v| !v.is_empty())
     }
 
     /// The MTA's queue id (`i`), used to prefix every log line as OpenDKIM does.

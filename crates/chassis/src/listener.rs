@@ -44,7 +44,10 @@ impl ResilientListener {
                     } else {
                         return Err(io::Error::new(
                             io::ErrorKind::AlreadyExists,
-                            format!("{} exists and is not a socket; refusing to replace it", path.display()),
+                            format!(
+                                "{} exists and is not a socket; refusing to replace it",
+                                path.display()
+                            ),
                         ));
                     }
                 }
@@ -58,13 +61,21 @@ impl ResilientListener {
                 let addr = match other.resolve().await? {
                     SocketSpec::Inet(addr) => addr,
                     unresolved => {
-                        return Err(io::Error::new(io::ErrorKind::AddrNotAvailable, format!("{unresolved}: no address")))
+                        return Err(io::Error::new(
+                            io::ErrorKind::AddrNotAvailable,
+                            format!("{unresolved}: no address"),
+                        ))
                     }
                 };
                 Inner::Tcp(TcpListener::bind(addr).await?)
             }
         };
-        Ok(Self { inner, backoff: None, delay: MIN_BACKOFF, remove_on_drop: true })
+        Ok(Self {
+            inner,
+            backoff: None,
+            delay: MIN_BACKOFF,
+            remove_on_drop: true,
+        })
     }
 
     /// The bound address, in OpenDKIM's socket syntax (useful when binding port 0 in tests).
@@ -90,7 +101,9 @@ impl Drop for ResilientListener {
 fn is_connection_error(e: &io::Error) -> bool {
     matches!(
         e.kind(),
-        io::ErrorKind::ConnectionAborted | io::ErrorKind::ConnectionReset | io::ErrorKind::Interrupted
+        io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::Interrupted
     )
 }
 
@@ -110,7 +123,9 @@ impl Listener for ResilientListener {
                     let _ = s.set_nodelay(true);
                     EitherStream::Tcp(s)
                 }),
-                Inner::Unix(l, _) => UnixListener::poll_accept(l, cx).map_ok(|(s, _)| EitherStream::Unix(s)),
+                Inner::Unix(l, _) => {
+                    UnixListener::poll_accept(l, cx).map_ok(|(s, _)| EitherStream::Unix(s))
+                }
             };
             match polled {
                 Poll::Pending => return Poll::Pending,
@@ -122,7 +137,10 @@ impl Listener for ResilientListener {
                     tracing::debug!("accept: connection dropped before it was accepted: {e}");
                 }
                 Poll::Ready(Err(e)) => {
-                    tracing::error!("accept failed: {e}; retrying in {} ms", self.delay.as_millis());
+                    tracing::error!(
+                        "accept failed: {e}; retrying in {} ms",
+                        self.delay.as_millis()
+                    );
                     self.backoff = Some(Box::pin(tokio::time::sleep(self.delay)));
                     self.delay = (self.delay * 2).min(MAX_BACKOFF);
                 }
@@ -137,7 +155,9 @@ mod tests {
 
     #[tokio::test]
     async fn binds_tcp_port_zero_and_reports_the_port() {
-        let l = ResilientListener::bind(&"inet:0@127.0.0.1".parse().unwrap(), None).await.unwrap();
+        let l = ResilientListener::bind(&"inet:0@127.0.0.1".parse().unwrap(), None)
+            .await
+            .unwrap();
         match l.local_spec().unwrap() {
             SocketSpec::Inet(a) => assert!(a.port() != 0),
             other => panic!("unexpected {other}"),

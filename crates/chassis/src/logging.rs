@@ -31,7 +31,13 @@ pub struct LogSettings {
 
 impl Default for LogSettings {
     fn default() -> Self {
-        Self { destination: Destination::Stderr, level: "info".into(), facility: "mail".into(), success: true, why: false }
+        Self {
+            destination: Destination::Stderr,
+            level: "info".into(),
+            facility: "mail".into(),
+            success: true,
+            why: false,
+        }
     }
 }
 
@@ -55,7 +61,8 @@ fn facility(name: &str) -> Result<syslog_tracing::Facility, String> {
 
 /// Installs the global subscriber. Call once at start; a second call is a no-op (tests).
 pub fn init(settings: &LogSettings, ident: &'static str) -> Result<(), String> {
-    let filter = EnvFilter::try_new(&settings.level).map_err(|e| format!("bad log level '{}': {e}", settings.level))?;
+    let filter = EnvFilter::try_new(&settings.level)
+        .map_err(|e| format!("bad log level '{}': {e}", settings.level))?;
     match settings.destination {
         Destination::Stderr => {
             let _ = tracing_subscriber::fmt()
@@ -68,8 +75,12 @@ pub fn init(settings: &LogSettings, ident: &'static str) -> Result<(), String> {
         Destination::Syslog => {
             let ident = std::ffi::CString::new(ident).map_err(|e| e.to_string())?;
             let ident: &'static std::ffi::CStr = Box::leak(ident.into_boxed_c_str());
-            let writer = syslog_tracing::Syslog::new(ident, syslog_tracing::Options::LOG_PID, facility(&settings.facility)?)
-                .ok_or_else(|| "syslog is already initialised".to_string())?;
+            let writer = syslog_tracing::Syslog::new(
+                ident,
+                syslog_tracing::Options::LOG_PID,
+                facility(&settings.facility)?,
+            )
+            .ok_or_else(|| "syslog is already initialised".to_string())?;
             let _ = tracing_subscriber::fmt()
                 .with_env_filter(filter)
                 .with_target(false)

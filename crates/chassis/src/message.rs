@@ -25,7 +25,12 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Self { max_header_bytes: 256 * 1024, max_headers: 1000, spill_threshold: 1024 * 1024, temp_dir: None }
+        Self {
+            max_header_bytes: 256 * 1024,
+            max_headers: 1000,
+            spill_threshold: 1024 * 1024,
+            temp_dir: None,
+        }
     }
 }
 
@@ -43,7 +48,9 @@ impl HeaderField {
     }
     /// The value as text (lossy), without the leading whitespace after the colon.
     pub fn value_str(&self) -> String {
-        String::from_utf8_lossy(&self.value).trim_start().to_string()
+        String::from_utf8_lossy(&self.value)
+            .trim_start()
+            .to_string()
     }
 }
 
@@ -107,7 +114,10 @@ impl MessageBuilder {
             v.push(b);
             prev = b;
         }
-        self.headers.push(HeaderField { name: name.to_vec(), value: v });
+        self.headers.push(HeaderField {
+            name: name.to_vec(),
+            value: v,
+        });
     }
 
     /// Marks the end of the header block and writes it into the buffer.
@@ -201,7 +211,11 @@ impl MessageBuilder {
                 }
             }
         };
-        Ok(Message { headers: self.headers, headers_truncated: self.headers_truncated, bytes })
+        Ok(Message {
+            headers: self.headers,
+            headers_truncated: self.headers_truncated,
+            bytes,
+        })
     }
 }
 
@@ -247,7 +261,11 @@ impl Message {
 
     /// Values of every header named `name`, in order, as text without leading whitespace.
     pub fn header_values(&self, name: &str) -> Vec<String> {
-        self.headers.iter().filter(|h| h.name_is(name)).map(HeaderField::value_str).collect()
+        self.headers
+            .iter()
+            .filter(|h| h.name_is(name))
+            .map(HeaderField::value_str)
+            .collect()
     }
 
     pub fn is_spilled(&self) -> bool {
@@ -264,7 +282,11 @@ pub fn split_raw(raw: &[u8]) -> (Vec<RawHeader>, Vec<u8>) {
     let mut headers: Vec<RawHeader> = Vec::new();
     let mut pos = 0;
     while pos < raw.len() {
-        let end = raw[pos..].iter().position(|&b| b == b'\n').map(|i| pos + i + 1).unwrap_or(raw.len());
+        let end = raw[pos..]
+            .iter()
+            .position(|&b| b == b'\n')
+            .map(|i| pos + i + 1)
+            .unwrap_or(raw.len());
         let line = &raw[pos..end];
         let content = strip_eol(line);
         pos = end;
@@ -326,7 +348,10 @@ mod tests {
         b.end_of_headers();
         b.body(b"line 1\r\n");
         let m = b.finish().unwrap();
-        assert_eq!(m.raw(), b"Subject:  Hello\r\n\tfolded   world\r\nX-NoSpace:value\r\n\r\nline 1\r\n");
+        assert_eq!(
+            m.raw(),
+            b"Subject:  Hello\r\n\tfolded   world\r\nX-NoSpace:value\r\n\r\nline 1\r\n"
+        );
     }
 
     #[test]
@@ -339,7 +364,10 @@ mod tests {
 
     #[test]
     fn spills_past_threshold_and_reads_back_identically() {
-        let limits = Limits { spill_threshold: 100, ..Limits::default() };
+        let limits = Limits {
+            spill_threshold: 100,
+            ..Limits::default()
+        };
         let mut b = MessageBuilder::new(limits, true);
         b.header(b"From", b" a@example.com");
         let chunk = vec![b'x'; 70];
@@ -355,7 +383,10 @@ mod tests {
 
     #[test]
     fn header_cap_flags_truncation() {
-        let limits = Limits { max_header_bytes: 50, ..Limits::default() };
+        let limits = Limits {
+            max_header_bytes: 50,
+            ..Limits::default()
+        };
         let mut b = MessageBuilder::new(limits, true);
         b.header(b"A", b" short");
         b.header(b"B", &[b'y'; 100]);
@@ -377,6 +408,9 @@ mod tests {
         let raw = b"From: a@example.com\r\nSubject: hi\r\n\tthere\r\n\r\nBody\r\n";
         let m = Message::from_raw(raw).unwrap();
         assert_eq!(m.raw(), raw);
-        assert_eq!(m.header_values("subject"), vec!["hi\r\n\tthere".to_string()]);
+        assert_eq!(
+            m.header_values("subject"),
+            vec!["hi\r\n\tthere".to_string()]
+        );
     }
 }

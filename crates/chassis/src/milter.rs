@@ -8,8 +8,8 @@ use crate::listener::ResilientListener;
 use crate::message::{Limits, Message, MessageBuilder};
 use crate::verdict::{Action, HeaderEdit, SmtpReply, Verdict};
 use indymilter::{
-    Actions, Callbacks, Context, ContextActions, EomContext, MacroStage, NegotiateContext, ProtoOpts, SetErrorReply,
-    SocketInfo, Status,
+    Actions, Callbacks, Context, ContextActions, EomContext, MacroStage, NegotiateContext,
+    ProtoOpts, SetErrorReply, SocketInfo, Status,
 };
 use std::ffi::CString;
 use std::future::Future;
@@ -47,7 +47,11 @@ pub trait Filter: Send + Sync + 'static {
     fn on_connect(snap: &Self::Snapshot, env: &Envelope) -> ConnectDecision;
 
     /// The decision for one complete message.
-    fn on_message(snap: Arc<Self::Snapshot>, env: Envelope, msg: Message) -> impl Future<Output = Verdict> + Send;
+    fn on_message(
+        snap: Arc<Self::Snapshot>,
+        env: Envelope,
+        msg: Message,
+    ) -> impl Future<Output = Verdict> + Send;
 
     /// Upper bound for `on_message`; past it the message is tempfailed.
     fn deadline(snap: &Self::Snapshot) -> Duration;
@@ -70,24 +74,39 @@ fn merge_macros<S>(data: &mut Option<Session<S>>, macros: &indymilter::Macros) {
 }
 
 fn cstr_arg(args: &[CString], i: usize) -> String {
-    args.get(i).map(|a| a.to_string_lossy().into_owned()).unwrap_or_default()
+    args.get(i)
+        .map(|a| a.to_string_lossy().into_owned())
+        .unwrap_or_default()
 }
 
 fn strip_angle(s: &str) -> String {
-    s.trim().trim_start_matches('<').trim_end_matches('>').to_string()
+    s.trim()
+        .trim_start_matches('<')
+        .trim_end_matches('>')
+        .to_string()
 }
 
 /// The fixed set of macros both daemons use; the MTA only sends those its config lists.
 fn macro_requests(extra: &[String]) -> Vec<(MacroStage, String)> {
     let mut eoh = String::from("i {auth_type} {auth_authen} {daemon_name}");
     for m in extra {
-        let name = if m.len() > 1 && !m.starts_with('{') { format!("{{{m}}}") } else { m.clone() };
+        let name = if m.len() > 1 && !m.starts_with('{') {
+            format!("{{{m}}}")
+        } else {
+            m.clone()
+        };
         eoh.push(' ');
         eoh.push_str(&name);
     }
     vec![
-        (MacroStage::Connect, "j {daemon_name} {client_addr} {client_name}".to_string()),
-        (MacroStage::Mail, "i {auth_type} {auth_authen} {mail_addr}".to_string()),
+        (
+            MacroStage::Connect,
+            "j {daemon_name} {client_addr} {client_name}".to_string(),
+        ),
+        (
+            MacroStage::Mail,
+            "i {auth_type} {auth_authen} {mail_addr}".to_string(),
+        ),
         (MacroStage::Eoh, eoh.clone()),
         (MacroStage::Eom, eoh),
     ]
@@ -222,7 +241,9 @@ pub fn callbacks<F: Filter>(filter: Arc<F>) -> Callbacks<Session<F::Snapshot>> {
 
 async fn end_of_message<F: Filter>(cx: &mut EomContext<Session<F::Snapshot>>) -> Status {
     merge_macros(&mut cx.data, &cx.macros);
-    let Some(s) = cx.data.as_mut() else { return Status::Tempfail };
+    let Some(s) = cx.data.as_mut() else {
+        return Status::Tempfail;
+    };
     let env = s.env.clone();
     let qid = env.queue_id().to_string();
     let builder = s
@@ -246,7 +267,10 @@ async fn end_of_message<F: Filter>(cx: &mut EomContext<Session<F::Snapshot>>) ->
                     internal_error()
                 }
                 Err(_) => {
-                    tracing::error!("{qid}: evaluation took longer than {} s; temporarily failing", deadline.as_secs());
+                    tracing::error!(
+                        "{qid}: evaluation took longer than {} s; temporarily failing",
+                        deadline.as_secs()
+                    );
                     internal_error()
                 }
             }
@@ -256,21 +280,45 @@ async fn end_of_message<F: Filter>(cx: &mut EomContext<Session<F::Snapshot>>) ->
 }
 
 fn internal_error() -> Verdict {
-    Verdict { edits: Vec::new(), action: Action::Tempfail(SmtpReply::new("451", "4.7.0", "internal error, try again later")) }
+    Verdict {
+        edits: Vec::new(),
+        action: Action::Tempfail(SmtpReply::new(
+            "451",
+            "4.7.0",
+            "internal error, try again later",
+        )),
+    }
 }
 
-async fn apply<S: Send + Sync>(cx: &mut EomContext<Session<S>>, qid: &str, verdict: Verdict, leading_space: bool) -> Status {
+async fn apply<S: Send + Sync>(
+    cx: &mut EomContext<Session<S>>,
+    qid: &str,
+    verdict: Verdict,
+    leading_space: bool,
+) -> Status {
     for edit in verdict.edits {
         let result = match edit {
             HeaderEdit::Delete { name, occurrence } => {
-                cx.actions.change_header(name.as_str(), occurrence as i32, None::<CString>).await
+                cx.actions
+                    .change_header(name.as_str(), occurrence as i32, None::<CString>)
+                    .await
             }
             HeaderEdit::Insert { index, name, value } => {
-                let value = if leading_space { format!(" {value}") } else { value };
+                let value = if leading_space {
+                    format!(" {value}")
+                } else {
+                    value
+                };
                 match CString::new(value) {
-                    Ok(v) => cx.actions.insert_header(index as i32, name.as_str(), v).await,
+                    Ok(v) => {
+                        cx.actions
+                            .insert_header(index as i32, name.as_str(), v)
+                            .await
+                    }
                     Err(_) => {
-                        tracing::error!("{qid}: refusing to add header {name}: value contains a NUL byte");
+                        tracing::error!(
+                            "{qid}: refusing to add header {name}: value contains a NUL byte"
+                        );
                         continue;
                     }
                 }
@@ -294,9 +342,18 @@ async fn apply<S: Send + Sync>(cx: &mut EomContext<Session<S>>, qid: &str, verdi
     }
 }
 
-fn set_reply<S: Send + Sync>(cx: &mut EomContext<Session<S>>, qid: &str, reply: &SmtpReply, status: Status) -> Status {
+fn set_reply<S: Send + Sync>(
+    cx: &mut EomContext<Session<S>>,
+    qid: &str,
+    reply: &SmtpReply,
+    status: Status,
+) -> Status {
     let text = reply.text.replace(['\r', '\n'], " ");
-    if let Err(e) = cx.reply.set_error_reply(reply.code.as_str(), Some(reply.xcode.as_str()), [text.as_str()]) {
+    if let Err(e) = cx.reply.set_error_reply(
+        reply.code.as_str(),
+        Some(reply.xcode.as_str()),
+        [text.as_str()],
+    ) {
         tracing::warn!("{qid}: cannot set SMTP reply {reply}: {e}");
     }
     status
@@ -310,7 +367,10 @@ pub async fn serve<F: Filter>(
     max_connections: usize,
     shutdown: impl Future,
 ) -> std::io::Result<()> {
-    let config = indymilter::Config { max_connections, ..Default::default() };
+    let config = indymilter::Config {
+        max_connections,
+        ..Default::default()
+    };
     indymilter::run(listener, callbacks(filter), config, shutdown).await
 }
 

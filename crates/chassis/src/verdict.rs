@@ -51,7 +51,11 @@ pub struct SmtpReply {
 
 impl SmtpReply {
     pub fn new(code: &str, xcode: &str, text: impl Into<String>) -> Self {
-        Self { code: code.into(), xcode: xcode.into(), text: text.into() }
+        Self {
+            code: code.into(),
+            xcode: xcode.into(),
+            text: text.into(),
+        }
     }
 }
 
@@ -92,7 +96,11 @@ impl Action {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum HeaderEdit {
     /// Insert at `index`, counted as the MTA does (0 = above the MTA's own Received header).
-    Insert { index: u32, name: String, value: String },
+    Insert {
+        index: u32,
+        name: String,
+        value: String,
+    },
     /// Delete the `occurrence`-th (1-based) header called `name`, counted among the headers the
     /// filter saw. Several deletions of one name must be listed in descending order.
     Delete { name: String, occurrence: u32 },
@@ -107,7 +115,10 @@ pub struct Verdict {
 
 impl Verdict {
     pub fn accept() -> Self {
-        Self { edits: Vec::new(), action: Action::Accept }
+        Self {
+            edits: Vec::new(),
+            action: Action::Accept,
+        }
     }
 }
 
@@ -124,6 +135,9 @@ mod tests {
 
     #[test]
     fn reply_renders_as_smtp_line() {
-        assert_eq!(SmtpReply::new("451", "4.7.5", "try later").to_string(), "451 4.7.5 try later");
+        assert_eq!(
+            SmtpReply::new("451", "4.7.5", "try later").to_string(),
+            "451 4.7.5 try later"
+        );
     }
 }

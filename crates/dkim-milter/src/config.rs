@@ -255,12 +255,24 @@ fn parse_canon(s: &str) -> Option<(Canonicalization, Canonicalization)> {
 fn parse_macro_rule(s: &str) -> Result<MacroRule, String> {
     let s = s.trim();
     let (name, values) = match s.split_once(['=', '|']) {
-        Some((n, v)) => (n, v.split('|').map(|x| x.trim().to_string()).filter(|x| !x.is_empty()).collect()),
+        Some((n, v)) => (
+            n,
+            v.split('|')
+                .map(|x| x.trim().to_string())
+                .filter(|x| !x.is_empty())
+                .collect(),
+        ),
         None => (s, Vec::new()),
     };
-    let name = name.trim().trim_start_matches('{').trim_end_matches('}').to_string();
+    let name = name
+        .trim()
+        .trim_start_matches('{')
+        .trim_end_matches('}')
+        .to_string();
     if name.is_empty() {
-        return Err(format!("bad macro_list entry '{s}': expected NAME, NAME=VALUE or NAME|V1|V2"));
+        return Err(format!(
+            "bad macro_list entry '{s}': expected NAME, NAME=VALUE or NAME|V1|V2"
+        ));
     }
     Ok(MacroRule { name, values })
 }
@@ -268,7 +280,8 @@ fn parse_macro_rule(s: &str) -> Result<MacroRule, String> {
 impl Config {
     /// Reads, parses and validates `path`, loading every key and table it names.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::new(path, None, None, format!("cannot read: {e}")))?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError::new(path, None, None, format!("cannot read: {e}")))?;
         Self::from_toml(path, &text)
     }
 
@@ -286,19 +299,36 @@ impl Config {
         let err = |key: &str, msg: String| ConfigError::new(path, line_of(key), Some(key), msg);
         let rel = |p: &Path| configfile::relative_to(path, p);
 
-        let socket: SocketSpec = raw.socket.parse().map_err(|e| err("socket", format!("{e}")))?;
+        let socket: SocketSpec = raw
+            .socket
+            .parse()
+            .map_err(|e| err("socket", format!("{e}")))?;
         let socket_mode = match &raw.socket_mode {
-            Some(m) => Some(u32::from_str_radix(m.trim_start_matches("0o"), 8).map_err(|_| {
-                err("socket_mode", format!("'{m}' is not an octal mode such as \"0660\""))
-            })?),
+            Some(m) => Some(
+                u32::from_str_radix(m.trim_start_matches("0o"), 8).map_err(|_| {
+                    err(
+                        "socket_mode",
+                        format!("'{m}' is not an octal mode such as \"0660\""),
+                    )
+                })?,
+            ),
             None => None,
         };
         let mode = raw.mode.to_ascii_lowercase();
         if mode.is_empty() || !mode.chars().all(|c| c == 's' || c == 'v') {
-            return Err(err("mode", format!("'{}' must be made of 's' (sign) and 'v' (verify)", raw.mode)));
+            return Err(err(
+                "mode",
+                format!("'{}' must be made of 's' (sign) and 'v' (verify)", raw.mode),
+            ));
         }
         let (header_canon, body_canon) = parse_canon(&raw.canonicalization).ok_or_else(|| {
-            err("canonicalization", format!("'{}': expected simple or relaxed, as HEADER/BODY", raw.canonicalization))
+            err(
+                "canonicalization",
+                format!(
+                    "'{}': expected simple or relaxed, as HEADER/BODY",
+                    raw.canonicalization
+                ),
+            )
         })?;
 
         let mut key_table = KeyTable::default();
@@ -307,29 +337,52 @@ impl Config {
             (Some(kt), Some(st)) => {
                 let (_, kt_path) = dataset_path(kt).map_err(|m| err("key_table", m))?;
                 let kt_path = rel(&kt_path);
-                let kt_text = std::fs::read_to_string(&kt_path)
-                    .map_err(|e| err("key_table", format!("cannot read {}: {e}", kt_path.display())))?;
+                let kt_text = std::fs::read_to_string(&kt_path).map_err(|e| {
+                    err(
+                        "key_table",
+                        format!("cannot read {}: {e}", kt_path.display()),
+                    )
+                })?;
                 let base = kt_path.parent().unwrap_or(Path::new("/")).to_path_buf();
-                key_table =
-                    KeyTable::parse(&kt_path, &kt_text, &base).map_err(|e| err("key_table", e.to_string()))?;
+                key_table = KeyTable::parse(&kt_path, &kt_text, &base)
+                    .map_err(|e| err("key_table", e.to_string()))?;
                 let (wild, st_path) = dataset_path(st).map_err(|m| err("signing_table", m))?;
                 let st_path = rel(&st_path);
-                let st_text = std::fs::read_to_string(&st_path)
-                    .map_err(|e| err("signing_table", format!("cannot read {}: {e}", st_path.display())))?;
-                signing_table =
-                    SigningTable::parse(&st_path, &st_text, wild).map_err(|e| err("signing_table", e.to_string()))?;
+                let st_text = std::fs::read_to_string(&st_path).map_err(|e| {
+                    err(
+                        "signing_table",
+                        format!("cannot read {}: {e}", st_path.display()),
+                    )
+                })?;
+                signing_table = SigningTable::parse(&st_path, &st_text, wild)
+                    .map_err(|e| err("signing_table", e.to_string()))?;
                 for rule in &signing_table.rules {
                     if !rule.key_name.contains('%') && key_table.get(&rule.key_name).is_none() {
                         return Err(err(
                             "signing_table",
-                            format!("{}:{}: key '{}' is not in the KeyTable", st_path.display(), rule.line, rule.key_name),
+                            format!(
+                                "{}:{}: key '{}' is not in the KeyTable",
+                                st_path.display(),
+                                rule.line,
+                                rule.key_name
+                            ),
                         ));
                     }
                 }
             }
             (None, None) => {}
-            (Some(_), None) => return Err(err("key_table", "key_table needs a signing_table too".into())),
-            (None, Some(_)) => return Err(err("signing_table", "signing_table needs a key_table too".into())),
+            (Some(_), None) => {
+                return Err(err(
+                    "key_table",
+                    "key_table needs a signing_table too".into(),
+                ))
+            }
+            (None, Some(_)) => {
+                return Err(err(
+                    "signing_table",
+                    "signing_table needs a key_table too".into(),
+                ))
+            }
         }
         match (&raw.domain, &raw.selector, &raw.key_file) {
             (Some(d), Some(s), Some(k)) => {
@@ -342,7 +395,8 @@ impl Config {
                     source: KeySource::Path(rel(k)),
                 });
                 let extra = format!("{d} {name}\n.{d} {name}\n");
-                let more = SigningTable::parse(path, &extra, false).expect("generated table parses");
+                let more =
+                    SigningTable::parse(path, &extra, false).expect("generated table parses");
                 let mut rules = signing_table.rules.clone();
                 rules.extend(more.rules);
                 let text: String = rules
@@ -352,10 +406,16 @@ impl Config {
                         None => format!("{} {}\n", r.pattern, r.key_name),
                     })
                     .collect();
-                signing_table = SigningTable::parse(path, &text, signing_table.wildcard).expect("regenerated");
+                signing_table =
+                    SigningTable::parse(path, &text, signing_table.wildcard).expect("regenerated");
             }
             (None, None, None) => {}
-            _ => return Err(err("domain", "domain, selector and key_file go together".into())),
+            _ => {
+                return Err(err(
+                    "domain",
+                    "domain, selector and key_file go together".into(),
+                ))
+            }
         }
 
         let mut keys = HashMap::new();
@@ -363,15 +423,36 @@ impl Config {
             let key = if entry.is_templated() {
                 None
             } else {
-                Some(load_entry_key(entry, raw.require_safe_keys, raw.create_missing_keys).map_err(|m| {
-                    err(if raw.key_table.is_some() { "key_table" } else { "key_file" }, m)
-                })?)
+                Some(
+                    load_entry_key(entry, raw.require_safe_keys, raw.create_missing_keys).map_err(
+                        |m| {
+                            err(
+                                if raw.key_table.is_some() {
+                                    "key_table"
+                                } else {
+                                    "key_file"
+                                },
+                                m,
+                            )
+                        },
+                    )?,
+                )
             };
-            keys.insert(entry.name.clone(), SigningKeyEntry { entry: entry.clone(), key });
+            keys.insert(
+                entry.name.clone(),
+                SigningKeyEntry {
+                    entry: entry.clone(),
+                    key,
+                },
+            );
         }
 
-        let macro_list =
-            raw.macro_list.iter().map(|m| parse_macro_rule(m)).collect::<Result<Vec<_>, _>>().map_err(|m| err("macro_list", m))?;
+        let macro_list = raw
+            .macro_list
+            .iter()
+            .map(|m| parse_macro_rule(m))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|m| err("macro_list", m))?;
         if raw.resolver.parsed_nameservers().is_err() {
             let e = raw.resolver.parsed_nameservers().unwrap_err();
             return Err(err("nameservers", e));
@@ -393,7 +474,9 @@ impl Config {
             signing_table,
             multiple_signatures: raw.multiple_signatures,
             require_safe_keys: raw.require_safe_keys,
-            internal_hosts: raw.internal_hosts.unwrap_or_else(HostList::default_internal),
+            internal_hosts: raw
+                .internal_hosts
+                .unwrap_or_else(HostList::default_internal),
             peer_list: raw.peer_list.unwrap_or_else(HostList::empty),
             external_ignore_list: raw.external_ignore_list.unwrap_or_else(HostList::empty),
             mta: raw.mta,
@@ -422,8 +505,15 @@ impl Config {
     }
 
     /// The key for a signing-table match, loading `%`-templated keys for this sender's domain.
-    pub fn resolve_key(&self, key_name: &str, sender_domain: &str) -> Result<(KeyEntry, SharedKey), String> {
-        let slot = self.keys.get(key_name).ok_or_else(|| format!("key '{key_name}' is not in the KeyTable"))?;
+    pub fn resolve_key(
+        &self,
+        key_name: &str,
+        sender_domain: &str,
+    ) -> Result<(KeyEntry, SharedKey), String> {
+        let slot = self
+            .keys
+            .get(key_name)
+            .ok_or_else(|| format!("key '{key_name}' is not in the KeyTable"))?;
         match &slot.key {
             Some(k) => Ok((slot.entry.clone(), k.clone())),
             None => {
@@ -435,13 +525,20 @@ impl Config {
     }
 }
 
-fn load_entry_key(entry: &KeyEntry, require_safe: bool, create_missing: bool) -> Result<SharedKey, String> {
+fn load_entry_key(
+    entry: &KeyEntry,
+    require_safe: bool,
+    create_missing: bool,
+) -> Result<SharedKey, String> {
     match &entry.source {
-        KeySource::Inline(data) => keys::parse_key(data.as_bytes()).map_err(|e| format!("key '{}': {e}", entry.name)),
+        KeySource::Inline(data) => {
+            keys::parse_key(data.as_bytes()).map_err(|e| format!("key '{}': {e}", entry.name))
+        }
         KeySource::Path(p) => {
             if create_missing && !p.exists() {
-                crate::keygen::create_key_file(p, &entry.domain, &entry.selector)
-                    .map_err(|e| format!("key '{}': cannot create {}: {e}", entry.name, p.display()))?;
+                crate::keygen::create_key_file(p, &entry.domain, &entry.selector).map_err(|e| {
+                    format!("key '{}': cannot create {}: {e}", entry.name, p.display())
+                })?;
             }
             keys::load_key_file(p, require_safe).map_err(|e| format!("key '{}': {e}", entry.name))
         }
@@ -454,8 +551,14 @@ mod tests {
 
     #[test]
     fn canonicalization_forms() {
-        assert_eq!(parse_canon("relaxed/simple"), Some((Canonicalization::Relaxed, Canonicalization::Simple)));
-        assert_eq!(parse_canon("simple"), Some((Canonicalization::Simple, Canonicalization::Simple)));
+        assert_eq!(
+            parse_canon("relaxed/simple"),
+            Some((Canonicalization::Relaxed, Canonicalization::Simple))
+        );
+        assert_eq!(
+            parse_canon("simple"),
+            Some((Canonicalization::Simple, Canonicalization::Simple))
+        );
         assert_eq!(parse_canon("loose/relaxed"), None);
     }
 
@@ -463,18 +566,28 @@ mod tests {
     fn macro_rules() {
         assert_eq!(
             parse_macro_rule("daemon_name=ORIGINATING").unwrap(),
-            MacroRule { name: "daemon_name".into(), values: vec!["ORIGINATING".into()] }
+            MacroRule {
+                name: "daemon_name".into(),
+                values: vec!["ORIGINATING".into()]
+            }
         );
         assert_eq!(
             parse_macro_rule("{daemon_name}|A|B").unwrap(),
-            MacroRule { name: "daemon_name".into(), values: vec!["A".into(), "B".into()] }
+            MacroRule {
+                name: "daemon_name".into(),
+                values: vec!["A".into(), "B".into()]
+            }
         );
         assert!(parse_macro_rule("=x").is_err());
     }
 
     #[test]
     fn defaults_without_keys_verify_only_config() {
-        let c = Config::from_toml(Path::new("/etc/dkim-milter.toml"), "socket = \"inet:8891@127.0.0.1\"\n").unwrap();
+        let c = Config::from_toml(
+            Path::new("/etc/dkim-milter.toml"),
+            "socket = \"inet:8891@127.0.0.1\"\n",
+        )
+        .unwrap();
         assert!(c.sign && c.verify);
         assert_eq!(c.actions.dns_error, ActionKind::Tempfail);
         assert_eq!(c.actions.signature_error, ActionKind::Reject);
@@ -486,7 +599,11 @@ mod tests {
     fn errors_name_the_line_and_key() {
         let e = Config::from_toml(Path::new("/x.toml"), "\nmode = \"sx\"\n").unwrap_err();
         assert_eq!((e.line, e.key.as_deref()), (Some(2), Some("mode")));
-        let e = Config::from_toml(Path::new("/x.toml"), "[actions]\nbad_signature = \"bounce\"\n").unwrap_err();
+        let e = Config::from_toml(
+            Path::new("/x.toml"),
+            "[actions]\nbad_signature = \"bounce\"\n",
+        )
+        .unwrap_err();
         assert_eq!(e.line, Some(2));
         let e = Config::from_toml(Path::new("/x.toml"), "socket = \"tcp:25\"\n").unwrap_err();
         assert_eq!((e.line, e.key.as_deref()), (Some(1), Some("socket")));

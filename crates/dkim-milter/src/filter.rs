@@ -16,7 +16,9 @@ pub struct DkimFilter {
 
 impl DkimFilter {
     pub fn new(rt: Runtime) -> Self {
-        Self { current: RwLock::new(Arc::new(rt)) }
+        Self {
+            current: RwLock::new(Arc::new(rt)),
+        }
     }
 
     /// Installs a new runtime; sessions already running keep the one they started with.
@@ -30,7 +32,10 @@ impl Filter for DkimFilter {
     type Snapshot = Runtime;
 
     fn snapshot(&self) -> Arc<Runtime> {
-        self.current.read().unwrap_or_else(|p| p.into_inner()).clone()
+        self.current
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     fn limits(snap: &Runtime) -> Limits {
@@ -38,7 +43,11 @@ impl Filter for DkimFilter {
     }
 
     fn extra_macros(snap: &Runtime) -> Vec<String> {
-        snap.config.macro_list.iter().map(|m| m.name.clone()).collect()
+        snap.config
+            .macro_list
+            .iter()
+            .map(|m| m.name.clone())
+            .collect()
     }
 
     fn on_connect(snap: &Runtime, env: &Envelope) -> ConnectDecision {

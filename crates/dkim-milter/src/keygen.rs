@@ -48,16 +48,33 @@ pub fn generate(kind: KeyKind) -> Result<GeneratedKey, String> {
                 2048 => aws_lc_rs::rsa::KeySize::Rsa2048,
                 3072 => aws_lc_rs::rsa::KeySize::Rsa3072,
                 4096 => aws_lc_rs::rsa::KeySize::Rsa4096,
-                other => return Err(format!("unsupported RSA size {other}: use 2048, 3072 or 4096")),
+                other => {
+                    return Err(format!(
+                        "unsupported RSA size {other}: use 2048, 3072 or 4096"
+                    ))
+                }
             };
-            let pair = aws_lc_rs::rsa::KeyPair::generate(size).map_err(|e| format!("RSA key generation failed: {e}"))?;
-            let private = pair.as_der().map_err(|e| format!("cannot encode key: {e}"))?;
-            let public = pair.public_key().as_der().map_err(|e| format!("cannot encode public key: {e}"))?;
-            Ok(GeneratedKey { kind, private_pem: pem("PRIVATE KEY", private.as_ref()), public_b64: b64(public.as_ref()) })
+            let pair = aws_lc_rs::rsa::KeyPair::generate(size)
+                .map_err(|e| format!("RSA key generation failed: {e}"))?;
+            let private = pair
+                .as_der()
+                .map_err(|e| format!("cannot encode key: {e}"))?;
+            let public = pair
+                .public_key()
+                .as_der()
+                .map_err(|e| format!("cannot encode public key: {e}"))?;
+            Ok(GeneratedKey {
+                kind,
+                private_pem: pem("PRIVATE KEY", private.as_ref()),
+                public_b64: b64(public.as_ref()),
+            })
         }
         KeyKind::Ed25519 => {
-            let pair = aws_lc_rs::signature::Ed25519KeyPair::generate().map_err(|e| format!("Ed25519 key generation failed: {e}"))?;
-            let private: aws_lc_rs::encoding::Pkcs8V2Der = pair.as_der().map_err(|e| format!("cannot encode key: {e}"))?;
+            let pair = aws_lc_rs::signature::Ed25519KeyPair::generate()
+                .map_err(|e| format!("Ed25519 key generation failed: {e}"))?;
+            let private: aws_lc_rs::encoding::Pkcs8V2Der = pair
+                .as_der()
+                .map_err(|e| format!("cannot encode key: {e}"))?;
             Ok(GeneratedKey {
                 kind,
                 private_pem: pem("PRIVATE KEY", private.as_ref()),
@@ -85,7 +102,10 @@ impl GeneratedKey {
             .chunks(255)
             .map(|c| format!("\"{}\"", String::from_utf8_lossy(c)))
             .collect();
-        format!("{selector}._domainkey.{domain}. IN TXT ( {} )", parts.join(" "))
+        format!(
+            "{selector}._domainkey.{domain}. IN TXT ( {} )",
+            parts.join(" ")
+        )
     }
 }
 
@@ -94,7 +114,11 @@ pub fn write_private(path: &Path, data: &str) -> std::io::Result<()> {
     if let Some(parent) = path.parent() {
         std::fs::create_dir_all(parent)?;
     }
-    let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path)?;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
     f.write_all(data.as_bytes())?;
     f.sync_all()
 }
@@ -144,7 +168,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("sub/k.pem");
         write_private(&p, "x").unwrap();
-        assert_eq!(std::fs::metadata(&p).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(
+            std::fs::metadata(&p).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
         assert!(write_private(&p, "y").is_err());
     }
 }

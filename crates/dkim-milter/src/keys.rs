@@ -23,7 +23,12 @@ pub struct SharedKey {
 
 impl std::fmt::Debug for SharedKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "SharedKey({}, {} bits)", self.algorithm_name(), self.bits)
+        write!(
+            f,
+            "SharedKey({}, {} bits)",
+            self.algorithm_name(),
+            self.bits
+        )
     }
 }
 
@@ -74,7 +79,8 @@ pub fn load_key_file(path: &Path, require_safe: bool) -> Result<SharedKey, Strin
 pub fn parse_key(data: &[u8]) -> Result<SharedKey, String> {
     let text = String::from_utf8_lossy(data);
     let der = if text.contains("-----BEGIN") {
-        PrivateKeyDer::from_pem_slice(data).map_err(|e| format!("cannot read PEM private key: {e}"))?
+        PrivateKeyDer::from_pem_slice(data)
+            .map_err(|e| format!("cannot read PEM private key: {e}"))?
     } else {
         let compact: String = text.chars().filter(|c| !c.is_whitespace()).collect();
         let raw = base64::engine::general_purpose::STANDARD
@@ -90,7 +96,10 @@ pub fn parse_key(data: &[u8]) -> Result<SharedKey, String> {
         PrivateKeyDer::Pkcs1(k) => rsa_key(PrivateKeyDer::Pkcs1(k)),
         PrivateKeyDer::Pkcs8(k) => {
             if let Ok(ed) = Ed25519Key::from_pkcs8_maybe_unchecked_der(k.secret_pkcs8_der()) {
-                return Ok(SharedKey { key: Arc::new(DkimKey::Ed25519(ed)), bits: 256 });
+                return Ok(SharedKey {
+                    key: Arc::new(DkimKey::Ed25519(ed)),
+                    bits: 256,
+                });
             }
             rsa_key(PrivateKeyDer::Pkcs8(k))
         }
@@ -115,10 +124,16 @@ fn rsa_key(der: PrivateKeyDer<'_>) -> Result<SharedKey, String> {
         }
     };
     if bits < MIN_SIGNING_RSA_BITS {
-        return Err(format!("RSA key has {bits} bits; at least {MIN_SIGNING_RSA_BITS} are required to sign"));
+        return Err(format!(
+            "RSA key has {bits} bits; at least {MIN_SIGNING_RSA_BITS} are required to sign"
+        ));
     }
-    let key = RsaKey::<Sha256>::from_key_der(der).map_err(|e| format!("cannot load RSA key: {e}"))?;
-    Ok(SharedKey { key: Arc::new(DkimKey::Rsa(key)), bits })
+    let key =
+        RsaKey::<Sha256>::from_key_der(der).map_err(|e| format!("cannot load RSA key: {e}"))?;
+    Ok(SharedKey {
+        key: Arc::new(DkimKey::Rsa(key)),
+        bits,
+    })
 }
 
 #[cfg(test)]
@@ -139,7 +154,10 @@ mod tests {
 
     fn ed25519_pkcs8() -> Vec<u8> {
         let rng = aws_lc_rs::rand::SystemRandom::new();
-        aws_lc_rs::signature::Ed25519KeyPair::generate_pkcs8(&rng).unwrap().as_ref().to_vec()
+        aws_lc_rs::signature::Ed25519KeyPair::generate_pkcs8(&rng)
+            .unwrap()
+            .as_ref()
+            .to_vec()
     }
 
     #[test]
@@ -166,7 +184,9 @@ mod tests {
     #[test]
     fn garbage_is_an_error_not_a_panic() {
         assert!(parse_key(b"hello").is_err());
-        assert!(parse_key(b"-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n").is_err());
+        assert!(
+            parse_key(b"-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n").is_err()
+        );
         assert!(parse_key(b"").is_err());
     }
 

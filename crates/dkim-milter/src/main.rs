@@ -55,14 +55,22 @@ fn main() -> ExitCode {
         }
     };
     if check_only {
-        println!("{}: configuration OK ({} key(s), {} signing rule(s))", config_path.display(), config.keys.len(), config.signing_table.rules.len());
+        println!(
+            "{}: configuration OK ({} key(s), {} signing rule(s))",
+            config_path.display(),
+            config.keys.len(),
+            config.signing_table.rules.len()
+        );
         return ExitCode::SUCCESS;
     }
     if let Err(e) = chassis::logging::init(&config.log, "dkim-milter") {
         eprintln!("dkim-milter: {e}");
         return ExitCode::from(EX_CONFIG);
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("dkim-milter: cannot start the runtime: {e}");
@@ -91,29 +99,44 @@ async fn serve(config_path: PathBuf, config: Config) -> ExitCode {
         }
     };
     let bound = listener.local_spec().unwrap_or(socket.clone());
-    tracing::info!("dkim-milter v{} starting (config {})", env!("CARGO_PKG_VERSION"), config_path.display());
+    tracing::info!(
+        "dkim-milter v{} starting (config {})",
+        env!("CARGO_PKG_VERSION"),
+        config_path.display()
+    );
     tracing::info!("listening on {bound}; in Postfix's main.cf use: smtpd_milters = {p}  non_smtpd_milters = {p}  milter_default_action = tempfail", p = bound.postfix_form());
     let filter = Arc::new(DkimFilter::new(rt));
     let reloader = {
         let filter = filter.clone();
         tokio::spawn(async move {
-            let (Ok(mut hup), Ok(mut usr1)) = (signal(SignalKind::hangup()), signal(SignalKind::user_defined1())) else {
+            let (Ok(mut hup), Ok(mut usr1)) = (
+                signal(SignalKind::hangup()),
+                signal(SignalKind::user_defined1()),
+            ) else {
                 return;
             };
             loop {
                 tokio::select! { _ = hup.recv() => {}, _ = usr1.recv() => {} }
-                match Config::load(&config_path).map_err(|e| e.to_string()).and_then(Runtime::new) {
+                match Config::load(&config_path)
+                    .map_err(|e| e.to_string())
+                    .and_then(Runtime::new)
+                {
                     Ok(rt) => {
                         filter.replace(rt);
                         tracing::info!("configuration reloaded from {}", config_path.display());
                     }
-                    Err(e) => tracing::error!("reload failed, keeping the running configuration: {e}"),
+                    Err(e) => {
+                        tracing::error!("reload failed, keeping the running configuration: {e}")
+                    }
                 }
             }
         })
     };
     let shutdown = async {
-        let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        let (Ok(mut term), Ok(mut int)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) else {
             std::future::pending::<()>().await;
             return;
         };
@@ -124,7 +147,10 @@ async fn serve(config_path: PathBuf, config: Config) -> ExitCode {
     reloader.abort();
     match result {
         Ok(()) => {
-            tracing::info!("dkim-milter v{} terminating with status 0", env!("CARGO_PKG_VERSION"));
+            tracing::info!(
+                "dkim-milter v{} terminating with status 0",
+                env!("CARGO_PKG_VERSION")
+            );
             ExitCode::SUCCESS
         }
         Err(e) => {

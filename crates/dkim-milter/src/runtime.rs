@@ -19,6 +19,10 @@ impl Runtime {
             .ok()
             .and_then(|h| h.into_string().ok())
             .unwrap_or_else(|| "localhost".into());
-        Ok(Runtime { config, auth, hostname })
+        Ok(Runtime {
+            config,
+            auth,
+            hostname,
+        })
     }
 }

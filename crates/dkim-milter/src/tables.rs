@@ -46,13 +46,16 @@ pub struct KeyEntry {
 impl KeyEntry {
     /// True when the entry depends on the sender's domain (`%` in domain or path).
     pub fn is_templated(&self) -> bool {
-        self.domain.contains('%') || matches!(&self.source, KeySource::Path(p) if p.to_string_lossy().contains('%'))
+        self.domain.contains('%')
+            || matches!(&self.source, KeySource::Path(p) if p.to_string_lossy().contains('%'))
     }
 
     /// The entry with `%` replaced by `sender_domain`.
     pub fn for_domain(&self, sender_domain: &str) -> KeyEntry {
         let source = match &self.source {
-            KeySource::Path(p) => KeySource::Path(PathBuf::from(p.to_string_lossy().replace('%', sender_domain))),
+            KeySource::Path(p) => KeySource::Path(PathBuf::from(
+                p.to_string_lossy().replace('%', sender_domain),
+            )),
             other => other.clone(),
         };
         KeyEntry {
@@ -93,7 +96,9 @@ pub fn dataset_path(spec: &str) -> Result<(bool, PathBuf), String> {
         return Ok((false, PathBuf::from(spec)));
     }
     match spec.split_once(':') {
-        Some((kind, _)) => Err(format!("data set type '{kind}:' is not supported (use file: or refile:)")),
+        Some((kind, _)) => Err(format!(
+            "data set type '{kind}:' is not supported (use file: or refile:)"
+        )),
         None => Ok((false, PathBuf::from(spec))),
     }
 }
@@ -109,16 +114,27 @@ impl KeyTable {
     pub fn parse(file: &Path, text: &str, base: &Path) -> Result<KeyTable, TableError> {
         let mut entries: Vec<KeyEntry> = Vec::new();
         for (line, name, rest) in data_lines(text) {
-            let err = |m: String| TableError { file: file.to_path_buf(), line, message: m };
+            let err = |m: String| TableError {
+                file: file.to_path_buf(),
+                line,
+                message: m,
+            };
             let mut parts = rest.splitn(3, ':');
             let (domain, selector, key) = match (parts.next(), parts.next(), parts.next()) {
-                (Some(d), Some(s), Some(k)) if !d.is_empty() && !s.is_empty() && !k.is_empty() => (d, s, k),
-                _ => return Err(err(format!("key '{name}': expected 'domain:selector:keyfile', got '{rest}'"))),
+                (Some(d), Some(s), Some(k)) if !d.is_empty() && !s.is_empty() && !k.is_empty() => {
+                    (d, s, k)
+                }
+                _ => {
+                    return Err(err(format!(
+                        "key '{name}': expected 'domain:selector:keyfile', got '{rest}'"
+                    )))
+                }
             };
             if entries.iter().any(|e| e.name == name) {
                 return Err(err(format!("key '{name}' is defined twice")));
             }
-            let source = if key.starts_with('/') || key.starts_with("./") || key.starts_with("../") {
+            let source = if key.starts_with('/') || key.starts_with("./") || key.starts_with("../")
+            {
                 let p = PathBuf::from(key);
                 KeySource::Path(if p.is_absolute() { p } else { base.join(p) })
             } else if key.contains("-----BEGIN") || !key.contains('/') && key.len() > 60 {
@@ -186,11 +202,23 @@ impl SigningTable {
                     None => (value.to_string(), None),
                 };
                 let pattern = pattern.to_ascii_lowercase();
-                by_pattern.entry(pattern.clone()).or_default().push(rules.len());
-                rules.push(SigningRule { pattern, key_name, signer, line });
+                by_pattern
+                    .entry(pattern.clone())
+                    .or_default()
+                    .push(rules.len());
+                rules.push(SigningRule {
+                    pattern,
+                    key_name,
+                    signer,
+                    line,
+                });
             }
         }
-        Ok(SigningTable { wildcard, rules, by_pattern })
+        Ok(SigningTable {
+            wildcard,
+            rules,
+            by_pattern,
+        })
     }
 
     /// Every rule that matches `user@domain`, in OpenDKIM's precedence order (file order for
@@ -200,7 +228,9 @@ impl SigningTable {
         let domain = domain.to_ascii_lowercase();
         let address = format!("{user}@{domain}");
         let indexes: Vec<usize> = if self.wildcard {
-            (0..self.rules.len()).filter(|&i| wildcard_match(&self.rules[i].pattern, &address)).collect()
+            (0..self.rules.len())
+                .filter(|&i| wildcard_match(&self.rules[i].pattern, &address))
+                .collect()
         } else {
             let mut keys = vec![address.clone(), domain.clone()];
             let mut rest = domain.as_str();
@@ -279,17 +309,27 @@ mod tests {
         let t = KeyTable::parse(Path::new("/etc/KeyTable"), text, Path::new("/etc/dkim")).unwrap();
         assert_eq!(t.entries.len(), 3);
         let p = t.get("preskey").unwrap();
-        assert_eq!((p.domain.as_str(), p.selector.as_str()), ("example.com", "foo"));
+        assert_eq!(
+            (p.domain.as_str(), p.selector.as_str()),
+            ("example.com", "foo")
+        );
         assert_eq!(p.source, KeySource::Path("/etc/dkimkeys/president".into()));
         let d = t.get("dyn").unwrap().for_domain("example.org");
         assert_eq!(d.domain, "example.org");
-        assert_eq!(d.source, KeySource::Path("/etc/dkimkeys/example.org.private".into()));
-        assert_eq!(t.get("rel").unwrap().source, KeySource::Path("/etc/dkim/keys/net.pem".into()));
+        assert_eq!(
+            d.source,
+            KeySource::Path("/etc/dkimkeys/example.org.private".into())
+        );
+        assert_eq!(
+            t.get("rel").unwrap().source,
+            KeySource::Path("/etc/dkim/keys/net.pem".into())
+        );
     }
 
     #[test]
     fn keytable_errors_name_file_and_line() {
-        let e = KeyTable::parse(Path::new("/k"), "\nbad example.com:sel\n", Path::new("/")).unwrap_err();
+        let e = KeyTable::parse(Path::new("/k"), "\nbad example.com:sel\n", Path::new("/"))
+            .unwrap_err();
         assert_eq!(e.line, 2);
         assert!(e.to_string().starts_with("/k:2: key 'bad'"), "{e}");
     }
@@ -298,8 +338,14 @@ mod tests {
     fn plain_signing_table_lookup_order() {
         let text = "*  catchall\n.example.com  parent\nexample.com  host\nboss@example.com  boss\nuser@.example.com userparent\n";
         let t = SigningTable::parse(Path::new("/s"), text, false).unwrap();
-        assert_eq!(names(t.lookup("boss", "example.com")), vec!["boss", "host", "catchall"]);
-        assert_eq!(names(t.lookup("user", "mail.example.com")), vec!["userparent", "parent", "catchall"]);
+        assert_eq!(
+            names(t.lookup("boss", "example.com")),
+            vec!["boss", "host", "catchall"]
+        );
+        assert_eq!(
+            names(t.lookup("user", "mail.example.com")),
+            vec!["userparent", "parent", "catchall"]
+        );
         assert_eq!(names(t.lookup("x", "other.org")), vec!["catchall"]);
     }
 
@@ -307,7 +353,10 @@ mod tests {
     fn refile_signing_table_is_file_order_with_wildcards() {
         let text = "president@example.com  preskey\n*@example.com  comkey\n*@example.com  edkey:%\n*@example.net netkey\n";
         let t = SigningTable::parse(Path::new("/s"), text, true).unwrap();
-        assert_eq!(names(t.lookup("president", "example.com")), vec!["preskey", "comkey", "edkey"]);
+        assert_eq!(
+            names(t.lookup("president", "example.com")),
+            vec!["preskey", "comkey", "edkey"]
+        );
         let m = t.lookup("someone", "Example.COM");
         assert_eq!(m[1].signer.as_deref(), Some("example.com"));
         assert!(t.lookup("a", "example.org").is_empty());
@@ -324,8 +373,14 @@ mod tests {
 
     #[test]
     fn dataset_prefixes() {
-        assert_eq!(dataset_path("refile:/x").unwrap(), (true, PathBuf::from("/x")));
-        assert_eq!(dataset_path("file:/x").unwrap(), (false, PathBuf::from("/x")));
+        assert_eq!(
+            dataset_path("refile:/x").unwrap(),
+            (true, PathBuf::from("/x"))
+        );
+        assert_eq!(
+            dataset_path("file:/x").unwrap(),
+            (false, PathBuf::from("/x"))
+        );
         assert_eq!(dataset_path("/x").unwrap(), (false, PathBuf::from("/x")));
         assert!(dataset_path("db:/x.db").is_err());
     }

@@ -12,9 +12,15 @@ use chassis::message::HeaderField;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Decision {
     /// Sign as `sender` with these SigningTable matches (one signature each).
-    Sign { sender: Mailbox, matches: Vec<SigningMatch> },
+    Sign {
+        sender: Mailbox,
+        matches: Vec<SigningMatch>,
+    },
     /// Verify the message's signatures. `why_not_sign` explains, for LogWhy.
-    Verify { why_not_sign: String, external_sender: Option<String> },
+    Verify {
+        why_not_sign: String,
+        external_sender: Option<String>,
+    },
     /// Leave the message alone.
     Skip(String),
 }
@@ -69,22 +75,31 @@ pub fn decide(cfg: &Config, env: &Envelope, headers: &[HeaderField]) -> Decision
         _ => Vec::new(),
     };
     match (&sender, trusted, matches.is_empty()) {
-        (Some(s), Some(_), false) => Decision::Sign { sender: s.clone(), matches },
+        (Some(s), Some(_), false) => Decision::Sign {
+            sender: s.clone(),
+            matches,
+        },
         (sender, trusted, no_match) => {
             let external = match (sender, &trusted, no_match) {
                 (Some(s), None, false) => {
                     let name = (!env.client_name.is_empty()).then_some(env.client_name.as_str());
-                    (!cfg.external_ignore_list.matches(env.client_ip, name)).then(|| s.domain.clone())
+                    (!cfg.external_ignore_list.matches(env.client_ip, name))
+                        .then(|| s.domain.clone())
                 }
                 _ => None,
             };
             let why = match (sender, trusted) {
                 (None, _) => "can't determine message sender".to_string(),
-                (Some(_), None) => format!("{} not internal and not authenticated", env.client_label()),
+                (Some(_), None) => {
+                    format!("{} not internal and not authenticated", env.client_label())
+                }
                 (Some(s), Some(_)) => format!("no signing table match for '{}'", s.address()),
             };
             if cfg.verify {
-                Decision::Verify { why_not_sign: why, external_sender: external }
+                Decision::Verify {
+                    why_not_sign: why,
+                    external_sender: external,
+                }
             } else {
                 Decision::Skip(why)
             }

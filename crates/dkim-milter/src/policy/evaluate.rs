@@ -21,15 +21,27 @@ pub fn authserv_id(rt: &Runtime, env: &Envelope) -> String {
 }
 
 fn action(kind: ActionKind, reject_text: &str, tempfail: SmtpReply, why: &str) -> Action {
-    Action::from_kind(kind, SmtpReply::new("550", "5.7.0", reject_text), tempfail, why)
+    Action::from_kind(
+        kind,
+        SmtpReply::new("550", "5.7.0", reject_text),
+        tempfail,
+        why,
+    )
 }
 
 /// Deletions for every incoming A-R claiming to be ours, highest occurrence first.
 pub fn forged_deletions(msg: &Message, ids: &[String]) -> Vec<HeaderEdit> {
-    let pairs: Vec<(&[u8], &[u8])> = msg.headers.iter().map(|h| (h.name.as_slice(), h.value.as_slice())).collect();
+    let pairs: Vec<(&[u8], &[u8])> = msg
+        .headers
+        .iter()
+        .map(|h| (h.name.as_slice(), h.value.as_slice()))
+        .collect();
     forged_indexes(&pairs, ids)
         .into_iter()
-        .map(|occurrence| HeaderEdit::Delete { name: "Authentication-Results".into(), occurrence })
+        .map(|occurrence| HeaderEdit::Delete {
+            name: "Authentication-Results".into(),
+            occurrence,
+        })
         .collect()
 }
 
@@ -40,10 +52,17 @@ pub async fn evaluate(rt: &Runtime, env: &Envelope, msg: &Message) -> Verdict {
     let id = authserv_id(rt, env);
     let mut edits = forged_deletions(msg, std::slice::from_ref(&id));
     if !edits.is_empty() {
-        tracing::info!("{qid}: removed {} Authentication-Results header(s) claiming to be from {id}", edits.len());
+        tracing::info!(
+            "{qid}: removed {} Authentication-Results header(s) claiming to be from {id}",
+            edits.len()
+        );
     }
     if msg.headers_truncated {
-        tracing::warn!("{qid}: too much header data (limits: {} bytes, {} fields)", cfg.limits.max_header_bytes, cfg.limits.max_headers);
+        tracing::warn!(
+            "{qid}: too much header data (limits: {} bytes, {} fields)",
+            cfg.limits.max_header_bytes,
+            cfg.limits.max_headers
+        );
         let a = action(
             cfg.actions.security,
             "message header too large",
@@ -59,40 +78,69 @@ pub async fn evaluate(rt: &Runtime, env: &Envelope, msg: &Message) -> Verdict {
             if cfg.log.why {
                 tracing::info!("{qid}: {why}; accepting");
             }
-            Verdict { edits, action: Action::Accept }
+            Verdict {
+                edits,
+                action: Action::Accept,
+            }
         }
-        Decision::Sign { sender, matches } => match sign(cfg, msg.raw(), &msg.headers, &sender, &matches) {
-            Ok(signatures) => {
-                for s in signatures {
-                    if cfg.log.success {
-                        tracing::info!("{qid}: DKIM-Signature field added (s={}, d={})", s.selector, s.domain);
+        Decision::Sign { sender, matches } => {
+            match sign(cfg, msg.raw(), &msg.headers, &sender, &matches) {
+                Ok(signatures) => {
+                    for s in signatures {
+                        if cfg.log.success {
+                            tracing::info!(
+                                "{qid}: DKIM-Signature field added (s={}, d={})",
+                                s.selector,
+                                s.domain
+                            );
+                        }
+                        edits.push(HeaderEdit::Insert {
+                            index: 0,
+                            name: "DKIM-Signature".into(),
+                            value: s.value,
+                        });
                     }
-                    edits.push(HeaderEdit::Insert { index: 0, name: "DKIM-Signature".into(), value: s.value });
+                    Verdict {
+                        edits,
+                        action: Action::Accept,
+                    }
                 }
-                Verdict { edits, action: Action::Accept }
+                Err(e) => {
+                    tracing::error!("{qid}: signature generation error: {e}");
+                    let a = action(
+                        cfg.actions.signature_error,
+                        "DKIM signing error",
+                        SmtpReply::new("451", "4.7.0", "DKIM signing error"),
+                        "dkim-milter: signing error",
+                    );
+                    Verdict { edits, action: a }
+                }
             }
-            Err(e) => {
-                tracing::error!("{qid}: signature generation error: {e}");
-                let a = action(
-                    cfg.actions.signature_error,
-                    "DKIM signing error",
-                    SmtpReply::new("451", "4.7.0", "DKIM signing error"),
-                    "dkim-milter: signing error",
-                );
-                Verdict { edits, action: a }
-            }
-        },
-        Decision::Verify { why_not_sign, external_sender } => {
+        }
+        Decision::Verify {
+            why_not_sign,
+            external_sender,
+        } => {
             if let Some(domain) = external_sender {
-                tracing::info!("{qid}: external host {} attempted to send as {domain}", env.client_label());
+                tracing::info!(
+                    "{qid}: external host {} attempted to send as {domain}",
+                    env.client_label()
+                );
             }
             if cfg.log.why {
                 tracing::info!("{qid}: not signing: {why_not_sign}");
             }
-            let budget = cfg.message_timeout.saturating_sub(Duration::from_secs(1)).max(Duration::from_millis(500));
+            let budget = cfg
+                .message_timeout
+                .saturating_sub(Duration::from_secs(1))
+                .max(Duration::from_millis(500));
             let report = verify(&rt.auth, cfg, msg.raw(), budget).await;
             let (ar, action) = conclude(rt, env, &id, &report);
-            edits.push(HeaderEdit::Insert { index: 0, name: "Authentication-Results".into(), value: ar.to_value() });
+            edits.push(HeaderEdit::Insert {
+                index: 0,
+                name: "Authentication-Results".into(),
+                value: ar.to_value(),
+            });
             Verdict { edits, action }
         }
     }
@@ -114,7 +162,11 @@ fn result_info(r: &SignatureResult) -> ResInfo {
         info = info.with_reason(reason.clone());
     }
     if !r.domain.is_empty() {
-        let identity = if r.identity.is_empty() { format!("@{}", r.domain) } else { r.identity.clone() };
+        let identity = if r.identity.is_empty() {
+            format!("@{}", r.domain)
+        } else {
+            r.identity.clone()
+        };
         info = info
             .with_prop("header.d", r.domain.clone())
             .with_prop("header.i", identity)
@@ -126,7 +178,12 @@ fn result_info(r: &SignatureResult) -> ResInfo {
 }
 
 /// Builds our A-R and the action from a verification report, logging as OpenDKIM does.
-pub fn conclude(rt: &Runtime, env: &Envelope, id: &str, report: &VerifyReport) -> (AuthResults, Action) {
+pub fn conclude(
+    rt: &Runtime,
+    env: &Envelope,
+    id: &str,
+    report: &VerifyReport,
+) -> (AuthResults, Action) {
     let cfg = &rt.config;
     let qid = env.queue_id();
     let mut ar = AuthResults::new(id);
@@ -149,12 +206,20 @@ pub fn conclude(rt: &Runtime, env: &Envelope, id: &str, report: &VerifyReport) -
         let who = format!("s={}, d={}", r.selector, r.domain);
         match r.outcome {
             Outcome::Pass => {}
-            Outcome::TempError | Outcome::PermError if r.failure != Failure::BadSignature => tracing::warn!(
-                "{qid}: key retrieval failed ({who}): {}",
-                r.reason.as_deref().unwrap_or("unknown error")
+            Outcome::TempError | Outcome::PermError if r.failure != Failure::BadSignature => {
+                tracing::warn!(
+                    "{qid}: key retrieval failed ({who}): {}",
+                    r.reason.as_deref().unwrap_or("unknown error")
+                )
+            }
+            Outcome::Policy => tracing::info!(
+                "{qid}: signature not acceptable ({who}): {}",
+                r.reason.as_deref().unwrap_or("")
             ),
-            Outcome::Policy => tracing::info!("{qid}: signature not acceptable ({who}): {}", r.reason.as_deref().unwrap_or("")),
-            _ => tracing::info!("{qid}: bad signature data ({who}): {}", r.reason.as_deref().unwrap_or("")),
+            _ => tracing::info!(
+                "{qid}: bad signature data ({who}): {}",
+                r.reason.as_deref().unwrap_or("")
+            ),
         }
     }
     if report.results.iter().any(|r| r.outcome == Outcome::Pass) {

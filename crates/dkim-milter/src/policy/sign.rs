@@ -57,16 +57,23 @@ pub fn sign(
             signer = signer.expiration(cfg.signature_ttl);
         }
         if let Some(identity) = &m.signer {
-            let id = if identity.contains('@') { identity.clone() } else { format!("@{identity}") };
+            let id = if identity.contains('@') {
+                identity.clone()
+            } else {
+                format!("@{identity}")
+            };
             // i= must be the signing domain or a subdomain of it; OpenDKIM drops it otherwise.
             let id_domain = id.rsplit('@').next().unwrap_or("").to_ascii_lowercase();
             if id_domain == entry.domain || id_domain.ends_with(&format!(".{}", entry.domain)) {
                 signer = signer.agent_user_identifier(id);
             }
         }
-        let sig = signer
-            .sign(raw)
-            .map_err(|e| format!("signing with key '{}' (s={}, d={}) failed: {e}", m.key_name, entry.selector, entry.domain))?;
+        let sig = signer.sign(raw).map_err(|e| {
+            format!(
+                "signing with key '{}' (s={}, d={}) failed: {e}",
+                m.key_name, entry.selector, entry.domain
+            )
+        })?;
         let header = sig.to_header();
         let value = header
             .strip_prefix("DKIM-Signature:")
@@ -74,7 +81,11 @@ pub fn sign(
             .trim_start_matches(' ')
             .trim_end_matches(['\r', '\n'])
             .replace("\r\n", "\n");
-        out.push(SignedHeader { domain: entry.domain, selector: entry.selector, value });
+        out.push(SignedHeader {
+            domain: entry.domain,
+            selector: entry.selector,
+            value,
+        });
     }
     Ok(out)
 }

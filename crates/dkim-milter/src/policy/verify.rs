@@ -81,7 +81,9 @@ pub fn key_facts(record: &str) -> KeyFacts {
     let mut p = String::new();
     let mut testing = false;
     for tag in record.split(';') {
-        let Some((name, value)) = tag.split_once('=') else { continue };
+        let Some((name, value)) = tag.split_once('=') else {
+            continue;
+        };
         let value: String = value.chars().filter(|c| !c.is_whitespace()).collect();
         match name.trim() {
             "k" => k = value.to_ascii_lowercase(),
@@ -92,7 +94,10 @@ pub fn key_facts(record: &str) -> KeyFacts {
     }
     let bits = match k.as_str() {
         "ed25519" if !p.is_empty() => Some(256),
-        "rsa" => base64::engine::general_purpose::STANDARD.decode(p.as_bytes()).ok().and_then(|der| rsa_modulus_bits(&der)),
+        "rsa" => base64::engine::general_purpose::STANDARD
+            .decode(p.as_bytes())
+            .ok()
+            .and_then(|der| rsa_modulus_bits(&der)),
         _ => None,
     };
     KeyFacts { bits, testing }
@@ -109,7 +114,9 @@ fn der_tlv(data: &[u8]) -> Option<(u8, &[u8], &[u8])> {
         if n == 0 || n > 4 || rest.len() < n {
             return None;
         }
-        let len = rest[..n].iter().fold(0usize, |acc, &b| (acc << 8) | b as usize);
+        let len = rest[..n]
+            .iter()
+            .fold(0usize, |acc, &b| (acc << 8) | b as usize);
         (len, &rest[n..])
     };
     if rest.len() < len {
@@ -158,28 +165,56 @@ fn classify(result: &DkimResult) -> (Outcome, Failure, Option<String>) {
     use Outcome::*;
     match result {
         DkimResult::Pass => (Pass, Failure::None, None),
-        DkimResult::Neutral(Error::Dkim(DkimError::FailedBodyHashMatch)) => {
-            (Fail, Failure::BadSignature, Some("body hash did not verify".into()))
-        }
-        DkimResult::Neutral(Error::Dkim(DkimError::SignatureExpired)) => {
-            (Neutral, Failure::BadSignature, Some("signature expired".into()))
-        }
-        DkimResult::Neutral(e) => (Neutral, Failure::BadSignature, Some(format!("bad signature data: {e}"))),
-        DkimResult::Fail(Error::Dkim(DkimError::FailedAuidMatch)) => {
-            (Fail, Failure::BadSignature, Some("identity does not match the key's domain rules".into()))
-        }
-        DkimResult::Fail(Error::Crypto(mail_auth::common::crypto::CryptoError::IncompatibleAlgorithms)) => {
-            (PermError, Failure::BadSignature, Some("key type does not match signature algorithm".into()))
-        }
-        DkimResult::Fail(_) => (Fail, Failure::BadSignature, Some("signature verification failed".into())),
-        DkimResult::PermError(Error::Dns(DnsError::RecordNotFound(_))) => {
-            (PermError, Failure::KeyNotFound, Some("no key for signature".into()))
-        }
+        DkimResult::Neutral(Error::Dkim(DkimError::FailedBodyHashMatch)) => (
+            Fail,
+            Failure::BadSignature,
+            Some("body hash did not verify".into()),
+        ),
+        DkimResult::Neutral(Error::Dkim(DkimError::SignatureExpired)) => (
+            Neutral,
+            Failure::BadSignature,
+            Some("signature expired".into()),
+        ),
+        DkimResult::Neutral(e) => (
+            Neutral,
+            Failure::BadSignature,
+            Some(format!("bad signature data: {e}")),
+        ),
+        DkimResult::Fail(Error::Dkim(DkimError::FailedAuidMatch)) => (
+            Fail,
+            Failure::BadSignature,
+            Some("identity does not match the key's domain rules".into()),
+        ),
+        DkimResult::Fail(Error::Crypto(
+            mail_auth::common::crypto::CryptoError::IncompatibleAlgorithms,
+        )) => (
+            PermError,
+            Failure::BadSignature,
+            Some("key type does not match signature algorithm".into()),
+        ),
+        DkimResult::Fail(_) => (
+            Fail,
+            Failure::BadSignature,
+            Some("signature verification failed".into()),
+        ),
+        DkimResult::PermError(Error::Dns(DnsError::RecordNotFound(_))) => (
+            PermError,
+            Failure::KeyNotFound,
+            Some("no key for signature".into()),
+        ),
         DkimResult::PermError(Error::Dkim(DkimError::RevokedPublicKey)) => {
             (PermError, Failure::BadSignature, Some("key revoked".into()))
         }
-        DkimResult::PermError(e) => (PermError, Failure::KeyNotFound, Some(format!("key syntax error: {e}"))),
-        DkimResult::TempError(_) => (TempError, Failure::DnsError, Some("key retrieval failed".into())),
+        DkimResult::PermError(e) => (
+            PermError,
+            Failure::KeyNotFound,
+            Some(format!("key syntax error: {e}")),
+        ),
+        DkimResult::TempError(_) => (
+            TempError,
+            Failure::DnsError,
+            Some("key retrieval failed".into()),
+        ),
         DkimResult::None => (Neutral, Failure::None, None),
     }
 }
@@ -210,17 +245,29 @@ fn domain_key_name(sig: &Signature) -> String {
 }
 
 /// Verifies up to the configured number of signatures in `raw`, within `budget` for all DNS.
-pub async fn verify(auth: &MessageAuthenticator, cfg: &Config, raw: &[u8], budget: Duration) -> VerifyReport {
+pub async fn verify(
+    auth: &MessageAuthenticator,
+    cfg: &Config,
+    raw: &[u8],
+    budget: Duration,
+) -> VerifyReport {
     let Some(mut msg) = AuthenticatedMessage::parse_with_opts(raw, None, false) else {
         return VerifyReport::default();
     };
     let mut report = VerifyReport::default();
-    let total = msg.dkim_headers.len() + msg.errors.iter().filter(|e| matches!(e.header, Error::Dkim(_))).count();
+    let total = msg.dkim_headers.len()
+        + msg
+            .errors
+            .iter()
+            .filter(|e| matches!(e.header, Error::Dkim(_)))
+            .count();
     if msg.dkim_headers.len() > cfg.max_signatures_to_verify {
         report.ignored = msg.dkim_headers.len() - cfg.max_signatures_to_verify;
         msg.dkim_headers.truncate(cfg.max_signatures_to_verify);
     }
-    let malformed_room = cfg.max_signatures_to_verify.saturating_sub(msg.dkim_headers.len());
+    let malformed_room = cfg
+        .max_signatures_to_verify
+        .saturating_sub(msg.dkim_headers.len());
     let mut seen_malformed = 0usize;
     msg.errors.retain(|e| {
         if matches!(e.header, Error::Dkim(_)) {
@@ -230,7 +277,8 @@ pub async fn verify(auth: &MessageAuthenticator, cfg: &Config, raw: &[u8], budge
             true
         }
     });
-    report.ignored = total.saturating_sub(msg.dkim_headers.len() + seen_malformed.min(malformed_room));
+    report.ignored =
+        total.saturating_sub(msg.dkim_headers.len() + seen_malformed.min(malformed_room));
 
     let outputs = match tokio::time::timeout(budget, auth.verify_dkim(&msg)).await {
         Ok(o) => o,
@@ -277,8 +325,11 @@ pub async fn verify(auth: &MessageAuthenticator, cfg: &Config, raw: &[u8], budge
             r.b_prefix = b_prefix(sig);
             if matches!(r.outcome, Outcome::Pass | Outcome::Fail) {
                 // Already fetched for the verification, so this comes from the resolver cache.
-                if let Ok(Ok(txt)) =
-                    tokio::time::timeout(Duration::from_secs(2), auth.txt_raw_lookup(domain_key_name(sig))).await
+                if let Ok(Ok(txt)) = tokio::time::timeout(
+                    Duration::from_secs(2),
+                    auth.txt_raw_lookup(domain_key_name(sig)),
+                )
+                .await
                 {
                     let facts = key_facts(&String::from_utf8_lossy(&txt));
                     r.key_bits = facts.bits;
