@@ -632,3 +632,69 @@ async fn opendkim_signed_mail_verifies_here() {
         auth_results(&out)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peer_list_skips_the_connection_and_external_ignore_list_silences() {
+    let (s, _k) = setup(
+        "*@example.com rsa\n",
+        "peer_list = [\"192.0.2.0/24\", \"!192.0.2.99\"]\nexternal_ignore_list = [\".partner.example\"]",
+    )
+    .await;
+    // A peer: accepted at connect, no modifications at all.
+    let tx = external(&message("alice@example.com", "peer"), "QPEER01");
+    let out = run(&s.milter.endpoint(), &tx).await.unwrap();
+    assert_eq!(out.stage, milter_client::Stage::Connect);
+    assert_eq!(out.reply, Reply::Accept);
+    assert!(out.modifications.is_empty());
+
+    // The negated address is not a peer: verified as usual, and logged as external.
+    let mut tx = external(&message("alice@example.com", "notpeer"), "QPEER02");
+    tx.client_addr = Some("192.0.2.99:41000".parse().unwrap());
+    let out = run(&s.milter.endpoint(), &tx).await.unwrap();
+    assert_eq!(auth_results(&out), format!("{AUTHSERV}; dkim=none"));
+    assert!(lines_with("QPEER02")
+        .iter()
+        .any(|l| l.contains("attempted to send as example.com")));
+
+    // A partner relay sending as our domain is verified without the "external host" line.
+    let mut tx = external(&message("alice@example.com", "partner"), "QPEER03");
+    tx.client_name = "relay.partner.example".into();
+    tx.client_addr = Some("198.51.100.7:41000".parse().unwrap());
+    let out = run(&s.milter.endpoint(), &tx).await.unwrap();
+    assert_eq!(auth_results(&out), format!("{AUTHSERV}; dkim=none"));
+    assert!(
+        !lines_with("QPEER03")
+            .iter()
+            .any(|l| l.contains("attempted to send as")),
+        "{:?}",
+        lines_with("QPEER03")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn small_keys_get_policy() {
+    let k = keys();
+    let small = TestKey::rsa_openssl(1024);
+    let zone = zone_for(&k).txt("small._domainkey.example.com", &small.dns_record());
+    let dns = TestDns::start(&zone).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), &k, dns.addr(), "", "minimum_key_bits = 2048");
+    let milter = start_dkim(dir.path(), &cfg, "inet:0@127.0.0.1").await;
+    // dkimpy signs with the 1024-bit key (we refuse to sign with keys under 2048 bits).
+    let raw = message("alice@example.com", "smallkey");
+    let signed = judges::dkimpy_sign(
+        &raw,
+        &small,
+        &judges::SignOptions::new("example.com", "small"),
+    )
+    .unwrap();
+    let out = run(&milter.endpoint(), &external(&signed, "QSMALL01"))
+        .await
+        .unwrap();
+    let ar = auth_results(&out);
+    assert!(
+        ar.contains("dkim=policy reason=\"signing key too small (1024 bits)\" (1024-bit key)"),
+        "{ar}"
+    );
+    assert_eq!(out.reply, Reply::Accept);
+}
