@@ -1,6 +1,7 @@
 //! The chassis both daemons stand on: sockets and the listener, host lists, the
 //! Authentication-Results writer and parser, DNS resolver setup, message reassembly, logging,
-//! configuration loading, and the milter front end that drives a [`milter::Filter`].
+//! configuration loading (TOML and the legacy `.conf` format), metrics, the process lifecycle,
+//! and the milter front end that drives a [`milter::Filter`].
 
 pub mod address;
 pub mod authres;
@@ -8,9 +9,13 @@ pub mod configfile;
 pub mod dns;
 pub mod envelope;
 pub mod hostlist;
+pub mod legacyconf;
+pub mod lifecycle;
 pub mod listener;
 pub mod logging;
 pub mod message;
+pub mod metrics;
 pub mod milter;
+pub mod service;
 pub mod socketspec;
 pub mod verdict;

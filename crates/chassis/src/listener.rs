@@ -10,6 +10,8 @@ use std::io;
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
@@ -18,11 +20,29 @@ use tokio::time::Sleep;
 enum Inner {
     Tcp(TcpListener),
     Unix(UnixListener, PathBuf),
+    /// Closed for graceful shutdown: no new connections, sessions in flight go on.
+    Closed,
+}
+
+/// Closes a [`ResilientListener`] from elsewhere (the shutdown path) without stopping the
+/// sessions already running.
+#[derive(Clone)]
+pub struct ListenerCloser(Arc<AtomicBool>, Arc<tokio::sync::Notify>);
+
+impl ListenerCloser {
+    pub fn close(&self) {
+        self.0.store(true, Ordering::SeqCst);
+        self.1.notify_waiters();
+        self.1.notify_one();
+    }
 }
 
 /// A bound milter socket that survives accept errors.
 pub struct ResilientListener {
     inner: Inner,
+    closed: Arc<AtomicBool>,
+    wake: Arc<tokio::sync::Notify>,
+    waiter: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
     backoff: Option<Pin<Box<Sleep>>>,
     delay: Duration,
     remove_on_drop: bool,
@@ -72,6 +92,9 @@ impl ResilientListener {
         };
         Ok(Self {
             inner,
+            closed: Arc::new(AtomicBool::new(false)),
+            wake: Arc::new(tokio::sync::Notify::new()),
+            waiter: None,
             backoff: None,
             delay: MIN_BACKOFF,
             remove_on_drop: true,
@@ -83,7 +106,23 @@ impl ResilientListener {
         match &self.inner {
             Inner::Tcp(l) => Ok(SocketSpec::Inet(l.local_addr()?)),
             Inner::Unix(_, p) => Ok(SocketSpec::Unix(p.clone())),
+            Inner::Closed => Err(io::Error::new(
+                io::ErrorKind::NotConnected,
+                "listener closed",
+            )),
         }
+    }
+
+    /// A handle that closes this listener later.
+    pub fn closer(&self) -> ListenerCloser {
+        ListenerCloser(self.closed.clone(), self.wake.clone())
+    }
+
+    fn close_now(&mut self) {
+        if let Inner::Unix(_, path) = &self.inner {
+            let _ = std::fs::remove_file(path);
+        }
+        self.inner = Inner::Closed;
     }
 }
 
@@ -111,7 +150,22 @@ impl Listener for ResilientListener {
     type Io = EitherStream<TcpStream, UnixStream>;
 
     fn poll_accept(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<Self::Io>> {
+        if self.waiter.is_none() {
+            let wake = self.wake.clone();
+            self.waiter = Some(Box::pin(async move { wake.notified().await }));
+        }
+        if let Some(w) = self.waiter.as_mut() {
+            if w.as_mut().poll(cx).is_ready() {
+                self.waiter = None;
+            }
+        }
         loop {
+            if self.closed.load(Ordering::SeqCst) {
+                if !matches!(self.inner, Inner::Closed) {
+                    self.close_now();
+                }
+                return Poll::Pending;
+            }
             if let Some(sleep) = self.backoff.as_mut() {
                 match sleep.as_mut().poll(cx) {
                     Poll::Pending => return Poll::Pending,
@@ -126,6 +180,7 @@ impl Listener for ResilientListener {
                 Inner::Unix(l, _) => {
                     UnixListener::poll_accept(l, cx).map_ok(|(s, _)| EitherStream::Unix(s))
                 }
+                Inner::Closed => return Poll::Pending,
             };
             match polled {
                 Poll::Pending => return Poll::Pending,
@@ -177,6 +232,30 @@ mod tests {
         assert_eq!(mode, 0o660);
         drop(second);
         assert!(!path.exists());
+    }
+
+    #[tokio::test]
+    async fn closing_refuses_new_connections() {
+        use indymilter::Listener as _;
+        let mut l = ResilientListener::bind(&"inet:0@127.0.0.1".parse().unwrap(), None)
+            .await
+            .unwrap();
+        let addr = match l.local_spec().unwrap() {
+            SocketSpec::Inet(a) => a,
+            other => panic!("unexpected {other}"),
+        };
+        let closer = l.closer();
+        let accepting = tokio::spawn(async move {
+            let _ = std::future::poll_fn(|cx| l.poll_accept(cx)).await;
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        closer.close();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(
+            tokio::net::TcpStream::connect(addr).await.is_err(),
+            "closed listener must refuse connections"
+        );
+        accepting.abort();
     }
 
     #[tokio::test]

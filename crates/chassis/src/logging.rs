@@ -12,6 +12,8 @@ pub enum Destination {
     #[default]
     Stderr,
     Syslog,
+    /// One JSON object per line on stderr, including one `verdict` object per message.
+    Json,
 }
 
 /// `[log]` section.
@@ -69,6 +71,15 @@ pub fn init(settings: &LogSettings, ident: &'static str) -> Result<(), String> {
                 .with_env_filter(filter)
                 .with_target(false)
                 .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+                .with_writer(std::io::stderr)
+                .try_init();
+        }
+        Destination::Json => {
+            let _ = tracing_subscriber::fmt()
+                .json()
+                .flatten_event(true)
+                .with_current_span(false)
+                .with_env_filter(filter)
                 .with_writer(std::io::stderr)
                 .try_init();
         }

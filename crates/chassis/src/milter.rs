@@ -14,6 +14,7 @@ use indymilter::{
 use std::ffi::CString;
 use std::future::Future;
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -57,8 +58,34 @@ pub trait Filter: Send + Sync + 'static {
     fn deadline(snap: &Self::Snapshot) -> Duration;
 }
 
+static ACTIVE_SESSIONS: AtomicUsize = AtomicUsize::new(0);
+
+/// Milter connections open right now (graceful shutdown waits for this to reach zero).
+pub fn active_sessions() -> usize {
+    ACTIVE_SESSIONS.load(Ordering::SeqCst)
+}
+
+/// Counts a connection from negotiation until its state is dropped, however the session ends.
+struct ActiveGuard;
+
+impl ActiveGuard {
+    fn new() -> Self {
+        ACTIVE_SESSIONS.fetch_add(1, Ordering::SeqCst);
+        crate::metrics::metrics().sessions_active.inc();
+        ActiveGuard
+    }
+}
+
+impl Drop for ActiveGuard {
+    fn drop(&mut self) {
+        ACTIVE_SESSIONS.fetch_sub(1, Ordering::SeqCst);
+        crate::metrics::metrics().sessions_active.dec();
+    }
+}
+
 /// Per-connection state (opaque to daemons).
 pub struct Session<S> {
+    _active: ActiveGuard,
     snap: Arc<S>,
     leading_space: bool,
     env: Envelope,
@@ -147,7 +174,7 @@ pub fn callbacks<F: Filter>(filter: Arc<F>) -> Callbacks<Session<F::Snapshot>> {
                         }
                     }
                 }
-                cx.data = Some(Session { snap, leading_space, env: Envelope::default(), builder: None });
+                cx.data = Some(Session { _active: ActiveGuard::new(), snap, leading_space, env: Envelope::default(), builder: None });
                 Status::Continue
             })
         })
@@ -259,9 +286,15 @@ async fn end_of_message<F: Filter>(cx: &mut EomContext<Session<F::Snapshot>>) ->
         }
         Ok(msg) => {
             let deadline = F::deadline(&snap);
+            let started = std::time::Instant::now();
             let task = tokio::spawn(F::on_message(snap, env, msg));
             match tokio::time::timeout(deadline, task).await {
-                Ok(Ok(v)) => v,
+                Ok(Ok(v)) => {
+                    crate::metrics::metrics()
+                        .evaluation_seconds
+                        .observe(started.elapsed().as_secs_f64());
+                    v
+                }
                 Ok(Err(join)) => {
                     tracing::error!("{qid}: internal error while evaluating the message: {join}");
                     internal_error()
@@ -276,6 +309,14 @@ async fn end_of_message<F: Filter>(cx: &mut EomContext<Session<F::Snapshot>>) ->
             }
         }
     };
+    let m = crate::metrics::metrics();
+    m.count_action(match &verdict.action {
+        Action::Accept => "accept",
+        Action::Reject(_) => "reject",
+        Action::Tempfail(_) => "tempfail",
+        Action::Discard => "discard",
+        Action::Quarantine(_) => "quarantine",
+    });
     apply(cx, &qid, verdict, leading_space).await
 }
 

@@ -9,6 +9,7 @@ use chassis::dns::ResolverSettings;
 use chassis::hostlist::HostList;
 use chassis::logging::LogSettings;
 use chassis::message::Limits;
+use chassis::service::ServiceSettings;
 use chassis::socketspec::SocketSpec;
 use chassis::verdict::ActionKind;
 use mail_auth::dkim::Canonicalization;
@@ -53,6 +54,12 @@ struct RawConfig {
     socket: String,
     #[serde(default)]
     socket_mode: Option<String>,
+    #[serde(default)]
+    user: Option<String>,
+    #[serde(default)]
+    pid_file: Option<PathBuf>,
+    #[serde(default)]
+    metrics_listen: Option<String>,
     #[serde(default)]
     authserv_id: Option<String>,
     #[serde(default = "default_mode")]
@@ -173,6 +180,7 @@ struct RawLimits {
     temp_dir: Option<PathBuf>,
     max_connections: usize,
     message_timeout: u64,
+    shutdown_grace: u64,
 }
 
 impl Default for RawLimits {
@@ -185,6 +193,7 @@ impl Default for RawLimits {
             temp_dir: None,
             max_connections: 256,
             message_timeout: 60,
+            shutdown_grace: 30,
         }
     }
 }
@@ -208,8 +217,8 @@ pub struct MacroRule {
 #[derive(Debug, Clone)]
 pub struct Config {
     pub file: PathBuf,
-    pub socket: SocketSpec,
-    pub socket_mode: Option<u32>,
+    /// Process settings (socket, user, pid file, logging, metrics): fixed until restart.
+    pub service: ServiceSettings,
     pub authserv_id: Option<String>,
     pub sign: bool,
     pub verify: bool,
@@ -233,9 +242,7 @@ pub struct Config {
     pub allow_sha1: bool,
     pub actions: Actions,
     pub resolver: ResolverSettings,
-    pub log: LogSettings,
     pub limits: Limits,
-    pub max_connections: usize,
     pub message_timeout: Duration,
 }
 
@@ -282,6 +289,15 @@ impl Config {
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| ConfigError::new(path, None, None, format!("cannot read: {e}")))?;
+        if chassis::legacyconf::is_legacy(path, &text) {
+            let converted = crate::legacy::convert_file(path)?;
+            for w in &converted.warnings {
+                eprintln!("dkim-milter: warning: {w}");
+                tracing::warn!("{w}");
+            }
+            return Self::from_toml(path, &converted.toml)
+                .map_err(|e| crate::legacy::relocate(e, &converted));
+        }
         Self::from_toml(path, &text)
     }
 
@@ -314,6 +330,13 @@ impl Config {
             ),
             None => None,
         };
+        let metrics_listen =
+            match &raw.metrics_listen {
+                Some(a) => Some(a.parse().map_err(|_| {
+                    err("metrics_listen", format!("'{a}' is not an IP:PORT address"))
+                })?),
+                None => None,
+            };
         let mode = raw.mode.to_ascii_lowercase();
         if mode.is_empty() || !mode.chars().all(|c| c == 's' || c == 'v') {
             return Err(err(
@@ -463,8 +486,16 @@ impl Config {
 
         Ok(Config {
             file: path.to_path_buf(),
-            socket,
-            socket_mode,
+            service: ServiceSettings {
+                socket,
+                socket_mode,
+                user: raw.user,
+                pid_file: raw.pid_file.map(|p| rel(&p)),
+                shutdown_grace: Duration::from_secs(raw.limits.shutdown_grace),
+                max_connections: raw.limits.max_connections.max(1),
+                log: raw.log,
+                metrics_listen,
+            },
             authserv_id: raw.authserv_id,
             sign: mode.contains('s'),
             verify: mode.contains('v'),
@@ -492,14 +523,12 @@ impl Config {
             allow_sha1: raw.allow_sha1,
             actions: raw.actions,
             resolver: raw.resolver,
-            log: raw.log,
             limits: Limits {
                 max_header_bytes: raw.limits.max_header_bytes,
                 max_headers: raw.limits.max_headers,
                 spill_threshold: raw.limits.spill_threshold,
                 temp_dir: raw.limits.temp_dir.map(|p| rel(&p)),
             },
-            max_connections: raw.limits.max_connections.max(1),
             message_timeout: Duration::from_secs(raw.limits.message_timeout.max(1)),
         })
     }

@@ -3,9 +3,11 @@
 //! can use it without sockets.
 
 pub mod config;
+pub mod daemon;
 pub mod filter;
 pub mod keygen;
 pub mod keys;
+pub mod legacy;
 pub mod policy;
 pub mod runtime;
 pub mod tables;

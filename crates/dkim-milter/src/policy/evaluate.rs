@@ -45,8 +45,83 @@ pub fn forged_deletions(msg: &Message, ids: &[String]) -> Vec<HeaderEdit> {
         .collect()
 }
 
-/// The verdict for one message.
+/// The verdict for one message, counted in the metrics and logged as one structured `verdict`
+/// event (a JSON object per message when logging as JSON).
 pub async fn evaluate(rt: &Runtime, env: &Envelope, msg: &Message) -> Verdict {
+    let verdict = decide_message(rt, env, msg).await;
+    record(env, &verdict);
+    verdict
+}
+
+/// A tag's value in a DKIM-Signature header value.
+fn sig_tag<'a>(value: &'a str, tag: &str) -> &'a str {
+    value
+        .split(';')
+        .filter_map(|t| t.split_once('='))
+        .find(|(k, _)| k.trim() == tag)
+        .map(|(_, v)| v.trim())
+        .unwrap_or("")
+}
+
+fn record(env: &Envelope, verdict: &Verdict) {
+    let m = chassis::metrics::metrics();
+    let mut results = Vec::new();
+    let mut signatures = Vec::new();
+    for edit in &verdict.edits {
+        if let HeaderEdit::Insert { name, value, .. } = edit {
+            if name == "Authentication-Results" {
+                if let Ok(ar) = chassis::authres::parse(value) {
+                    for r in &ar.results {
+                        m.count_result(&r.method, &r.result);
+                        results.push(
+                            format!(
+                                "{}={} {}",
+                                r.method,
+                                r.result,
+                                r.prop("header.d").unwrap_or("")
+                            )
+                            .trim()
+                            .to_string(),
+                        );
+                    }
+                }
+            } else if name == "DKIM-Signature" {
+                let (d, s, a) = (
+                    sig_tag(value, "d"),
+                    sig_tag(value, "s"),
+                    sig_tag(value, "a"),
+                );
+                m.signatures
+                    .get_or_create(&chassis::metrics::SignatureLabel {
+                        domain: d.into(),
+                        selector: s.into(),
+                        algorithm: a.into(),
+                    })
+                    .inc();
+                signatures.push(format!("d={d} s={s} a={a}"));
+            }
+        }
+    }
+    let action = match &verdict.action {
+        Action::Accept => "accept".to_string(),
+        Action::Reject(r) => format!("reject {r}"),
+        Action::Tempfail(r) => format!("tempfail {r}"),
+        Action::Discard => "discard".to_string(),
+        Action::Quarantine(why) => format!("quarantine {why}"),
+    };
+    tracing::info!(
+        target: "verdict",
+        queue_id = env.queue_id(),
+        client = %env.client_label(),
+        mail_from = %env.mail_from,
+        results = ?results,
+        signatures_added = ?signatures,
+        action = %action,
+        "message verdict"
+    );
+}
+
+async fn decide_message(rt: &Runtime, env: &Envelope, msg: &Message) -> Verdict {
     let cfg = &rt.config;
     let qid = env.queue_id();
     let id = authserv_id(rt, env);
@@ -75,7 +150,7 @@ pub async fn evaluate(rt: &Runtime, env: &Envelope, msg: &Message) -> Verdict {
     }
     match decide(cfg, env, &msg.headers) {
         Decision::Skip(why) => {
-            if cfg.log.why {
+            if cfg.service.log.why {
                 tracing::info!("{qid}: {why}; accepting");
             }
             Verdict {
@@ -87,7 +162,7 @@ pub async fn evaluate(rt: &Runtime, env: &Envelope, msg: &Message) -> Verdict {
             match sign(cfg, msg.raw(), &msg.headers, &sender, &matches) {
                 Ok(signatures) => {
                     for s in signatures {
-                        if cfg.log.success {
+                        if cfg.service.log.success {
                             tracing::info!(
                                 "{qid}: DKIM-Signature field added (s={}, d={})",
                                 s.selector,
@@ -127,7 +202,7 @@ pub async fn evaluate(rt: &Runtime, env: &Envelope, msg: &Message) -> Verdict {
                     env.client_label()
                 );
             }
-            if cfg.log.why {
+            if cfg.service.log.why {
                 tracing::info!("{qid}: not signing: {why_not_sign}");
             }
             let budget = cfg
@@ -223,7 +298,7 @@ pub fn conclude(
         }
     }
     if report.results.iter().any(|r| r.outcome == Outcome::Pass) {
-        if cfg.log.success {
+        if cfg.service.log.success {
             tracing::info!("{qid}: DKIM verification successful");
         }
         return (ar, Action::Accept);

@@ -1,0 +1,318 @@
+//! The life of a daemon process, shared by both milters: command line, configuration check,
+//! logging, binding, pid file, dropping privileges, reload on SIGHUP/SIGUSR1, graceful stop on
+//! SIGTERM/SIGINT with a grace period. Exit codes follow sysexits(3), as OpenDKIM's do.
+
+use crate::configfile::ConfigError;
+use crate::listener::ResilientListener;
+use crate::milter::Filter;
+use crate::service::ServiceSettings;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use tokio::signal::unix::{signal, SignalKind};
+
+pub const EX_USAGE: u8 = 64;
+pub const EX_OSERR: u8 = 71;
+pub const EX_NOPERM: u8 = 77;
+pub const EX_CONFIG: u8 = 78;
+
+/// What a daemon plugs into the shared lifecycle.
+pub trait Daemon: 'static {
+    const NAME: &'static str;
+    const DEFAULT_CONFIG: &'static str;
+    type Config: Send + Sync + 'static;
+    type Filter: Filter;
+
+    /// Loads and validates a configuration file (TOML or the legacy `.conf` format).
+    fn load(path: &Path) -> Result<Self::Config, ConfigError>;
+    /// Converts a legacy `.conf` file to the equivalent TOML text.
+    fn convert(path: &Path) -> Result<String, ConfigError>;
+    /// One line for `-n`: what was loaded.
+    fn describe(cfg: &Self::Config) -> String;
+    fn service(cfg: &Self::Config) -> &ServiceSettings;
+    /// Builds the filter (resolver, stores) from a configuration.
+    fn build(cfg: Self::Config) -> Result<Self::Filter, String>;
+    /// Swaps in a new configuration; sessions in flight keep the old one.
+    fn reload(filter: &Self::Filter, cfg: Self::Config) -> Result<(), String>;
+}
+
+fn usage<D: Daemon>() -> String {
+    format!(
+        "usage: {n} [-c FILE] [-n]\n       {n} convert FILE\n  -c, --config FILE   configuration file (default {d}); TOML, or the original .conf format\n  -n, --check-config  load the configuration, keys and tables, report problems, exit 0 or 78\n  convert FILE        print the TOML equivalent of a .conf file\n  -V, --version       print the version",
+        n = D::NAME,
+        d = D::DEFAULT_CONFIG
+    )
+}
+
+/// The whole `main` of a daemon.
+pub fn main<D: Daemon>(version: &'static str) -> ExitCode {
+    let mut config_path = PathBuf::from(D::DEFAULT_CONFIG);
+    let mut check_only = false;
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "-c" | "--config" => match args.next() {
+                Some(p) => config_path = PathBuf::from(p),
+                None => {
+                    eprintln!("{}", usage::<D>());
+                    return ExitCode::from(EX_USAGE);
+                }
+            },
+            "-n" | "--check-config" | "check-config" => check_only = true,
+            "convert" => {
+                let Some(p) = args.next() else {
+                    eprintln!("{}", usage::<D>());
+                    return ExitCode::from(EX_USAGE);
+                };
+                return match D::convert(Path::new(&p)) {
+                    Ok(text) => {
+                        print!("{text}");
+                        ExitCode::SUCCESS
+                    }
+                    Err(e) => {
+                        eprintln!("{}: {e}", D::NAME);
+                        ExitCode::from(EX_CONFIG)
+                    }
+                };
+            }
+            "-V" | "--version" => {
+                println!("{} {version}", D::NAME);
+                return ExitCode::SUCCESS;
+            }
+            "-h" | "--help" => {
+                println!("{}", usage::<D>());
+                return ExitCode::SUCCESS;
+            }
+            other => {
+                eprintln!("{}: unknown argument '{other}'\n{}", D::NAME, usage::<D>());
+                return ExitCode::from(EX_USAGE);
+            }
+        }
+    }
+    let config = match D::load(&config_path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{}: {e}", D::NAME);
+            return ExitCode::from(EX_CONFIG);
+        }
+    };
+    if check_only {
+        println!(
+            "{}: configuration OK ({})",
+            config_path.display(),
+            D::describe(&config)
+        );
+        return ExitCode::SUCCESS;
+    }
+    if let Err(e) = crate::logging::init(&D::service(&config).log, D::NAME) {
+        eprintln!("{}: {e}", D::NAME);
+        return ExitCode::from(EX_CONFIG);
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("{}: cannot start the runtime: {e}", D::NAME);
+            return ExitCode::from(EX_OSERR);
+        }
+    };
+    let code = runtime.block_on(run::<D>(config_path, config, version));
+    // Sessions cut at the end of the grace period must not keep the process alive.
+    runtime.shutdown_timeout(std::time::Duration::from_millis(200));
+    code
+}
+
+/// Switches to `user[:group]`: supplementary groups, then gid, then uid.
+pub fn drop_privileges(spec: &str) -> Result<(), String> {
+    use nix::unistd::{setgid, setgroups, setuid, Group, User};
+    let (user_name, group_name) = match spec.split_once(':') {
+        Some((u, g)) => (u, Some(g)),
+        None => (spec, None),
+    };
+    let user = User::from_name(user_name)
+        .map_err(|e| format!("cannot look up user '{user_name}': {e}"))?
+        .ok_or_else(|| format!("no such user '{user_name}'"))?;
+    let gid = match group_name {
+        Some(g) => {
+            Group::from_name(g)
+                .map_err(|e| format!("cannot look up group '{g}': {e}"))?
+                .ok_or_else(|| format!("no such group '{g}'"))?
+                .gid
+        }
+        None => user.gid,
+    };
+    setgroups(&[gid]).map_err(|e| format!("setgroups: {e}"))?;
+    setgid(gid).map_err(|e| format!("setgid({gid}): {e}"))?;
+    setuid(user.uid).map_err(|e| format!("setuid({}): {e}", user.uid))?;
+    Ok(())
+}
+
+async fn run<D: Daemon>(
+    config_path: PathBuf,
+    config: D::Config,
+    version: &'static str,
+) -> ExitCode {
+    let service = D::service(&config).clone();
+    let listener = match ResilientListener::bind(&service.socket, service.socket_mode).await {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!("cannot listen on {}: {e}", service.socket);
+            return ExitCode::from(EX_OSERR);
+        }
+    };
+    let bound = listener
+        .local_spec()
+        .unwrap_or_else(|_| service.socket.clone());
+    if let Some(pid) = &service.pid_file {
+        if let Err(e) = std::fs::write(pid, format!("{}\n", std::process::id())) {
+            tracing::error!("cannot write pid file {}: {e}", pid.display());
+            return ExitCode::from(EX_OSERR);
+        }
+    }
+    if let (Some(user), crate::socketspec::SocketSpec::Unix(path)) = (&service.user, &bound) {
+        // The socket stays usable by the daemon's group after the switch.
+        if let Ok(Some(u)) = nix::unistd::User::from_name(user.split(':').next().unwrap_or(user)) {
+            let _ = nix::unistd::chown(path, Some(u.uid), Some(u.gid));
+        }
+    }
+    if let Some(user) = &service.user {
+        if let Err(e) = drop_privileges(user) {
+            tracing::error!("cannot switch to {user}: {e}");
+            return ExitCode::from(EX_NOPERM);
+        }
+    }
+    if let Some(addr) = service.metrics_listen {
+        match crate::metrics::serve(addr).await {
+            Ok(a) => tracing::info!("metrics on http://{a}/metrics"),
+            Err(e) => {
+                tracing::error!("cannot serve metrics on {addr}: {e}");
+                return ExitCode::from(EX_OSERR);
+            }
+        }
+    }
+    let filter = match D::build(config) {
+        Ok(f) => Arc::new(f),
+        Err(e) => {
+            tracing::error!("{e}");
+            return ExitCode::from(EX_CONFIG);
+        }
+    };
+    tracing::info!(
+        "{} v{version} starting (config {})",
+        D::NAME,
+        config_path.display()
+    );
+    tracing::info!(
+        "listening on {bound}; in Postfix's main.cf use: smtpd_milters = {p}  non_smtpd_milters = {p}  milter_default_action = tempfail",
+        p = bound.postfix_form()
+    );
+
+    let reloader = {
+        let filter = filter.clone();
+        let running = service.clone();
+        tokio::spawn(async move {
+            let (Ok(mut hup), Ok(mut usr1)) = (
+                signal(SignalKind::hangup()),
+                signal(SignalKind::user_defined1()),
+            ) else {
+                return;
+            };
+            loop {
+                tokio::select! { _ = hup.recv() => {}, _ = usr1.recv() => {} }
+                let outcome = match D::load(&config_path) {
+                    Err(e) => Err(e.to_string()),
+                    Ok(cfg) => {
+                        let changed = running.changed_restart_only(D::service(&cfg));
+                        if !changed.is_empty() {
+                            tracing::warn!("reload: {} changed; this needs a restart and is ignored until then", changed.join(", "));
+                        }
+                        D::reload(&filter, cfg)
+                    }
+                };
+                match outcome {
+                    Ok(()) => {
+                        crate::metrics::metrics()
+                            .reloads
+                            .get_or_create(&crate::metrics::OutcomeLabel {
+                                outcome: "ok".into(),
+                            })
+                            .inc();
+                        tracing::info!("configuration reloaded from {}", config_path.display());
+                    }
+                    Err(e) => {
+                        crate::metrics::metrics()
+                            .reloads
+                            .get_or_create(&crate::metrics::OutcomeLabel {
+                                outcome: "failed".into(),
+                            })
+                            .inc();
+                        tracing::error!("reload failed, keeping the running configuration: {e}");
+                    }
+                }
+            }
+        })
+    };
+
+    let closer = listener.closer();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let serve = crate::milter::serve(listener, filter, service.max_connections, async {
+        let _ = stop_rx.await;
+    });
+    tokio::pin!(serve);
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot install signal handlers");
+        return ExitCode::from(EX_OSERR);
+    };
+    let result = tokio::select! {
+        r = &mut serve => r,
+        _ = async { tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} } } => {
+            // Stop taking connections, let the open ones finish their messages, then stop.
+            closer.close();
+            let open = crate::milter::active_sessions();
+            tracing::info!("shutting down: no new connections; waiting up to {} s for {open} open session(s)", service.shutdown_grace.as_secs());
+            let deadline = tokio::time::Instant::now() + service.shutdown_grace;
+            while crate::milter::active_sessions() > 0 && tokio::time::Instant::now() < deadline {
+                tokio::select! {
+                    r = &mut serve => return finish::<D>(r, &service, version),
+                    _ = tokio::time::sleep(std::time::Duration::from_millis(20)) => {}
+                }
+            }
+            let left = crate::milter::active_sessions();
+            if left > 0 {
+                tracing::warn!("grace period over; closing {left} remaining session(s)");
+            }
+            let _ = stop_tx.send(());
+            match tokio::time::timeout(std::time::Duration::from_secs(2), &mut serve).await {
+                Ok(r) => r,
+                Err(_) => Ok(()),
+            }
+        }
+    };
+    reloader.abort();
+    finish::<D>(result, &service, version)
+}
+
+fn finish<D: Daemon>(
+    result: std::io::Result<()>,
+    service: &ServiceSettings,
+    version: &str,
+) -> ExitCode {
+    if let Some(pid) = &service.pid_file {
+        let _ = std::fs::remove_file(pid);
+    }
+    match result {
+        Ok(()) => {
+            tracing::info!("{} v{version} terminating with status 0", D::NAME);
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            tracing::error!("milter stopped: {e}");
+            ExitCode::from(EX_OSERR)
+        }
+    }
+}
