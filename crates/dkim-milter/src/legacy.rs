@@ -92,7 +92,7 @@ const UNSUPPORTED: &[&str] = &[
     "AlwaysAddARHeader",
     "BogusKey",
     "BogusPolicy",
-    "MinimumKeyBits.",
+   
     "DisableCryptoInit",
     "LargeBodyDB",
 ];
