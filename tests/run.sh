@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-packages=(opendkim opendkim-tools miltertest python3-dkim python3-dnspython libmail-dkim-perl libnet-dns-perl openssl)
+packages=(opendkim opendkim-tools miltertest python3-dkim python3-dnspython libmail-dkim-perl libnet-dns-perl openssl postfix)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -19,6 +19,10 @@ if [ "${#missing[@]}" -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   # Package scripts must not start daemons (opendkim) on the test machine.
   printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d
+  # Postfix: no system configuration at all (the tests run private instances from temporary
+  # directories with `postfix -c`); together with policy-rc.d nothing listens on port 25.
+  printf '%s\n' 'postfix postfix/main_mailer_type select No configuration' \
+    'postfix postfix/mailname string test.example' | debconf-set-selections
   apt-get update -q
   apt-get install -y -q --no-install-recommends "${missing[@]}"
 fi

@@ -310,6 +310,13 @@ impl TestDns {
 
     /// As [`TestDns::start`], for tests that are not async (for example judge-only tests).
     pub fn start_blocking(zone: &Zone) -> io::Result<TestDns> {
+        Self::start_at_blocking(zone, None)
+    }
+
+    /// As [`TestDns::start_blocking`], on `addr` (UDP and TCP) when given instead of a random
+    /// loopback port: for a resolver that cannot be told a port (libresolv, libspf2), which the
+    /// benchmark runs in a network namespace of its own with this server on port 53.
+    pub fn start_at_blocking(zone: &Zone, addr: Option<SocketAddr>) -> io::Result<TestDns> {
         let handler = zone.build_handler()?;
         let mut catalog = Catalog::new();
         catalog.upsert(LowerName::from(Name::root()), vec![Arc::new(handler)]);
@@ -325,7 +332,10 @@ impl TestDns {
             queries: queries.clone(),
         };
 
-        let (udp, tcp) = bind_pair(IpAddr::V4(Ipv4Addr::LOCALHOST))?;
+        let (udp, tcp) = match addr {
+            Some(a) => (UdpSocket::bind(a)?, TcpListener::bind(a)?),
+            None => bind_pair(IpAddr::V4(Ipv4Addr::LOCALHOST))?,
+        };
         let addr = udp.local_addr()?;
         udp.set_nonblocking(true)?;
         tcp.set_nonblocking(true)?;

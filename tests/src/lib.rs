@@ -13,6 +13,8 @@ pub mod judges;
 pub mod keys;
 pub mod logcapture;
 pub mod opendkim;
+pub mod postfix;
+pub mod smtp;
 
 use std::sync::Once;
 

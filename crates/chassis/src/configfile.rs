@@ -130,6 +130,22 @@ fn quoted_field(message: &str) -> Option<String> {
     Some(message[start..end].to_string())
 }
 
+/// The 1-based line where `key = ...` is assigned in TOML `text` (the first such line), for
+/// errors found after parsing, when serde's spans are gone.
+pub fn line_of(text: &str, key: &str) -> Option<usize> {
+    text.lines()
+        .position(|l| {
+            let t = l.trim_start();
+            t.starts_with(key) && t[key.len()..].trim_start().starts_with('=')
+        })
+        .map(|i| i + 1)
+}
+
+/// An error about `key` of the TOML file `path` with contents `text`.
+pub fn key_error(path: &Path, text: &str, key: &str, message: impl Into<String>) -> ConfigError {
+    ConfigError::new(path, line_of(text, key), Some(key), message)
+}
+
 /// Resolves a path from a config file relative to the file's directory (absolute paths stay).
 pub fn relative_to(config_file: &Path, value: &Path) -> PathBuf {
     if value.is_absolute() {

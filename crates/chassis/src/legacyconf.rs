@@ -4,7 +4,9 @@
 //! operator's old file keeps working and `convert` can print the equivalent TOML.
 
 use crate::configfile::ConfigError;
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use toml::{Table, Value};
 
 /// One `Name value` line.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -54,6 +56,133 @@ impl Entry {
             .map(|s| s.trim().to_string())
             .filter(|s| !s.is_empty())
             .collect()
+    }
+}
+
+/// A legacy file converted to TOML text, with where each TOML key came from.
+#[derive(Debug, Clone)]
+pub struct Converted {
+    pub toml: String,
+    /// Dotted TOML key → the option and place it came from, to report errors in the operator's file.
+    pub origin: HashMap<String, (String, PathBuf, usize)>,
+    pub warnings: Vec<String>,
+}
+
+/// Builds the TOML document while remembering the origin of every key.
+#[derive(Default)]
+pub struct TomlBuilder {
+    top: Table,
+    origin: HashMap<String, (String, PathBuf, usize)>,
+    pub warnings: Vec<String>,
+}
+
+impl TomlBuilder {
+    /// Sets `key` (`name` or `section.name`) from `entry`.
+    pub fn set(&mut self, entry: &Entry, key: &str, value: Value) {
+        let (table, leaf) = match key.split_once('.') {
+            Some((t, leaf)) => {
+                let sub = self
+                    .top
+                    .entry(t.to_string())
+                    .or_insert_with(|| Value::Table(Table::new()));
+                match sub.as_table_mut() {
+                    Some(t) => (t, leaf),
+                    None => return,
+                }
+            }
+            None => (&mut self.top, key),
+        };
+        table.insert(leaf.to_string(), value);
+        self.origin.insert(
+            key.to_string(),
+            (entry.name.clone(), entry.file.clone(), entry.line),
+        );
+    }
+
+    /// Sets a default that is not from the file (OpenDKIM/OpenDMARC's own default).
+    pub fn default_value(&mut self, key: &str, value: Value) {
+        let marker = Entry {
+            name: "(default)".into(),
+            value: String::new(),
+            file: PathBuf::new(),
+            line: 0,
+        };
+        self.set(&marker, key, value);
+    }
+
+    /// Records that `entry` names an option we know but do not implement.
+    pub fn unsupported(&mut self, entry: &Entry, daemon: &str, advice: &str) {
+        let extra = if advice.is_empty() {
+            String::new()
+        } else {
+            format!(" ({advice})")
+        };
+        self.warnings.push(format!(
+            "{}:{}: {} is not supported by {daemon} and is ignored{extra}",
+            entry.file.display(),
+            entry.line,
+            entry.name
+        ));
+    }
+
+    /// The TOML text, headed by where it came from and the warnings.
+    pub fn finish(self, source: &Path, daemon: &str) -> Result<Converted, ConfigError> {
+        let body = toml::to_string(&self.top)
+            .map_err(|e| ConfigError::new(source, None, None, e.to_string()))?;
+        let notes: String = self
+            .warnings
+            .iter()
+            .map(|w| format!("# note: {w}\n"))
+            .collect();
+        let toml = format!(
+            "# Converted from {} by {daemon} convert.\n{notes}\n{body}",
+            source.display()
+        );
+        Ok(Converted {
+            toml,
+            origin: self.origin,
+            warnings: self.warnings,
+        })
+    }
+}
+
+/// A list of strings as a TOML array.
+pub fn strings(v: Vec<String>) -> Value {
+    Value::Array(v.into_iter().map(Value::String).collect())
+}
+
+/// Maps an error found in the converted TOML back to the operator's line.
+pub fn relocate(err: ConfigError, c: &Converted) -> ConfigError {
+    match err.key.as_ref().and_then(|k| c.origin.get(k)) {
+        Some((name, file, line)) if *line > 0 => {
+            ConfigError::new(file, Some(*line), Some(name), err.message)
+        }
+        _ => err,
+    }
+}
+
+/// The host name for `AuthservID HOSTNAME`.
+pub fn authserv_id_value(value: &str) -> String {
+    if value.eq_ignore_ascii_case("HOSTNAME") {
+        crate::forged::hostname()
+    } else {
+        value.to_string()
+    }
+}
+
+/// The socket mode implied by a `UMask` value.
+pub fn umask_to_mode(entry: &Entry) -> Result<Value, ConfigError> {
+    let mask = crate::service::parse_mode(&entry.value)
+        .ok_or_else(|| entry.error(format!("'{}' is not an octal umask", entry.value)))?;
+    Ok(Value::String(format!("{:04o}", 0o777 & !mask)))
+}
+
+/// `Socket` values may omit `inet:` (`8891@localhost`).
+pub fn socket_value(value: &str) -> String {
+    if value.chars().next().is_some_and(|c| c.is_ascii_digit()) && value.contains('@') {
+        format!("inet:{value}")
+    } else {
+        value.to_string()
     }
 }
 

@@ -8,6 +8,7 @@ pub mod authres;
 pub mod configfile;
 pub mod dns;
 pub mod envelope;
+pub mod forged;
 pub mod hostlist;
 pub mod legacyconf;
 pub mod lifecycle;

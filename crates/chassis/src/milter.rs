@@ -27,6 +27,31 @@ pub enum ConnectDecision {
     Ignore(String),
 }
 
+/// The current configuration snapshot of a daemon, swapped whole on reload: sessions take an
+/// `Arc` at connect and keep it to the end, so a reload never changes a message half-way.
+pub struct Snapshots<T> {
+    current: std::sync::RwLock<Arc<T>>,
+}
+
+impl<T> Snapshots<T> {
+    pub fn new(value: T) -> Self {
+        Self {
+            current: std::sync::RwLock::new(Arc::new(value)),
+        }
+    }
+
+    pub fn current(&self) -> Arc<T> {
+        self.current
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    pub fn replace(&self, value: T) {
+        *self.current.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(value);
+    }
+}
+
 /// A daemon's policy as the front end sees it.
 pub trait Filter: Send + Sync + 'static {
     /// The configuration a session works with from start to end, even across a reload.

@@ -2,11 +2,73 @@
 //! file goes, how long to wait for sessions at shutdown, logging and metrics. Kept apart from the
 //! policy configuration because these cannot change on reload.
 
+use crate::configfile::{key_error, relative_to, ConfigError};
 use crate::logging::LogSettings;
+use crate::message::Limits;
 use crate::socketspec::SocketSpec;
+use serde::Deserialize;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
+
+/// `[limits]`, the same for both daemons.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitSettings {
+    pub max_header_bytes: usize,
+    pub max_headers: usize,
+    /// Bytes of a message kept in memory before it spills to a temporary file.
+    pub spill_threshold: usize,
+    pub temp_dir: Option<PathBuf>,
+    pub max_connections: usize,
+    /// Seconds for all DNS work of one message.
+    pub message_timeout: u64,
+    /// Seconds sessions in flight may run after SIGTERM.
+    pub shutdown_grace: u64,
+}
+
+impl Default for LimitSettings {
+    fn default() -> Self {
+        let l = Limits::default();
+        Self {
+            max_header_bytes: l.max_header_bytes,
+            max_headers: l.max_headers,
+            spill_threshold: l.spill_threshold,
+            temp_dir: None,
+            max_connections: 256,
+            message_timeout: 60,
+            shutdown_grace: 30,
+        }
+    }
+}
+
+impl LimitSettings {
+    /// The per-message buffering limits, `temp_dir` relative to the config file.
+    pub fn message_limits(&self, config_file: &Path) -> Limits {
+        Limits {
+            max_header_bytes: self.max_header_bytes,
+            max_headers: self.max_headers,
+            spill_threshold: self.spill_threshold,
+            temp_dir: self.temp_dir.as_ref().map(|p| relative_to(config_file, p)),
+        }
+    }
+
+    pub fn message_timeout(&self) -> Duration {
+        Duration::from_secs(self.message_timeout.max(1))
+    }
+}
+
+/// The service keys as a daemon's TOML has them (top-level `socket`, `socket_mode`, `user`,
+/// `pid_file`, `metrics_listen`, plus `[log]` and `[limits]`).
+pub struct ServiceParts<'a> {
+    pub socket: &'a str,
+    pub socket_mode: Option<&'a str>,
+    pub user: Option<String>,
+    pub pid_file: Option<PathBuf>,
+    pub metrics_listen: Option<&'a str>,
+    pub log: LogSettings,
+    pub limits: &'a LimitSettings,
+}
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct ServiceSettings {
@@ -25,6 +87,50 @@ pub struct ServiceSettings {
 }
 
 impl ServiceSettings {
+    /// Validates the service keys of the TOML file `path` (contents `text`, for line numbers).
+    pub fn from_parts(
+        parts: ServiceParts<'_>,
+        path: &Path,
+        text: &str,
+    ) -> Result<ServiceSettings, ConfigError> {
+        let socket: SocketSpec = parts
+            .socket
+            .parse()
+            .map_err(|e| key_error(path, text, "socket", format!("{e}")))?;
+        let socket_mode = match parts.socket_mode {
+            Some(m) => Some(parse_mode(m).ok_or_else(|| {
+                key_error(
+                    path,
+                    text,
+                    "socket_mode",
+                    format!("'{m}' is not an octal mode such as \"0660\""),
+                )
+            })?),
+            None => None,
+        };
+        let metrics_listen = match parts.metrics_listen {
+            Some(a) => Some(a.parse().map_err(|_| {
+                key_error(
+                    path,
+                    text,
+                    "metrics_listen",
+                    format!("'{a}' is not an IP:PORT address"),
+                )
+            })?),
+            None => None,
+        };
+        Ok(ServiceSettings {
+            socket,
+            socket_mode,
+            user: parts.user.filter(|u| !u.trim().is_empty()),
+            pid_file: parts.pid_file.map(|p| relative_to(path, &p)),
+            shutdown_grace: Duration::from_secs(parts.limits.shutdown_grace),
+            max_connections: parts.limits.max_connections.max(1),
+            log: parts.log,
+            metrics_listen,
+        })
+    }
+
     /// The settings that only take effect at start, as `(name, value)` for "needs restart" messages.
     pub fn restart_only(&self) -> Vec<(&'static str, String)> {
         vec![

@@ -9,8 +9,7 @@ use chassis::dns::ResolverSettings;
 use chassis::hostlist::HostList;
 use chassis::logging::LogSettings;
 use chassis::message::Limits;
-use chassis::service::ServiceSettings;
-use chassis::socketspec::SocketSpec;
+use chassis::service::{LimitSettings, ServiceParts, ServiceSettings};
 use chassis::verdict::ActionKind;
 use mail_auth::dkim::Canonicalization;
 use serde::Deserialize;
@@ -113,7 +112,7 @@ struct RawConfig {
     #[serde(default)]
     log: LogSettings,
     #[serde(default)]
-    limits: RawLimits,
+    limits: LimitSettings,
 }
 
 fn default_socket() -> String {
@@ -170,33 +169,6 @@ impl Default for RawActions {
 
 /// The On-* actions.
 pub type Actions = RawActions;
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-struct RawLimits {
-    max_header_bytes: usize,
-    max_headers: usize,
-    spill_threshold: usize,
-    temp_dir: Option<PathBuf>,
-    max_connections: usize,
-    message_timeout: u64,
-    shutdown_grace: u64,
-}
-
-impl Default for RawLimits {
-    fn default() -> Self {
-        let l = Limits::default();
-        Self {
-            max_header_bytes: l.max_header_bytes,
-            max_headers: l.max_headers,
-            spill_threshold: l.spill_threshold,
-            temp_dir: None,
-            max_connections: 256,
-            message_timeout: 60,
-            shutdown_grace: 30,
-        }
-    }
-}
 
 /// A key ready to sign with: the KeyTable row and, unless it depends on the sender's domain, the
 /// loaded key.
@@ -304,39 +276,9 @@ impl Config {
     /// Parses TOML `text` as if read from `path` (relative paths resolve against its directory).
     pub fn from_toml(path: &Path, text: &str) -> Result<Config, ConfigError> {
         let raw: RawConfig = configfile::parse_toml(path, text)?;
-        let line_of = |key: &str| {
-            text.lines()
-                .position(|l| {
-                    let t = l.trim_start();
-                    t.starts_with(key) && t[key.len()..].trim_start().starts_with('=')
-                })
-                .map(|i| i + 1)
-        };
-        let err = |key: &str, msg: String| ConfigError::new(path, line_of(key), Some(key), msg);
+        let err = |key: &str, msg: String| configfile::key_error(path, text, key, msg);
         let rel = |p: &Path| configfile::relative_to(path, p);
 
-        let socket: SocketSpec = raw
-            .socket
-            .parse()
-            .map_err(|e| err("socket", format!("{e}")))?;
-        let socket_mode = match &raw.socket_mode {
-            Some(m) => Some(
-                u32::from_str_radix(m.trim_start_matches("0o"), 8).map_err(|_| {
-                    err(
-                        "socket_mode",
-                        format!("'{m}' is not an octal mode such as \"0660\""),
-                    )
-                })?,
-            ),
-            None => None,
-        };
-        let metrics_listen =
-            match &raw.metrics_listen {
-                Some(a) => Some(a.parse().map_err(|_| {
-                    err("metrics_listen", format!("'{a}' is not an IP:PORT address"))
-                })?),
-                None => None,
-            };
         let mode = raw.mode.to_ascii_lowercase();
         if mode.is_empty() || !mode.chars().all(|c| c == 's' || c == 'v') {
             return Err(err(
@@ -486,16 +428,19 @@ impl Config {
 
         Ok(Config {
             file: path.to_path_buf(),
-            service: ServiceSettings {
-                socket,
-                socket_mode,
-                user: raw.user,
-                pid_file: raw.pid_file.map(|p| rel(&p)),
-                shutdown_grace: Duration::from_secs(raw.limits.shutdown_grace),
-                max_connections: raw.limits.max_connections.max(1),
-                log: raw.log,
-                metrics_listen,
-            },
+            service: ServiceSettings::from_parts(
+                ServiceParts {
+                    socket: &raw.socket,
+                    socket_mode: raw.socket_mode.as_deref(),
+                    user: raw.user,
+                    pid_file: raw.pid_file,
+                    metrics_listen: raw.metrics_listen.as_deref(),
+                    log: raw.log,
+                    limits: &raw.limits,
+                },
+                path,
+                text,
+            )?,
             authserv_id: raw.authserv_id,
             sign: mode.contains('s'),
             verify: mode.contains('v'),
@@ -523,13 +468,8 @@ impl Config {
             allow_sha1: raw.allow_sha1,
             actions: raw.actions,
             resolver: raw.resolver,
-            limits: Limits {
-                max_header_bytes: raw.limits.max_header_bytes,
-                max_headers: raw.limits.max_headers,
-                spill_threshold: raw.limits.spill_threshold,
-                temp_dir: raw.limits.temp_dir.map(|p| rel(&p)),
-            },
-            message_timeout: Duration::from_secs(raw.limits.message_timeout.max(1)),
+            limits: raw.limits.message_limits(path),
+            message_timeout: raw.limits.message_timeout(),
         })
     }
 

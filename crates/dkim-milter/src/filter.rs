@@ -5,26 +5,26 @@ use crate::policy::evaluate::evaluate;
 use crate::runtime::Runtime;
 use chassis::envelope::Envelope;
 use chassis::message::{Limits, Message};
+use chassis::milter::Snapshots;
 use chassis::milter::{ConnectDecision, Filter};
 use chassis::verdict::Verdict;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 pub struct DkimFilter {
-    current: RwLock<Arc<Runtime>>,
+    current: Snapshots<Runtime>,
 }
 
 impl DkimFilter {
     pub fn new(rt: Runtime) -> Self {
         Self {
-            current: RwLock::new(Arc::new(rt)),
+            current: Snapshots::new(rt),
         }
     }
 
     /// Installs a new runtime; sessions already running keep the one they started with.
     pub fn replace(&self, rt: Runtime) {
-        let mut slot = self.current.write().unwrap_or_else(|p| p.into_inner());
-        *slot = Arc::new(rt);
+        self.current.replace(rt);
     }
 }
 
@@ -32,10 +32,7 @@ impl Filter for DkimFilter {
     type Snapshot = Runtime;
 
     fn snapshot(&self) -> Arc<Runtime> {
-        self.current
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        self.current.current()
     }
 
     fn limits(snap: &Runtime) -> Limits {

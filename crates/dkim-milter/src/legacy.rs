@@ -4,20 +4,12 @@
 //! line (as in OpenDKIM); known options we do not implement are warnings naming the option.
 
 use chassis::configfile::ConfigError;
-use chassis::legacyconf::{self, Entry};
+use chassis::legacyconf::{self, strings, Converted, Entry, TomlBuilder};
 use chassis::verdict::ActionKind;
-use std::collections::HashMap;
-use std::path::{Path, PathBuf};
-use toml::{Table, Value};
+use std::path::Path;
+use toml::Value;
 
-/// The result of converting one file.
-#[derive(Debug, Clone)]
-pub struct Converted {
-    pub toml: String,
-    /// Dotted TOML key → the option and place it came from, to report errors in the operator's file.
-    pub origin: HashMap<String, (String, PathBuf, usize)>,
-    pub warnings: Vec<String>,
-}
+pub use chassis::legacyconf::relocate;
 
 /// Options OpenDKIM knows that dkim-milter does not implement: accepted with a warning.
 const UNSUPPORTED: &[&str] = &[
@@ -92,7 +84,6 @@ const UNSUPPORTED: &[&str] = &[
     "AlwaysAddARHeader",
     "BogusKey",
     "BogusPolicy",
-   
     "DisableCryptoInit",
     "LargeBodyDB",
 ];
@@ -112,35 +103,6 @@ fn is_unsupported(name: &str) -> bool {
             .any(|p| name.len() >= p.len() && name[..p.len()].eq_ignore_ascii_case(p))
 }
 
-struct Builder {
-    top: Table,
-    origin: HashMap<String, (String, PathBuf, usize)>,
-}
-
-impl Builder {
-    fn set(&mut self, entry: &Entry, key: &str, value: Value) {
-        let (table, leaf) = match key.split_once('.') {
-            Some((t, leaf)) => {
-                let sub = self
-                    .top
-                    .entry(t.to_string())
-                    .or_insert_with(|| Value::Table(Table::new()));
-                (sub.as_table_mut().expect("section is a table"), leaf)
-            }
-            None => (&mut self.top, key),
-        };
-        table.insert(leaf.to_string(), value);
-        self.origin.insert(
-            key.to_string(),
-            (entry.name.clone(), entry.file.clone(), entry.line),
-        );
-    }
-}
-
-fn strings(v: Vec<String>) -> Value {
-    Value::Array(v.into_iter().map(Value::String).collect())
-}
-
 fn action(entry: &Entry) -> Result<Value, ConfigError> {
     ActionKind::parse(&entry.value)
         .map(|k| Value::String(k.to_string()))
@@ -152,46 +114,28 @@ fn action(entry: &Entry) -> Result<Value, ConfigError> {
         })
 }
 
-/// Converts the entries of an opendkim.conf.
-pub fn convert(entries: &[Entry]) -> Result<Converted, ConfigError> {
-    let mut b = Builder {
-        top: Table::new(),
-        origin: HashMap::new(),
-    };
-    let mut warnings = Vec::new();
+/// Converts the entries of an opendkim.conf (`source` names the file in the header comment).
+pub fn convert(entries: &[Entry], source: &Path) -> Result<Converted, ConfigError> {
+    let mut b = TomlBuilder::default();
     // OpenDKIM's defaults where ours differ, so an imported file behaves as it did.
-    let defaults = Entry {
-        name: "(OpenDKIM default)".into(),
-        value: String::new(),
-        file: PathBuf::new(),
-        line: 0,
-    };
-    b.set(
-        &defaults,
-        "canonicalization",
-        Value::String("simple/simple".into()),
-    );
-    b.set(&defaults, "multiple_signatures", Value::Boolean(false));
-    b.set(&defaults, "max_signatures_to_verify", Value::Integer(3));
+    b.default_value("canonicalization", Value::String("simple/simple".into()));
+    b.default_value("multiple_signatures", Value::Boolean(false));
+    b.default_value("max_signatures_to_verify", Value::Integer(3));
     // On-Default first, specific On-* after, whatever the order in the file.
     let mut ordered: Vec<&Entry> = entries.iter().filter(|e| e.is("On-Default")).collect();
     ordered.extend(entries.iter().filter(|e| !e.is("On-Default")));
     for e in ordered {
         let name = e.name.to_ascii_lowercase();
         let int = |e: &Entry| e.integer().map(|n| Value::Integer(n as i64));
+        let text = |e: &Entry| Value::String(e.value.clone());
         match name.as_str() {
-            "socket" => {
-                let v = if e.value.chars().next().is_some_and(|c| c.is_ascii_digit())
-                    && e.value.contains('@')
-                {
-                    format!("inet:{}", e.value)
-                } else {
-                    e.value.clone()
-                };
-                b.set(e, "socket", Value::String(v));
-            }
-            "mode" => b.set(e, "mode", Value::String(e.value.clone())),
-            "canonicalization" => b.set(e, "canonicalization", Value::String(e.value.clone())),
+            "socket" => b.set(
+                e,
+                "socket",
+                Value::String(legacyconf::socket_value(&e.value)),
+            ),
+            "mode" => b.set(e, "mode", text(e)),
+            "canonicalization" => b.set(e, "canonicalization", text(e)),
             "domain" => {
                 let list = e.list();
                 if list.len() != 1 {
@@ -201,15 +145,13 @@ pub fn convert(entries: &[Entry]) -> Result<Converted, ConfigError> {
                 }
                 b.set(e, "domain", Value::String(list[0].clone()));
             }
-            "selector" => b.set(e, "selector", Value::String(e.value.clone())),
-            "keyfile" => b.set(e, "key_file", Value::String(e.value.clone())),
-            "keytable" => b.set(e, "key_table", Value::String(e.value.clone())),
-            "signingtable" => b.set(e, "signing_table", Value::String(e.value.clone())),
-            "internalhosts" => b.set(e, "internal_hosts", Value::String(e.value.clone())),
-            "peerlist" => b.set(e, "peer_list", Value::String(e.value.clone())),
-            "externalignorelist" => {
-                b.set(e, "external_ignore_list", Value::String(e.value.clone()))
-            }
+            "selector" => b.set(e, "selector", text(e)),
+            "keyfile" => b.set(e, "key_file", text(e)),
+            "keytable" => b.set(e, "key_table", text(e)),
+            "signingtable" => b.set(e, "signing_table", text(e)),
+            "internalhosts" => b.set(e, "internal_hosts", text(e)),
+            "peerlist" => b.set(e, "peer_list", text(e)),
+            "externalignorelist" => b.set(e, "external_ignore_list", text(e)),
             "mta" => b.set(e, "mta", strings(e.list())),
             "macrolist" => b.set(e, "macro_list", strings(e.list())),
             "senderheaders" => b.set(e, "sender_headers", strings(e.list())),
@@ -220,17 +162,11 @@ pub fn convert(entries: &[Entry]) -> Result<Converted, ConfigError> {
             "maximumsignaturestoverify" => b.set(e, "max_signatures_to_verify", int(e)?),
             "multiplesignatures" => b.set(e, "multiple_signatures", Value::Boolean(e.boolean()?)),
             "requiresafekeys" => b.set(e, "require_safe_keys", Value::Boolean(e.boolean()?)),
-            "authservid" => {
-                let v = if e.value.eq_ignore_ascii_case("HOSTNAME") {
-                    nix::unistd::gethostname()
-                        .ok()
-                        .and_then(|h| h.into_string().ok())
-                        .unwrap_or_else(|| "localhost".into())
-                } else {
-                    e.value.clone()
-                };
-                b.set(e, "authserv_id", Value::String(v));
-            }
+            "authservid" => b.set(
+                e,
+                "authserv_id",
+                Value::String(legacyconf::authserv_id_value(&e.value)),
+            ),
             "on-default" => {
                 let a = action(e)?;
                 for k in [
@@ -258,72 +194,33 @@ pub fn convert(entries: &[Entry]) -> Result<Converted, ConfigError> {
                 let d = if e.boolean()? { "syslog" } else { "stderr" };
                 b.set(e, "log.destination", Value::String(d.into()));
             }
-            "syslogfacility" => b.set(e, "log.facility", Value::String(e.value.clone())),
+            "syslogfacility" => b.set(e, "log.facility", text(e)),
             "syslogsuccess" => b.set(e, "log.success", Value::Boolean(e.boolean()?)),
             "logwhy" => b.set(e, "log.why", Value::Boolean(e.boolean()?)),
-            "userid" => b.set(e, "user", Value::String(e.value.clone())),
-            "pidfile" => b.set(e, "pid_file", Value::String(e.value.clone())),
-            "umask" => {
-                let mask = chassis::service::parse_mode(&e.value)
-                    .ok_or_else(|| e.error(format!("'{}' is not an octal umask", e.value)))?;
-                b.set(
-                    e,
-                    "socket_mode",
-                    Value::String(format!("{:04o}", 0o777 & !mask)),
-                );
-            }
+            "userid" => b.set(e, "user", text(e)),
+            "pidfile" => b.set(e, "pid_file", text(e)),
+            "umask" => b.set(e, "socket_mode", legacyconf::umask_to_mode(e)?),
             "maximumheaders" => b.set(e, "limits.max_header_bytes", int(e)?),
-            "temporarydirectory" => b.set(e, "limits.temp_dir", Value::String(e.value.clone())),
-            _ if is_unsupported(&e.name) => {
-                warnings.push(format!(
-                    "{}:{}: {} is not supported by dkim-milter and is ignored",
-                    e.file.display(),
-                    e.line,
-                    e.name
-                ));
-            }
+            "temporarydirectory" => b.set(e, "limits.temp_dir", text(e)),
+            _ if is_unsupported(&e.name) => b.unsupported(e, "dkim-milter", ""),
             _ => return Err(e.error("unrecognized parameter")),
         }
     }
-    let toml = toml::to_string(&b.top)
-        .map_err(|err| ConfigError::new(Path::new("(converted)"), None, None, err.to_string()))?;
-    Ok(Converted {
-        toml,
-        origin: b.origin,
-        warnings,
-    })
+    b.finish(source, "dkim-milter")
 }
 
 /// Reads and converts an opendkim.conf (following Include).
 pub fn convert_file(path: &Path) -> Result<Converted, ConfigError> {
-    let entries = legacyconf::read(path)?;
-    let mut c = convert(&entries)?;
-    let header = format!(
-        "# Converted from {} by dkim-milter convert.\n",
-        path.display()
-    );
-    let notes: String = c
-        .warnings
-        .iter()
-        .map(|w| format!("# note: {w}\n"))
-        .collect();
-    c.toml = format!("{header}{notes}\n{}", c.toml);
-    Ok(c)
-}
-
-/// Maps an error found in the converted TOML back to the operator's line.
-pub fn relocate(err: ConfigError, c: &Converted) -> ConfigError {
-    match err.key.as_ref().and_then(|k| c.origin.get(k)) {
-        Some((name, file, line)) if *line > 0 => {
-            ConfigError::new(file, Some(*line), Some(name), err.message)
-        }
-        _ => err,
-    }
+    convert(&legacyconf::read(path)?, path)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn convert_entries(e: &[Entry]) -> Result<Converted, ConfigError> {
+        convert(e, Path::new("/etc/opendkim.conf"))
+    }
 
     fn entries(text: &str) -> Vec<Entry> {
         legacyconf::parse(Path::new("/etc/opendkim.conf"), text)
@@ -334,8 +231,8 @@ mod tests {
         let text = "Syslog yes\nSyslogSuccess yes\nCanonicalization relaxed/simple\nOversignHeaders From\n\
                     UserID opendkim\nUMask 007\nSocket local:/run/opendkim/opendkim.sock\nPidFile /run/opendkim/opendkim.pid\n\
                     TrustAnchorFile /usr/share/dns/root.key\nOn-Default t\nOn-BadSignature a\nMode sv\n";
-        let c = convert(&entries(text)).unwrap();
-        let t: Table = toml::from_str(&c.toml).unwrap();
+        let c = convert(&entries(text), Path::new("/etc/opendkim.conf")).unwrap();
+        let t: toml::Table = toml::from_str(&c.toml).unwrap();
         assert_eq!(
             t["socket"].as_str(),
             Some("local:/run/opendkim/opendkim.sock")
@@ -351,7 +248,7 @@ mod tests {
 
     #[test]
     fn unknown_option_is_an_error_with_line() {
-        let e = convert(&entries("Mode sv\nFrobnicate yes\n")).unwrap_err();
+        let e = convert_entries(&entries("Mode sv\nFrobnicate yes\n")).unwrap_err();
         assert_eq!(
             e.to_string(),
             "/etc/opendkim.conf:2: key 'Frobnicate': unrecognized parameter"
@@ -360,9 +257,9 @@ mod tests {
 
     #[test]
     fn bad_action_and_bool_name_the_line() {
-        let e = convert(&entries("On-BadSignature bounce\n")).unwrap_err();
+        let e = convert_entries(&entries("On-BadSignature bounce\n")).unwrap_err();
         assert_eq!(e.line, Some(1));
-        let e = convert(&entries("\nSyslog maybe\n")).unwrap_err();
+        let e = convert_entries(&entries("\nSyslog maybe\n")).unwrap_err();
         assert_eq!(e.line, Some(2));
     }
 }

@@ -15,10 +15,7 @@ pub struct Runtime {
 impl Runtime {
     pub fn new(config: Config) -> Result<Runtime, String> {
         let auth = config.resolver.build()?;
-        let hostname = nix::unistd::gethostname()
-            .ok()
-            .and_then(|h| h.into_string().ok())
-            .unwrap_or_else(|| "localhost".into());
+        let hostname = chassis::forged::hostname();
         Ok(Runtime {
             config,
             auth,

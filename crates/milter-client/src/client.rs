@@ -62,6 +62,103 @@ pub struct MilterClient {
     timeout: Duration,
     negotiated: Option<Negotiated>,
     macro_requests: Vec<(u32, String)>,
+    /// Packets not yet written, when writes are coalesced.
+    pending: Vec<u8>,
+    coalesce: bool,
+}
+
+/// How [`MilterClient::connect_with`] sets up a connection.
+///
+/// The defaults are those of [`MilterClient::connect`]: `TCP_NODELAY` set,
+/// the kernel's own acknowledgement behaviour, one write per packet. The
+/// load generator turns them around to behave like a less careful MTA.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnectOptions {
+    /// Bound on the connect and on every later read and write.
+    pub timeout: Duration,
+    /// Set `TCP_NODELAY` on TCP connections (default `true`). Without it,
+    /// Nagle's algorithm holds back a small write while an earlier one is
+    /// unacknowledged.
+    pub nodelay: bool,
+    /// Acknowledgements (Linux `TCP_QUICKACK`, set again after the connect
+    /// and after every read, since the kernel resets it on its own):
+    /// `None` (default) leaves the kernel's heuristics alone, which delay
+    /// acks on an interactive connection; `Some(true)` acks every segment at
+    /// once; `Some(false)` delays acks (up to ~40 ms) unless they can ride on
+    /// data we send. A client that delays its acks exposes a milter that
+    /// writes one reply in several small writes without `TCP_NODELAY`: the
+    /// second write waits for the ack of the first. Ignored for UNIX-domain
+    /// sockets.
+    pub quickack: Option<bool>,
+    /// Keep packets in a buffer and write them all at once right before the
+    /// next read (default `false`): macros travel in the same write as their
+    /// command, as from an MTA with a buffered stream. With it off, every
+    /// packet is its own write.
+    pub coalesce_writes: bool,
+}
+
+impl Default for ConnectOptions {
+    fn default() -> Self {
+        ConnectOptions {
+            timeout: DEFAULT_TIMEOUT,
+            nodelay: true,
+            quickack: None,
+            coalesce_writes: false,
+        }
+    }
+}
+
+/// A TCP stream that sets quick-ack mode on or off whenever data has been
+/// read (the kernel leaves and enters it on its own; setting it again after
+/// every read keeps the chosen behaviour).
+struct AckControl {
+    stream: TcpStream,
+    quickack: bool,
+}
+
+impl AckControl {
+    fn set_quickack(&self) {
+        // Best effort: a failure only means the kernel decides.
+        let _ = socket2::SockRef::from(&self.stream).set_tcp_quickack(self.quickack);
+    }
+}
+
+impl AsyncRead for AckControl {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let r = std::pin::Pin::new(&mut self.stream).poll_read(cx, buf);
+        if r.is_ready() {
+            self.set_quickack();
+        }
+        r
+    }
+}
+
+impl AsyncWrite for AckControl {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
 }
 
 impl std::fmt::Debug for MilterClient {
@@ -85,13 +182,36 @@ impl MilterClient {
     /// request/response with small packets, and Nagle's algorithm would add
     /// delay to nearly every round trip (ruinous for the benchmark).
     pub async fn connect_with_timeout(ep: &Endpoint, timeout: Duration) -> Result<Self, Error> {
+        Self::connect_with(
+            ep,
+            &ConnectOptions {
+                timeout,
+                ..ConnectOptions::default()
+            },
+        )
+        .await
+    }
+
+    /// Connects with explicit socket options (see [`ConnectOptions`]).
+    pub async fn connect_with(ep: &Endpoint, opts: &ConnectOptions) -> Result<Self, Error> {
+        let timeout = opts.timeout;
         let io: Box<dyn Io> = match ep {
             Endpoint::Tcp(addr) => {
                 let s = tokio::time::timeout(timeout, TcpStream::connect(addr))
                     .await
                     .map_err(|_| Error::Timeout(timeout))??;
-                s.set_nodelay(true)?;
-                Box::new(s)
+                s.set_nodelay(opts.nodelay)?;
+                match opts.quickack {
+                    None => Box::new(s),
+                    Some(quickack) => {
+                        let s = AckControl {
+                            stream: s,
+                            quickack,
+                        };
+                        s.set_quickack();
+                        Box::new(s)
+                    }
+                }
             }
             Endpoint::Unix(path) => Box::new(
                 tokio::time::timeout(timeout, UnixStream::connect(path))
@@ -101,6 +221,7 @@ impl MilterClient {
         };
         let mut c = Self::from_boxed(io);
         c.timeout = timeout;
+        c.coalesce = opts.coalesce_writes;
         Ok(c)
     }
 
@@ -119,7 +240,41 @@ impl MilterClient {
             timeout: DEFAULT_TIMEOUT,
             negotiated: None,
             macro_requests: Vec::new(),
+            pending: Vec::new(),
+            coalesce: false,
         }
+    }
+
+    /// Turns write coalescing on or off (see
+    /// [`ConnectOptions::coalesce_writes`]). Turning it off does not write
+    /// what is pending; the next read or [`flush`](Self::flush) does.
+    pub fn set_coalesce_writes(&mut self, on: bool) {
+        self.coalesce = on;
+    }
+
+    /// Writes the packets held back by write coalescing, in one write.
+    pub async fn flush(&mut self) -> Result<(), Error> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let packet = std::mem::take(&mut self.pending);
+        self.write_now(&packet).await?;
+        // Keep the allocation for the next batch.
+        self.pending = packet;
+        self.pending.clear();
+        Ok(())
+    }
+
+    async fn write_now(&mut self, bytes: &[u8]) -> Result<(), Error> {
+        let t = self.timeout;
+        let io = &mut self.io;
+        tokio::time::timeout(t, async move {
+            io.write_all(bytes).await?;
+            io.flush().await
+        })
+        .await
+        .map_err(|_| Error::Timeout(t))??;
+        Ok(())
     }
 
     /// Changes the timeout for later operations.
@@ -150,21 +305,23 @@ impl MilterClient {
 
     /// Sends one packet as is. No flag is consulted; this is the escape
     /// hatch for sending what a well-behaved MTA would not.
+    ///
+    /// With write coalescing on, the packet is only queued; it goes out
+    /// with the next read, [`flush`](Self::flush) or [`quit`](Self::quit).
     pub async fn send_command(&mut self, cmd: u8, data: &[u8]) -> Result<(), Error> {
         let packet = proto::encode_packet(cmd, data)?;
-        let t = self.timeout;
-        let io = &mut self.io;
-        tokio::time::timeout(t, async move {
-            io.write_all(&packet).await?;
-            io.flush().await
-        })
-        .await
-        .map_err(|_| Error::Timeout(t))??;
-        Ok(())
+        if self.coalesce {
+            self.pending.extend_from_slice(&packet);
+            return Ok(());
+        }
+        self.flush().await?;
+        self.write_now(&packet).await
     }
 
-    /// Reads one packet: command byte and data.
+    /// Reads one packet: command byte and data. Writes pending packets
+    /// first.
     pub async fn read_packet(&mut self) -> Result<(u8, Vec<u8>), Error> {
+        self.flush().await?;
         let t = self.timeout;
         let io = &mut self.io;
         tokio::time::timeout(t, async move {
@@ -493,6 +650,7 @@ impl MilterClient {
     /// close, so a milter that never does cannot stall the caller.
     pub async fn quit(mut self) -> Result<(), Error> {
         self.send_command(SMFIC_QUIT, &[]).await?;
+        self.flush().await?;
         let t = self.timeout;
         tokio::time::timeout(t, self.io.shutdown())
             .await
@@ -767,6 +925,27 @@ mod tests {
             c.header("X", "a\0b").await,
             Err(Error::InvalidArgument(_))
         ));
+    }
+
+    #[tokio::test]
+    async fn coalesced_writes_wait_for_the_next_read() {
+        let (mut c, mut f) = negotiated(0, ALL_ACTIONS).await;
+        c.set_coalesce_writes(true);
+        c.macros(b'C', &[("j", "mx")]).await.unwrap();
+        c.abort().await.unwrap();
+        // Nothing has been written yet.
+        let mut probe = [0u8; 1];
+        let nothing = tokio::time::timeout(Duration::from_millis(50), f.0.read(&mut probe)).await;
+        assert!(nothing.is_err(), "a coalesced packet was written early");
+        f.send(b'c', b"").await;
+        assert_eq!(c.data().await.unwrap(), Reply::Continue);
+        f.expect(b'D', b"Cj\0mx\0").await;
+        f.expect(b'A', b"").await;
+        f.expect(b'T', b"").await;
+        c.abort().await.unwrap();
+        c.quit().await.unwrap();
+        f.expect(b'A', b"").await;
+        f.expect(b'Q', b"").await;
     }
 
     #[tokio::test]

@@ -30,9 +30,9 @@ mod modify;
 pub mod proto;
 mod transaction;
 
-pub use client::{MilterClient, Negotiated, DEFAULT_TIMEOUT};
+pub use client::{ConnectOptions, MilterClient, Negotiated, DEFAULT_TIMEOUT};
 pub use endpoint::Endpoint;
 pub use error::Error;
 pub use modify::{apply_modifications, render, replaced_body};
 pub use proto::{EomResult, Modification, Reply};
-pub use transaction::{run, Outcome, Stage, Transaction};
+pub use transaction::{run, run_with, Outcome, Stage, Transaction};

@@ -2,7 +2,7 @@
 //! A whole SMTP transaction, presented to a milter the way Postfix does.
 
 use crate::consts::*;
-use crate::{Endpoint, Error, MilterClient, Modification, Negotiated, Reply};
+use crate::{ConnectOptions, Endpoint, Error, MilterClient, Modification, Negotiated, Reply};
 use std::fmt;
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -301,7 +301,22 @@ impl Outcome {
 /// Errors in the closing `ABORT`/`QUIT` are ignored: the outcome is known by
 /// then, and a milter may legitimately have closed the connection already.
 pub async fn run(ep: &Endpoint, tx: &Transaction) -> Result<Outcome, Error> {
-    let mut client = MilterClient::connect_with_timeout(ep, tx.timeout).await?;
+    let opts = ConnectOptions {
+        timeout: tx.timeout,
+        ..ConnectOptions::default()
+    };
+    run_with(ep, tx, &opts).await
+}
+
+/// [`run`] over a connection set up with `opts` (whose timeout replaces
+/// `tx.timeout`): for the load generator, which needs to choose the socket
+/// behaviour.
+pub async fn run_with(
+    ep: &Endpoint,
+    tx: &Transaction,
+    opts: &ConnectOptions,
+) -> Result<Outcome, Error> {
+    let mut client = MilterClient::connect_with(ep, opts).await?;
     let negotiated = client
         .negotiate(tx.offer_actions, tx.offer_protocol)
         .await?;

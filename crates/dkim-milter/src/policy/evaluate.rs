@@ -5,19 +5,16 @@ use super::decide::{decide, Decision};
 use super::sign::sign;
 use super::verify::{verify, Failure, Outcome, SignatureResult, VerifyReport};
 use crate::runtime::Runtime;
-use chassis::authres::{forged_indexes, AuthResults, ResInfo};
+use chassis::authres::{AuthResults, ResInfo};
 use chassis::envelope::Envelope;
+use chassis::forged::forged_deletions;
 use chassis::message::Message;
 use chassis::verdict::{Action, ActionKind, HeaderEdit, SmtpReply, Verdict};
 use std::time::Duration;
 
 /// The authserv-id we write and whose forgeries we delete.
 pub fn authserv_id(rt: &Runtime, env: &Envelope) -> String {
-    rt.config
-        .authserv_id
-        .clone()
-        .or_else(|| env.macro_value("j").map(str::to_string))
-        .unwrap_or_else(|| rt.hostname.clone())
+    chassis::forged::authserv_id(rt.config.authserv_id.as_deref(), env, &rt.hostname)
 }
 
 fn action(kind: ActionKind, reject_text: &str, tempfail: SmtpReply, why: &str) -> Action {
@@ -27,22 +24,6 @@ fn action(kind: ActionKind, reject_text: &str, tempfail: SmtpReply, why: &str) -
         tempfail,
         why,
     )
-}
-
-/// Deletions for every incoming A-R claiming to be ours, highest occurrence first.
-pub fn forged_deletions(msg: &Message, ids: &[String]) -> Vec<HeaderEdit> {
-    let pairs: Vec<(&[u8], &[u8])> = msg
-        .headers
-        .iter()
-        .map(|h| (h.name.as_slice(), h.value.as_slice()))
-        .collect();
-    forged_indexes(&pairs, ids)
-        .into_iter()
-        .map(|occurrence| HeaderEdit::Delete {
-            name: "Authentication-Results".into(),
-            occurrence,
-        })
-        .collect()
 }
 
 /// The verdict for one message, counted in the metrics and logged as one structured `verdict`

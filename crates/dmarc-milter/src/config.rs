@@ -1,0 +1,276 @@
+//! dmarc-milter's configuration: the TOML file parsed once into a typed model and checked up
+//! front, so that a bad value is a start-up (or reload) error with file, line and key, never a
+//! surprise in the middle of a message. Key names follow OpenDMARC's options in snake_case.
+
+use chassis::configfile::{self, ConfigError};
+use chassis::dns::ResolverSettings;
+use chassis::hostlist::HostList;
+use chassis::logging::LogSettings;
+use chassis::message::Limits;
+use chassis::service::{LimitSettings, ServiceParts, ServiceSettings};
+use chassis::verdict::ActionKind;
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// The file as written (see etc/dmarc-milter.toml for every key with comments).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default = "default_socket")]
+    socket: String,
+    #[serde(default)]
+    socket_mode: Option<String>,
+    #[serde(default)]
+    user: Option<String>,
+    #[serde(default)]
+    pid_file: Option<PathBuf>,
+    #[serde(default)]
+    metrics_listen: Option<String>,
+    #[serde(default)]
+    authserv_id: Option<String>,
+    #[serde(default)]
+    trusted_authserv_ids: Vec<String>,
+    #[serde(default)]
+    ignore_hosts: Option<HostList>,
+    #[serde(default)]
+    ignore_authenticated_clients: bool,
+    #[serde(default)]
+    ignore_mail_from: Vec<String>,
+    #[serde(default = "yes")]
+    spf_self_validate: bool,
+    #[serde(default)]
+    spf_ignore_results: bool,
+    #[serde(default)]
+    reject_failures: bool,
+    #[serde(default)]
+    reject_multi_value_from: bool,
+    #[serde(default)]
+    required_headers: bool,
+    #[serde(default)]
+    software_header: bool,
+    #[serde(default)]
+    history: Option<PathBuf>,
+    #[serde(default)]
+    actions: Actions,
+    #[serde(default)]
+    resolver: ResolverSettings,
+    #[serde(default)]
+    log: LogSettings,
+    #[serde(default)]
+    limits: LimitSettings,
+}
+
+fn default_socket() -> String {
+    "inet:8893@127.0.0.1".into()
+}
+fn yes() -> bool {
+    true
+}
+
+/// `[actions]`: what to do in the cases OpenDMARC hard-codes or leaves to RejectFailures.
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Actions {
+    /// A `p=quarantine` failure when `reject_failures` is set: `quarantine` (the milter hold
+    /// queue, OpenDMARC's HoldQuarantinedMessages) or `accept` (header only).
+    pub quarantine: ActionKind,
+    /// A DMARC temperror (DNS trouble): `accept` with `dmarc=temperror` (default), or `tempfail`.
+    pub temperror: ActionKind,
+    /// The history store could not record the message: `tempfail` (default: nothing is lost
+    /// silently) or `accept`.
+    pub store_failure: ActionKind,
+}
+
+impl Default for Actions {
+    fn default() -> Self {
+        Self {
+            quarantine: ActionKind::Quarantine,
+            temperror: ActionKind::Accept,
+            store_failure: ActionKind::Tempfail,
+        }
+    }
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub file: PathBuf,
+    /// Process settings (socket, user, pid file, logging, metrics): fixed until restart.
+    pub service: ServiceSettings,
+    /// Our authserv-id; `None`: the MTA's `j` macro, else the host name.
+    pub authserv_id: Option<String>,
+    /// Upstream authserv-ids whose DKIM (and SPF) results we take; empty: we verify DKIM ourselves.
+    pub trusted_authserv_ids: Vec<String>,
+    pub ignore_hosts: HostList,
+    pub ignore_authenticated_clients: bool,
+    /// Lowercased From domains never evaluated.
+    pub ignore_mail_from: Vec<String>,
+    pub spf_self_validate: bool,
+    pub spf_ignore_results: bool,
+    pub reject_failures: bool,
+    pub reject_multi_value_from: bool,
+    pub required_headers: bool,
+    pub software_header: bool,
+    /// SQLite history database; `None`: no history kept.
+    pub history: Option<PathBuf>,
+    pub actions: Actions,
+    pub resolver: ResolverSettings,
+    pub limits: Limits,
+    pub message_timeout: Duration,
+}
+
+impl Config {
+    /// Reads, parses and validates `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError::new(path, None, None, format!("cannot read: {e}")))?;
+        if chassis::legacyconf::is_legacy(path, &text) {
+            let converted = crate::legacy::convert_file(path)?;
+            for w in &converted.warnings {
+                eprintln!("dmarc-milter: warning: {w}");
+                tracing::warn!("{w}");
+            }
+            return Self::from_toml(path, &converted.toml)
+                .map_err(|e| crate::legacy::relocate(e, &converted));
+        }
+        Self::from_toml(path, &text)
+    }
+
+    /// Parses TOML `text` as if read from `path` (relative paths resolve against its directory).
+    pub fn from_toml(path: &Path, text: &str) -> Result<Config, ConfigError> {
+        let raw: RawConfig = configfile::parse_toml(path, text)?;
+        let err = |key: &str, msg: String| configfile::key_error(path, text, key, msg);
+        let rel = |p: &Path| configfile::relative_to(path, p);
+
+        if let Err(e) = raw.resolver.parsed_nameservers() {
+            return Err(err("nameservers", e));
+        }
+        if !matches!(
+            raw.actions.quarantine,
+            ActionKind::Quarantine | ActionKind::Accept
+        ) {
+            return Err(err(
+                "quarantine",
+                format!(
+                    "'{}': expected quarantine or accept",
+                    raw.actions.quarantine
+                ),
+            ));
+        }
+        if !matches!(
+            raw.actions.temperror,
+            ActionKind::Accept | ActionKind::Tempfail
+        ) {
+            return Err(err(
+                "temperror",
+                format!("'{}': expected accept or tempfail", raw.actions.temperror),
+            ));
+        }
+        if !matches!(
+            raw.actions.store_failure,
+            ActionKind::Accept | ActionKind::Tempfail
+        ) {
+            return Err(err(
+                "store_failure",
+                format!(
+                    "'{}': expected tempfail or accept",
+                    raw.actions.store_failure
+                ),
+            ));
+        }
+        let ignore_mail_from = raw
+            .ignore_mail_from
+            .iter()
+            .map(|d| d.trim().trim_end_matches('.').to_ascii_lowercase())
+            .filter(|d| !d.is_empty())
+            .collect();
+        Ok(Config {
+            file: path.to_path_buf(),
+            service: ServiceSettings::from_parts(
+                ServiceParts {
+                    socket: &raw.socket,
+                    socket_mode: raw.socket_mode.as_deref(),
+                    user: raw.user,
+                    pid_file: raw.pid_file,
+                    metrics_listen: raw.metrics_listen.as_deref(),
+                    log: raw.log,
+                    limits: &raw.limits,
+                },
+                path,
+                text,
+            )?,
+            authserv_id: raw.authserv_id.filter(|s| !s.trim().is_empty()),
+            trusted_authserv_ids: raw
+                .trusted_authserv_ids
+                .into_iter()
+                .map(|s| s.trim().to_string())
+                .filter(|s| !s.is_empty())
+                .collect(),
+            ignore_hosts: raw.ignore_hosts.unwrap_or_else(HostList::default_internal),
+            ignore_authenticated_clients: raw.ignore_authenticated_clients,
+            ignore_mail_from,
+            spf_self_validate: raw.spf_self_validate,
+            spf_ignore_results: raw.spf_ignore_results,
+            reject_failures: raw.reject_failures,
+            reject_multi_value_from: raw.reject_multi_value_from,
+            required_headers: raw.required_headers,
+            software_header: raw.software_header,
+            history: raw.history.map(|p| rel(&p)),
+            actions: raw.actions,
+            resolver: raw.resolver,
+            limits: raw.limits.message_limits(path),
+            message_timeout: raw.limits.message_timeout(),
+        })
+    }
+
+    /// True when DKIM results come from upstream A-R headers instead of our own verification.
+    pub fn trusts_upstream(&self) -> bool {
+        !self.trusted_authserv_ids.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_match_opendmarc() {
+        let c = Config::from_toml(Path::new("/etc/dmarc-milter.toml"), "").unwrap();
+        assert_eq!(c.service.socket.to_string(), "inet:8893@127.0.0.1");
+        assert!(c.spf_self_validate);
+        assert!(!c.reject_failures);
+        assert!(!c.trusts_upstream());
+        assert_eq!(c.actions.temperror, ActionKind::Accept);
+        assert_eq!(c.actions.store_failure, ActionKind::Tempfail);
+        assert!(c.ignore_hosts.matches_ip("127.0.0.1".parse().unwrap()));
+        assert!(c.ignore_hosts.matches_ip("::1".parse().unwrap()));
+        assert!(c.history.is_none());
+    }
+
+    #[test]
+    fn errors_name_the_line_and_key() {
+        let e = Config::from_toml(
+            Path::new("/x.toml"),
+            "\n[actions]\ntemperror = \"discard\"\n",
+        )
+        .unwrap_err();
+        assert_eq!((e.line, e.key.as_deref()), (Some(3), Some("temperror")));
+        let e = Config::from_toml(Path::new("/x.toml"), "rejectfailures = true\n").unwrap_err();
+        assert_eq!(e.line, Some(1));
+    }
+
+    #[test]
+    fn history_path_is_relative_to_the_file() {
+        let c = Config::from_toml(
+            Path::new("/etc/authmilter/dmarc.toml"),
+            "history = \"hist.sqlite\"\nignore_mail_from = [\"Example.COM.\"]\n",
+        )
+        .unwrap();
+        assert_eq!(
+            c.history.as_deref(),
+            Some(Path::new("/etc/authmilter/hist.sqlite"))
+        );
+        assert_eq!(c.ignore_mail_from, vec!["example.com".to_string()]);
+    }
+}

@@ -1,0 +1,58 @@
+//! dmarc-milter as a chassis [`Filter`]: connection screening (IgnoreHosts) and the per-message
+//! policy, with the configuration snapshot taken once per connection.
+
+use crate::policy::evaluate::evaluate;
+use crate::runtime::Runtime;
+use chassis::envelope::Envelope;
+use chassis::message::{Limits, Message};
+use chassis::milter::Snapshots;
+use chassis::milter::{ConnectDecision, Filter};
+use chassis::verdict::Verdict;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub struct DmarcFilter {
+    current: Snapshots<Runtime>,
+}
+
+impl DmarcFilter {
+    pub fn new(rt: Runtime) -> Self {
+        Self {
+            current: Snapshots::new(rt),
+        }
+    }
+
+    /// Installs a new runtime; sessions already running keep the one they started with.
+    pub fn replace(&self, rt: Runtime) {
+        self.current.replace(rt);
+    }
+}
+
+impl Filter for DmarcFilter {
+    type Snapshot = Runtime;
+
+    fn snapshot(&self) -> Arc<Runtime> {
+        self.current.current()
+    }
+
+    fn limits(snap: &Runtime) -> Limits {
+        snap.config.limits.clone()
+    }
+
+    fn on_connect(snap: &Runtime, env: &Envelope) -> ConnectDecision {
+        let name = (!env.client_name.is_empty()).then_some(env.client_name.as_str());
+        if snap.config.ignore_hosts.matches(env.client_ip, name) {
+            ConnectDecision::Ignore("listed in ignore_hosts".into())
+        } else {
+            ConnectDecision::Continue
+        }
+    }
+
+    async fn on_message(snap: Arc<Runtime>, env: Envelope, msg: Message) -> Verdict {
+        evaluate(snap, env, msg).await
+    }
+
+    fn deadline(snap: &Runtime) -> Duration {
+        snap.config.message_timeout + Duration::from_secs(2)
+    }
+}

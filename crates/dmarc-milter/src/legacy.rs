@@ -1,0 +1,149 @@
+//! opendmarc.conf, read as-is: each supported OpenDMARC option maps onto the TOML model, so the
+//! old file keeps working and `dmarc-milter convert` prints the TOML. Unknown options are errors
+//! naming the file and line; known options we do not implement are warnings.
+
+use chassis::configfile::ConfigError;
+use chassis::legacyconf::{self, strings, Converted, Entry, TomlBuilder};
+use std::path::Path;
+use toml::Value;
+
+/// OpenDMARC options accepted with a warning (and the advice given).
+const UNSUPPORTED: &[(&str, &str)] = &[
+    ("AutoRestart", "use systemd's Restart="),
+    ("AutoRestartCount", "use systemd's Restart="),
+    ("AutoRestartRate", "use systemd's Restart="),
+    ("Background", "dmarc-milter runs in the foreground"),
+    ("BaseDirectory", ""),
+    ("ChangeRootDirectory", "use systemd's sandboxing"),
+    ("CopyFailuresTo", ""),
+    ("DomainWhitelist", ""),
+    ("EnableCoredumps", ""),
+    ("FailureReports", "failure reports are not sent yet"),
+    ("FailureReportsBcc", "failure reports are not sent yet"),
+    ("FailureReportsOnNone", "failure reports are not sent yet"),
+    ("FailureReportsSentBy", "failure reports are not sent yet"),
+    (
+        "HistoryFile",
+        "history is kept in SQLite: set `history` in the TOML",
+    ),
+    ("MilterDebug", ""),
+    (
+        "PublicSuffixList",
+        "the organizational domain comes from the RFC 9989 DNS tree walk",
+    ),
+    ("RecordAllMessages", "every evaluated message is recorded"),
+    ("ReportCommand", ""),
+    ("SyslogName", ""),
+    ("AuthservIDWithJobID", ""),
+    ("ARCServerID", ""),
+    ("TemporaryDirectory", ""),
+];
+
+fn unsupported(name: &str) -> Option<&'static str> {
+    UNSUPPORTED
+        .iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case(name))
+        .map(|(_, advice)| *advice)
+}
+
+/// Converts the entries of an opendmarc.conf.
+pub fn convert(entries: &[Entry], source: &Path) -> Result<Converted, ConfigError> {
+    let mut b = TomlBuilder::default();
+    for e in entries {
+        let name = e.name.to_ascii_lowercase();
+        let text = |e: &Entry| Value::String(e.value.clone());
+        let flag = |e: &Entry| e.boolean().map(Value::Boolean);
+        match name.as_str() {
+            "socket" => b.set(
+                e,
+                "socket",
+                Value::String(legacyconf::socket_value(&e.value)),
+            ),
+            "authservid" => b.set(
+                e,
+                "authserv_id",
+                Value::String(legacyconf::authserv_id_value(&e.value)),
+            ),
+            "trustedauthservids" => b.set(e, "trusted_authserv_ids", strings(e.list())),
+            "ignorehosts" => b.set(e, "ignore_hosts", text(e)),
+            "ignoreauthenticatedclients" => b.set(e, "ignore_authenticated_clients", flag(e)?),
+            "ignoremailfrom" => b.set(e, "ignore_mail_from", strings(e.list())),
+            "spfselfvalidate" => b.set(e, "spf_self_validate", flag(e)?),
+            "spfignoreresults" => b.set(e, "spf_ignore_results", flag(e)?),
+            "rejectfailures" => b.set(e, "reject_failures", flag(e)?),
+            "rejectmultivaluefrom" => b.set(e, "reject_multi_value_from", flag(e)?),
+            "requiredheaders" => b.set(e, "required_headers", flag(e)?),
+            "softwareheader" => b.set(e, "software_header", flag(e)?),
+            "holdquarantinedmessages" => {
+                let v = if e.boolean()? { "quarantine" } else { "accept" };
+                b.set(e, "actions.quarantine", Value::String(v.into()));
+            }
+            "dnstimeout" => b.set(e, "resolver.timeout", Value::Float(e.integer()? as f64)),
+            "syslog" => {
+                let d = if e.boolean()? { "syslog" } else { "stderr" };
+                b.set(e, "log.destination", Value::String(d.into()));
+            }
+            "syslogfacility" => b.set(e, "log.facility", text(e)),
+            "userid" => b.set(e, "user", text(e)),
+            "pidfile" => b.set(e, "pid_file", text(e)),
+            "umask" => b.set(e, "socket_mode", legacyconf::umask_to_mode(e)?),
+            _ => match unsupported(&e.name) {
+                Some(advice) => b.unsupported(e, "dmarc-milter", advice),
+                None => return Err(e.error("unrecognized parameter")),
+            },
+        }
+    }
+    b.finish(source, "dmarc-milter")
+}
+
+/// Reads and converts an opendmarc.conf.
+pub fn convert_file(path: &Path) -> Result<Converted, ConfigError> {
+    convert(&legacyconf::read(path)?, path)
+}
+
+pub use chassis::legacyconf::relocate;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn conv(text: &str) -> Result<Converted, ConfigError> {
+        let p = Path::new("/etc/opendmarc.conf");
+        convert(&legacyconf::parse(p, text), p)
+    }
+
+    #[test]
+    fn debian_style_file_converts() {
+        let c = conv(
+            "PidFile /run/opendmarc/opendmarc.pid\nPublicSuffixList /usr/share/publicsuffix\n\
+             Socket local:/run/opendmarc/opendmarc.sock\nSyslog true\nUMask 0002\nUserID opendmarc\n\
+             AuthservID mx.example.net\nTrustedAuthservIDs mx.example.net, mx2.example.net\nRejectFailures true\n\
+             IgnoreAuthenticatedClients yes\nHoldQuarantinedMessages false\n",
+        )
+        .unwrap();
+        let t: toml::Table = toml::from_str(&c.toml).unwrap();
+        assert_eq!(
+            t["socket"].as_str(),
+            Some("local:/run/opendmarc/opendmarc.sock")
+        );
+        assert_eq!(t["socket_mode"].as_str(), Some("0775"));
+        assert_eq!(t["trusted_authserv_ids"].as_array().unwrap().len(), 2);
+        assert_eq!(t["reject_failures"].as_bool(), Some(true));
+        assert_eq!(t["actions"]["quarantine"].as_str(), Some("accept"));
+        assert_eq!(c.warnings.len(), 1);
+        assert!(
+            c.warnings[0].contains(":2: PublicSuffixList"),
+            "{:?}",
+            c.warnings
+        );
+    }
+
+    #[test]
+    fn unknown_option_is_an_error_with_line() {
+        let e = conv("Socket inet:8893@localhost\nBogusOption 1\n").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "/etc/opendmarc.conf:2: key 'BogusOption': unrecognized parameter"
+        );
+    }
+}

@@ -1,0 +1,479 @@
+//! One message from start to verdict: remove forged Authentication-Results, apply the skips,
+//! run SPF, collect DKIM results, evaluate DMARC, compose our Authentication-Results, pick the
+//! action, log in OpenDMARC's words, and record the message in the history store *before* the
+//! verdict goes back to the MTA.
+
+use super::author::{author, header_violation, Author};
+use super::dkim::{self, Upstream};
+use super::dmarc::{self, policy_word, DmarcCheck, Outcome};
+use super::spf::{self, result_word, Scope, SpfCheck};
+use crate::history::{DkimEntry, Record};
+use crate::runtime::Runtime;
+use chassis::authres::{AuthResults, ResInfo};
+use chassis::envelope::Envelope;
+use chassis::forged::forged_deletions;
+use chassis::message::Message;
+use chassis::verdict::{Action, ActionKind, HeaderEdit, SmtpReply, Verdict};
+use mail_auth::dmarc::Policy;
+use mail_auth::{AuthenticatedMessage, SpfResult};
+use std::hash::{BuildHasher, Hasher};
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// The authserv-id we write and whose forgeries we delete: configured, else the MTA's `j`,
+/// else our host name (OpenDMARC's order).
+pub fn authserv_id(rt: &Runtime, env: &Envelope) -> String {
+    chassis::forged::authserv_id(rt.config.authserv_id.as_deref(), env, &rt.hostname)
+}
+
+/// A number in 0..100 for RFC 7489 `pct=` sampling; not cryptographic, just unpredictable.
+fn roll() -> u8 {
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0),
+    );
+    (h.finish() % 100) as u8
+}
+
+fn downgrade(p: Policy) -> Policy {
+    match p {
+        Policy::Reject => Policy::Quarantine,
+        _ => Policy::None,
+    }
+}
+
+fn domain_of(addr: &str) -> String {
+    addr.rsplit_once('@')
+        .map(|(_, d)| d)
+        .unwrap_or("")
+        .trim_end_matches('.')
+        .to_ascii_lowercase()
+}
+
+/// Everything decided about one evaluated message, before it becomes headers, a row and a reply.
+struct Evaluation {
+    header_from: String,
+    spf: Option<SpfCheck>,
+    spf_self: bool,
+    dkim: Vec<DkimEntry>,
+    dkim_self: bool,
+    dmarc: Option<DmarcCheck>,
+    /// The A-R `dmarc=` result.
+    dmarc_result: ResInfo,
+    outcome: Outcome,
+    policy: Policy,
+    disposition: &'static str,
+    action: Action,
+    override_reason: Option<&'static str>,
+}
+
+/// The verdict for one message.
+pub async fn evaluate(rt: Arc<Runtime>, env: Envelope, msg: Message) -> Verdict {
+    let cfg = &rt.config;
+    let qid = env.queue_id().to_string();
+    let id = authserv_id(&rt, &env);
+    if cfg.authserv_id.is_none() {
+        tracing::debug!("implicit authentication service: {id}");
+    }
+    // Headers from a trusted upstream that shares our id are its results, not forgeries.
+    let mut edits = if cfg
+        .trusted_authserv_ids
+        .iter()
+        .any(|t| t.eq_ignore_ascii_case(&id))
+    {
+        Vec::new()
+    } else {
+        forged_deletions(&msg, std::slice::from_ref(&id))
+    };
+    if !edits.is_empty() {
+        tracing::info!(
+            "{qid}: removed {} Authentication-Results header(s) claiming to be from {id}",
+            edits.len()
+        );
+    }
+    if cfg.ignore_authenticated_clients && env.macro_value("auth_authen").is_some() {
+        tracing::info!("{qid}: ignoring authenticated client");
+        return Verdict {
+            edits,
+            action: Action::Accept,
+        };
+    }
+    if cfg.required_headers {
+        if let Some(why) = header_violation(&msg.headers) {
+            tracing::info!("{qid}: RFC5322 requirement error: {why}");
+            return Verdict {
+                edits,
+                action: Action::Reject(SmtpReply::new(
+                    "550",
+                    "5.7.1",
+                    format!("RFC5322 requirement error: {why}"),
+                )),
+            };
+        }
+    }
+    let author = author(&msg.headers);
+    if let Author::Domain(d) = &author {
+        if cfg.ignore_mail_from.iter().any(|i| i == d) {
+            tracing::info!("{qid}: ignoring mail from {d}");
+            return Verdict {
+                edits,
+                action: Action::Accept,
+            };
+        }
+    }
+
+    let ev = assess(&rt, &env, &msg, &qid, &author).await;
+
+    // Our Authentication-Results, in OpenDMARC's layout.
+    let mut ar = AuthResults::new(id.clone());
+    if let (Some(s), true) = (&ev.spf, ev.spf_self) {
+        ar.results.push(
+            ResInfo::new("spf", result_word(s.result)).with_prop(s.scope.property(), &s.domain),
+        );
+    }
+    if ev.dkim_self {
+        for d in &ev.dkim {
+            ar.results.push(
+                ResInfo::new("dkim", &d.result)
+                    .with_prop("header.d", &d.domain)
+                    .with_prop("header.s", &d.selector),
+            );
+        }
+    }
+    ar.results.push(ev.dmarc_result.clone());
+    let mut action = ev.action.clone();
+    if !matches!(action, Action::Reject(_)) {
+        if cfg.software_header {
+            edits.push(HeaderEdit::Insert {
+                index: 0,
+                name: "DMARC-Filter".into(),
+                value: format!(
+                    "dmarc-milter v{} {} {qid}",
+                    env!("CARGO_PKG_VERSION"),
+                    rt.hostname
+                ),
+            });
+        }
+        edits.push(HeaderEdit::Insert {
+            index: 0,
+            name: "Authentication-Results".into(),
+            value: ar.to_value(),
+        });
+    }
+
+    if let Some(store) = rt.history.clone() {
+        let record = record(&env, &id, &ev, &action);
+        let written = tokio::task::spawn_blocking(move || store.insert(&record)).await;
+        let failure = match written {
+            Ok(Ok(_)) => None,
+            Ok(Err(e)) => Some(e),
+            Err(e) => Some(e.to_string()),
+        };
+        if let Some(e) = failure {
+            let path = rt.history.as_ref().map(|s| s.path().display().to_string());
+            tracing::error!(
+                "{qid}: history store {}: cannot record message: {e}",
+                path.unwrap_or_default()
+            );
+            if cfg.actions.store_failure == ActionKind::Tempfail
+                && !matches!(action, Action::Reject(_))
+            {
+                action = Action::Tempfail(SmtpReply::new(
+                    "451",
+                    "4.3.0",
+                    "DMARC history store unavailable, try again later",
+                ));
+            }
+        }
+    }
+    Verdict { edits, action }
+}
+
+/// SPF, DKIM and DMARC for one message, with the resulting disposition. Logs as OpenDMARC.
+async fn assess(
+    rt: &Runtime,
+    env: &Envelope,
+    msg: &Message,
+    qid: &str,
+    author: &Author,
+) -> Evaluation {
+    let cfg = &rt.config;
+    let envelope_domain = domain_of(&env.mail_from);
+    let upstream: Option<Upstream> = cfg.trusts_upstream().then(|| {
+        dkim::from_trusted_headers(&msg.headers, &cfg.trusted_authserv_ids, &envelope_domain)
+    });
+    if let Some(up) = &upstream {
+        for (n, from) in &up.ignored {
+            tracing::debug!("{qid} ignoring Authentication-Results at {n} from {from}");
+        }
+    }
+
+    // SPF: a trusted upstream pass for exactly the envelope domain, else our own check.
+    let mut spf_self = false;
+    let spf = match upstream
+        .as_ref()
+        .and_then(|u| u.spf_pass.clone())
+        .filter(|_| !cfg.spf_ignore_results)
+    {
+        Some(domain) => Some(SpfCheck {
+            scope: Scope::MailFrom,
+            domain,
+            result: SpfResult::Pass,
+            unanswered: 0,
+        }),
+        None => match env.client_ip {
+            Some(ip) if cfg.spf_self_validate => {
+                let host = cfg.authserv_id.as_deref().unwrap_or(&rt.hostname);
+                let s = spf::check(&rt.auth, ip, &env.helo, &env.mail_from, host).await;
+                tracing::info!(
+                    "{qid}: SPF({}): {} {}",
+                    s.scope.log_word(),
+                    s.domain,
+                    result_word(s.result)
+                );
+                spf_self = true;
+                Some(s)
+            }
+            _ => None,
+        },
+    };
+
+    let permerror = |why: &str, header_from: String| {
+        let mut r = ResInfo::new("dmarc", "permerror").with_reason(why);
+        if !header_from.is_empty() {
+            r = r.with_prop("header.from", header_from);
+        }
+        r
+    };
+    let from_domain = match author {
+        Author::Domain(d) => d.clone(),
+        other => {
+            let (why, header_from) = match other {
+                Author::Missing => ("no From header field", String::new()),
+                Author::Unparseable => ("unable to parse From header field", String::new()),
+                Author::Multiple(ds) => ("multi-valued From field", ds.join(",")),
+                Author::Domain(_) => unreachable!(),
+            };
+            let action = match other {
+                Author::Multiple(_) => {
+                    tracing::info!("{qid}: multi-valued From field detected");
+                    if cfg.reject_multi_value_from {
+                        Action::Reject(SmtpReply::new(
+                            "550",
+                            "5.7.1",
+                            "multi-valued From field detected",
+                        ))
+                    } else {
+                        Action::Accept
+                    }
+                }
+                Author::Unparseable if cfg.required_headers => {
+                    tracing::info!("{qid}: unable to parse From header field");
+                    Action::Reject(SmtpReply::new(
+                        "550",
+                        "5.7.1",
+                        "unable to parse From header field",
+                    ))
+                }
+                _ => {
+                    tracing::info!("{qid}: {why}");
+                    Action::Accept
+                }
+            };
+            let disposition = if matches!(action, Action::Reject(_)) {
+                "reject"
+            } else {
+                "none"
+            };
+            return Evaluation {
+                dmarc_result: permerror(why, header_from.clone()),
+                header_from,
+                spf,
+                spf_self,
+                dkim: upstream.map(|u| u.dkim).unwrap_or_default(),
+                dkim_self: false,
+                dmarc: None,
+                outcome: Outcome::PermError,
+                policy: Policy::None,
+                disposition,
+                action,
+                override_reason: None,
+            };
+        }
+    };
+
+    let Some(am) = AuthenticatedMessage::parse_with_opts(msg.raw(), None, false) else {
+        tracing::info!("{qid}: message cannot be parsed for DMARC");
+        return Evaluation {
+            dmarc_result: permerror("message cannot be parsed", from_domain.clone()),
+            header_from: from_domain,
+            spf,
+            spf_self,
+            dkim: Vec::new(),
+            dkim_self: false,
+            dmarc: None,
+            outcome: Outcome::PermError,
+            policy: Policy::None,
+            disposition: "none",
+            action: Action::Accept,
+            override_reason: None,
+        };
+    };
+    let (spf_domain, spf_result) = match &spf {
+        Some(s) => (s.domain.clone(), s.result),
+        None => (envelope_domain.clone(), SpfResult::None),
+    };
+    let (dkim, dkim_self, check) = match &upstream {
+        Some(up) => {
+            let sigs = dkim::signatures(&up.dkim);
+            let outs = dkim::outputs(&sigs);
+            let check =
+                dmarc::check(&rt.auth, &am, &outs, &spf_domain, spf_result, &from_domain).await;
+            (up.dkim.clone(), false, check)
+        }
+        None => {
+            let outs = rt.auth.verify_dkim(&am).await;
+            let check =
+                dmarc::check(&rt.auth, &am, &outs, &spf_domain, spf_result, &from_domain).await;
+            (dkim::entries(&outs), true, check)
+        }
+    };
+    tracing::info!("{qid}: {from_domain} {}", check.outcome.as_str());
+
+    let mut policy = check.policy;
+    let mut override_reason = None;
+    let (disposition, action) = match check.outcome {
+        Outcome::Fail => {
+            let pct = check.published.as_ref().and_then(|p| p.pct);
+            if let Some(pct) = pct.filter(|p| *p < 100) {
+                if roll() >= pct {
+                    policy = downgrade(policy);
+                    override_reason = Some("sampled_out");
+                }
+            }
+            match policy {
+                Policy::Reject if cfg.reject_failures => (
+                    "reject",
+                    Action::Reject(SmtpReply::new(
+                        "550",
+                        "5.7.1",
+                        format!("rejected by DMARC policy for {from_domain}"),
+                    )),
+                ),
+                Policy::Quarantine
+                    if cfg.reject_failures && cfg.actions.quarantine == ActionKind::Quarantine =>
+                {
+                    (
+                        "quarantine",
+                        Action::Quarantine(format!(
+                            "quarantined by DMARC policy for {from_domain}"
+                        )),
+                    )
+                }
+                Policy::Reject | Policy::Quarantine => {
+                    override_reason = Some("local_policy");
+                    ("none", Action::Accept)
+                }
+                _ => ("none", Action::Accept),
+            }
+        }
+        Outcome::TempError => match cfg.actions.temperror {
+            ActionKind::Tempfail => (
+                "none",
+                Action::Tempfail(SmtpReply::new(
+                    "451",
+                    "4.7.5",
+                    format!("temporary DMARC evaluation error for {from_domain}"),
+                )),
+            ),
+            _ => ("none", Action::Accept),
+        },
+        _ => ("none", Action::Accept),
+    };
+    let mut result = ResInfo::new("dmarc", check.outcome.as_str());
+    if matches!(check.outcome, Outcome::Pass | Outcome::Fail | Outcome::None) {
+        result = result.with_comment(format!(
+            "p={} dis={}",
+            policy_word(check.policy),
+            if disposition == "reject" {
+                "none"
+            } else {
+                disposition
+            }
+        ));
+    }
+    result = result.with_prop("header.from", &from_domain);
+    Evaluation {
+        header_from: from_domain,
+        spf,
+        spf_self,
+        dkim,
+        dkim_self,
+        dmarc_result: result,
+        outcome: check.outcome,
+        policy,
+        dmarc: Some(check),
+        disposition,
+        action,
+        override_reason,
+    }
+}
+
+fn action_word(a: &Action) -> &'static str {
+    match a {
+        Action::Accept => "accept",
+        Action::Reject(_) => "reject",
+        Action::Tempfail(_) => "tempfail",
+        Action::Discard => "discard",
+        Action::Quarantine(_) => "quarantine",
+    }
+}
+
+/// The history row for an evaluated message.
+fn record(env: &Envelope, id: &str, ev: &Evaluation, action: &Action) -> Record {
+    let mut rcpt_domains: Vec<String> = env.rcpts.iter().map(|r| domain_of(r)).collect();
+    rcpt_domains.sort();
+    rcpt_domains.dedup();
+    Record {
+        received: SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or(0),
+        job_id: env.queue_id().to_string(),
+        reporter: id.to_string(),
+        source_ip: env.client_ip.map(|ip| ip.to_string()),
+        header_from: ev.header_from.clone(),
+        envelope_from: domain_of(&env.mail_from),
+        envelope_to: rcpt_domains.join(","),
+        policy_domain: ev.dmarc.as_ref().and_then(|d| d.policy_domain.clone()),
+        published: ev.dmarc.as_ref().and_then(|d| d.published.clone()),
+        policy_applied: policy_word(ev.policy).to_string(),
+        spf: ev.spf.as_ref().map(|s| {
+            (
+                s.domain.clone(),
+                s.scope.report_word().to_string(),
+                result_word(s.result).to_string(),
+            )
+        }),
+        dkim: ev.dkim.clone(),
+        dkim_aligned: if ev.dmarc.as_ref().is_some_and(|d| d.dkim_aligned) {
+            "pass"
+        } else {
+            "fail"
+        }
+        .into(),
+        spf_aligned: if ev.dmarc.as_ref().is_some_and(|d| d.spf_aligned) {
+            "pass"
+        } else {
+            "fail"
+        }
+        .into(),
+        dmarc_result: ev.outcome.as_str().into(),
+        disposition: ev.disposition.into(),
+        action: action_word(action).into(),
+        override_reason: ev.override_reason.map(str::to_string),
+    }
+}

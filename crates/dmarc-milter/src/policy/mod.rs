@@ -1,0 +1,8 @@
+//! The DMARC policy: plain functions over an envelope and a message, async only for DNS.
+//! Nothing here knows which front end (milter, OpenSMTPD filter) delivered the message.
+
+pub mod author;
+pub mod dkim;
+pub mod dmarc;
+pub mod evaluate;
+pub mod spf;

@@ -1,0 +1,597 @@
+//! dmarc-milter end to end: a real DNS server on loopback, dmarc-milter on a loopback socket,
+//! our milter client playing the MTA, and the SQLite history read back after each case.
+
+use mail_auth::common::crypto::Ed25519Key;
+use mail_auth::common::headers::HeaderWriter;
+use mail_auth::dkim::DkimSigner;
+use milter_client::{run, Modification, Outcome, Reply, Transaction};
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use testkit::daemons::{start_dmarc, RunningMilter};
+use testkit::dns::{BlackholeDns, TestDns, Zone};
+use testkit::keys::TestKey;
+use testkit::logcapture::lines_with;
+
+const AUTHSERV: &str = "mx.test.example";
+/// The client address SPF records authorise.
+const GOOD_IP: &str = "192.0.2.10";
+const BAD_IP: &str = "203.0.113.5";
+
+struct Setup {
+    dir: tempfile::TempDir,
+    _dns: TestDns,
+    milter: RunningMilter<dmarc_milter::filter::DmarcFilter>,
+    key: TestKey,
+}
+
+fn zone(key: &TestKey) -> Zone {
+    let spf = format!("v=spf1 ip4:{GOOD_IP} -all");
+    Zone::new()
+        .txt("example.com", &spf)
+        .txt("bounce.example.com", &spf)
+        .txt(
+            "_dmarc.example.com",
+            "v=DMARC1; p=reject; rua=mailto:dmarc@example.com",
+        )
+        .a("a.b.example.com", Ipv4Addr::new(192, 0, 2, 99))
+        .txt("ed._domainkey.example.com", &key.dns_record())
+        .txt("ed._domainkey.sub.example.com", &key.dns_record())
+        .txt("softfail.example", "v=spf1 ~all")
+        .txt("neutral.example", "v=spf1 ?all")
+        .txt("perm.example", "v=spf1 include:nospf.example -all")
+        .txt(
+            "void.example",
+            "v=spf1 a:nx1.void.example a:nx2.void.example a:nx3.void.example -all",
+        )
+        .servfail("temp.example")
+        .txt("helo.example", &spf)
+        .txt("strict.example", "v=spf1 -all")
+        .txt("sub.strict.example", &spf)
+        .txt(
+            "_dmarc.strict.example",
+            "v=DMARC1; p=reject; aspf=s; adkim=s",
+        )
+        .txt("relaxed.example", "v=spf1 -all")
+        .txt("sub.relaxed.example", &spf)
+        .txt("_dmarc.relaxed.example", "v=DMARC1; p=quarantine")
+        .txt("pct.example", "v=spf1 -all")
+        .txt("_dmarc.pct.example", "v=DMARC1; p=reject; pct=0")
+        .txt("none.example", "v=spf1 -all")
+        .txt("_dmarc.none.example", "v=DMARC1; p=none")
+        .txt("np.example", "v=spf1 -all")
+        .txt("_dmarc.np.example", "v=DMARC1; p=none; sp=none; np=reject")
+}
+
+fn base_config(dns: SocketAddr, extra: &str) -> String {
+    format!(
+        "authserv_id = \"{AUTHSERV}\"\nhistory = \"history.sqlite\"\n{extra}\n\
+         [resolver]\nnameservers = [\"{dns}\"]\ntimeout = 1.0\nattempts = 1\n"
+    )
+}
+
+async fn setup(extra: &str) -> Setup {
+    let key = TestKey::ed25519();
+    let dns = TestDns::start(&zone(&key)).await.expect("dns");
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = base_config(dns.addr(), extra);
+    let milter = start_dmarc(dir.path(), &cfg, "inet:0@127.0.0.1").await;
+    Setup {
+        dir,
+        _dns: dns,
+        milter,
+        key,
+    }
+}
+
+fn message(from: &str, qid: &str) -> Vec<u8> {
+    format!(
+        "From: Alice <{from}>\r\nTo: bob@example.org\r\nSubject: test {qid}\r\n\
+         Date: Wed, 25 Nov 2026 12:00:00 +0000\r\nMessage-ID: <{qid}@example.com>\r\n\r\n\
+         Hello Bob,\r\n"
+    )
+    .into_bytes()
+}
+
+/// Signs `raw` with the test key as `d=domain; s=ed`.
+fn sign(raw: &[u8], key: &TestKey, domain: &str) -> Vec<u8> {
+    let k = Ed25519Key::from_pkcs8_maybe_unchecked_der(&key.pkcs8_der()).expect("key");
+    let sig = DkimSigner::from_key(k)
+        .domain(domain)
+        .selector("ed")
+        .headers(["From", "To", "Subject", "Date", "Message-ID"])
+        .sign(raw)
+        .expect("sign");
+    let mut out = sig.to_header().into_bytes();
+    out.extend_from_slice(raw);
+    out
+}
+
+fn tx(raw: &[u8], qid: &str, ip: &str, mail_from: &str) -> Transaction {
+    let mut tx = Transaction::from_message(raw)
+        .with_client(
+            "client.example.net",
+            Some(format!("{ip}:40000").parse().unwrap()),
+        )
+        .with_helo("client.example.net")
+        .with_mail_from(mail_from);
+    tx.connect_macros.push(("j".into(), AUTHSERV.into()));
+    tx.mail_macros.push(("i".into(), qid.into()));
+    tx.eom_macros.push(("i".into(), qid.into()));
+    tx
+}
+
+async fn send(s: &Setup, tx: &Transaction) -> Outcome {
+    run(&s.milter.endpoint(), tx).await.expect("milter run")
+}
+
+fn inserted(out: &Outcome, name: &str) -> Vec<String> {
+    out.modifications
+        .iter()
+        .filter_map(|m| match m {
+            Modification::InsertHeader { name: n, value, .. } if n.eq_ignore_ascii_case(name) => {
+                Some(
+                    value
+                        .trim_start()
+                        .replace("\r\n\t", " ")
+                        .replace("\n\t", " "),
+                )
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+fn auth_results(out: &Outcome) -> String {
+    let ar = inserted(out, "Authentication-Results");
+    assert_eq!(ar.len(), 1, "exactly one A-R expected, got {ar:?}");
+    ar[0].clone()
+}
+
+/// One history row, as text columns by name.
+#[derive(Debug)]
+struct Row {
+    cols: std::collections::HashMap<String, Option<String>>,
+    dkim: Vec<(String, String, String)>,
+}
+
+impl Row {
+    fn get(&self, c: &str) -> Option<&str> {
+        self.cols
+            .get(c)
+            .unwrap_or_else(|| panic!("no column {c}"))
+            .as_deref()
+    }
+}
+
+fn history_path(s: &Setup) -> PathBuf {
+    s.dir.path().join("history.sqlite")
+}
+
+fn history_row(path: &Path, qid: &str) -> Row {
+    let conn = rusqlite::Connection::open(path).expect("open history");
+    let mut stmt = conn
+        .prepare("SELECT * FROM messages WHERE job_id = ?1")
+        .unwrap();
+    let names: Vec<String> = stmt.column_names().map(|s| s.to_string()).collect();
+    let mut rows = stmt.query([qid]).unwrap();
+    let row = rows
+        .next()
+        .unwrap()
+        .unwrap_or_else(|| panic!("no history row for {qid}"));
+    let mut cols = std::collections::HashMap::new();
+    let mut id = 0i64;
+    for (i, n) in names.iter().enumerate() {
+        let v: rusqlite::types::Value = row.get(i).unwrap();
+        let text = match v {
+            rusqlite::types::Value::Null => None,
+            rusqlite::types::Value::Integer(n) => Some(n.to_string()),
+            rusqlite::types::Value::Text(t) => Some(t),
+            other => Some(format!("{other:?}")),
+        };
+        if n == "id" {
+            id = text.as_deref().unwrap().parse().unwrap();
+        }
+        cols.insert(n.clone(), text);
+    }
+    assert!(rows.next().unwrap().is_none(), "one row per message");
+    let mut d = conn
+        .prepare("SELECT domain, selector, result FROM dkim_results WHERE message_id = ?1")
+        .unwrap();
+    let dkim = d
+        .query_map([id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    Row { cols, dkim }
+}
+
+#[tokio::test]
+async fn spf_results_for_mail_from() {
+    let s = setup("").await;
+    let cases = [
+        ("SPFPASS", GOOD_IP, "alice@example.com", "pass"),
+        ("SPFFAIL", BAD_IP, "alice@example.com", "fail"),
+        ("SPFSOFT", BAD_IP, "x@softfail.example", "softfail"),
+        ("SPFNEUT", BAD_IP, "x@neutral.example", "neutral"),
+        ("SPFNONE", BAD_IP, "x@nospf.example", "none"),
+        ("SPFTEMP", BAD_IP, "x@temp.example", "temperror"),
+        ("SPFPERM", BAD_IP, "x@perm.example", "permerror"),
+        ("SPFVOID", BAD_IP, "x@void.example", "permerror"),
+    ];
+    for (qid, ip, mail_from, want) in cases {
+        let raw = message("alice@example.com", qid);
+        let out = send(&s, &tx(&raw, qid, ip, mail_from)).await;
+        assert_eq!(out.reply, Reply::Accept, "{qid}");
+        let ar = auth_results(&out);
+        let domain = mail_from.split('@').nth(1).unwrap();
+        assert!(
+            ar.contains(&format!("spf={want} smtp.mailfrom={domain}")),
+            "{qid}: {ar}"
+        );
+        let log = lines_with(qid);
+        assert!(
+            log.iter()
+                .any(|l| l.contains(&format!("{qid}: SPF(mailfrom): {domain} {want}"))),
+            "{qid}: {log:?}"
+        );
+        let row = history_row(&history_path(&s), qid);
+        assert_eq!(row.get("spf_domain"), Some(domain));
+        assert_eq!(row.get("spf_scope"), Some("mfrom"));
+        assert_eq!(row.get("spf_result"), Some(want));
+    }
+}
+
+#[tokio::test]
+async fn helo_identity_for_null_sender() {
+    let s = setup("").await;
+    let raw = message("alice@example.com", "HELO1");
+    let mut t = tx(&raw, "HELO1", GOOD_IP, "");
+    t.helo = "helo.example".into();
+    let out = send(&s, &t).await;
+    let ar = auth_results(&out);
+    assert!(ar.contains("spf=pass smtp.helo=helo.example"), "{ar}");
+    assert!(lines_with("HELO1")
+        .iter()
+        .any(|l| l.contains("HELO1: SPF(helo): helo.example pass")));
+    let row = history_row(&history_path(&s), "HELO1");
+    assert_eq!(row.get("spf_scope"), Some("helo"));
+    assert_eq!(row.get("envelope_from"), Some(""));
+    // HELO does not align with example.com, and nothing else passes: DMARC fails.
+    assert!(
+        ar.contains("dmarc=fail (p=reject dis=none) header.from=example.com"),
+        "{ar}"
+    );
+}
+
+#[tokio::test]
+async fn dmarc_pass_via_spf_alignment_only() {
+    let s = setup("").await;
+    let raw = message("alice@example.com", "SPFALIGN");
+    let out = send(
+        &s,
+        &tx(&raw, "SPFALIGN", GOOD_IP, "bounce@bounce.example.com"),
+    )
+    .await;
+    assert_eq!(out.reply, Reply::Accept);
+    let ar = auth_results(&out);
+    assert!(ar.starts_with(&format!("{AUTHSERV};")), "{ar}");
+    assert!(
+        ar.contains("dmarc=pass (p=reject dis=none) header.from=example.com"),
+        "{ar}"
+    );
+    assert!(lines_with("SPFALIGN")
+        .iter()
+        .any(|l| l.ends_with("SPFALIGN: example.com pass")));
+    let row = history_row(&history_path(&s), "SPFALIGN");
+    assert_eq!(row.get("spf_aligned"), Some("pass"));
+    assert_eq!(row.get("dkim_aligned"), Some("fail"));
+    assert_eq!(row.get("policy_domain"), Some("example.com"));
+    assert_eq!(row.get("p"), Some("reject"));
+    assert_eq!(row.get("adkim"), Some("r"));
+    assert_eq!(row.get("rua"), Some("mailto:dmarc@example.com"));
+    assert_eq!(row.get("source_ip"), Some(GOOD_IP));
+    assert_eq!(row.get("envelope_from"), Some("bounce.example.com"));
+    assert_eq!(row.get("header_from"), Some("example.com"));
+    assert_eq!(row.get("reporter"), Some(AUTHSERV));
+    assert_eq!(row.get("dmarc_result"), Some("pass"));
+    assert_eq!(row.get("disposition"), Some("none"));
+    assert_eq!(row.get("action"), Some("accept"));
+}
+
+#[tokio::test]
+async fn dmarc_pass_via_dkim_alignment_only() {
+    let s = setup("reject_failures = true").await;
+    let raw = sign(
+        &message("alice@example.com", "DKIMALIGN"),
+        &s.key,
+        "example.com",
+    );
+    // SPF fails (wrong IP), DKIM passes and aligns.
+    let out = send(&s, &tx(&raw, "DKIMALIGN", BAD_IP, "alice@example.com")).await;
+    assert_eq!(out.reply, Reply::Accept);
+    let ar = auth_results(&out);
+    assert!(ar.contains("spf=fail"), "{ar}");
+    assert!(
+        ar.contains("dkim=pass header.d=example.com header.s=ed"),
+        "{ar}"
+    );
+    assert!(ar.contains("dmarc=pass"), "{ar}");
+    let row = history_row(&history_path(&s), "DKIMALIGN");
+    assert_eq!(row.get("dkim_aligned"), Some("pass"));
+    assert_eq!(row.get("spf_aligned"), Some("fail"));
+    assert_eq!(
+        row.dkim,
+        vec![("example.com".into(), "ed".into(), "pass".into())]
+    );
+}
+
+#[tokio::test]
+async fn relaxed_and_strict_alignment_with_subdomains() {
+    let s = setup("").await;
+    // SPF passes for sub.relaxed.example; From is relaxed.example: relaxed alignment passes.
+    let raw = message("a@relaxed.example", "RELAXED");
+    let out = send(&s, &tx(&raw, "RELAXED", GOOD_IP, "b@sub.relaxed.example")).await;
+    let ar = auth_results(&out);
+    assert!(
+        ar.contains("dmarc=pass (p=quarantine dis=none) header.from=relaxed.example"),
+        "{ar}"
+    );
+    // The same with aspf=s fails.
+    let raw = message("a@strict.example", "STRICT");
+    let out = send(&s, &tx(&raw, "STRICT", GOOD_IP, "b@sub.strict.example")).await;
+    let ar = auth_results(&out);
+    assert!(
+        ar.contains("spf=pass smtp.mailfrom=sub.strict.example"),
+        "{ar}"
+    );
+    assert!(
+        ar.contains("dmarc=fail (p=reject dis=none) header.from=strict.example"),
+        "{ar}"
+    );
+    let row = history_row(&history_path(&s), "STRICT");
+    assert_eq!(row.get("aspf"), Some("s"));
+    assert_eq!(row.get("spf_aligned"), Some("fail"));
+    assert_eq!(row.get("override_reason"), Some("local_policy"));
+    // DKIM by a subdomain aligns relaxed (example.com has adkim=r).
+    let raw = sign(
+        &message("a@example.com", "DKIMSUB"),
+        &s.key,
+        "sub.example.com",
+    );
+    let out = send(&s, &tx(&raw, "DKIMSUB", BAD_IP, "a@example.com")).await;
+    assert!(auth_results(&out).contains("dmarc=pass"), "{:?}", out);
+}
+
+#[tokio::test]
+async fn org_domain_by_tree_walk() {
+    let s = setup("").await;
+    let raw = message("alice@a.b.example.com", "TREEPASS");
+    let out = send(&s, &tx(&raw, "TREEPASS", GOOD_IP, "x@example.com")).await;
+    let ar = auth_results(&out);
+    assert!(
+        ar.contains("dmarc=pass (p=reject dis=none) header.from=a.b.example.com"),
+        "{ar}"
+    );
+    let row = history_row(&history_path(&s), "TREEPASS");
+    assert_eq!(row.get("policy_domain"), Some("example.com"));
+    let raw = message("alice@a.b.example.com", "TREEFAIL");
+    let out = send(&s, &tx(&raw, "TREEFAIL", BAD_IP, "x@other.example")).await;
+    assert!(
+        auth_results(&out).contains("dmarc=fail (p=reject dis=none) header.from=a.b.example.com")
+    );
+}
+
+#[tokio::test]
+async fn np_for_non_existent_subdomain() {
+    let s = setup("reject_failures = true").await;
+    let raw = message("a@ghost.np.example", "NPREJ");
+    let out = send(&s, &tx(&raw, "NPREJ", BAD_IP, "a@ghost.np.example")).await;
+    assert_eq!(
+        out.reply,
+        Reply::ReplyCode("550 5.7.1 rejected by DMARC policy for ghost.np.example".into())
+    );
+    let row = history_row(&history_path(&s), "NPREJ");
+    assert_eq!(row.get("np"), Some("reject"));
+    assert_eq!(row.get("policy_applied"), Some("reject"));
+    assert_eq!(row.get("disposition"), Some("reject"));
+}
+
+#[tokio::test]
+async fn p_reject_with_and_without_reject_failures() {
+    let off = setup("").await;
+    let raw = message("alice@example.com", "REJOFF");
+    let out = send(&off, &tx(&raw, "REJOFF", BAD_IP, "alice@example.com")).await;
+    assert_eq!(out.reply, Reply::Accept);
+    assert!(auth_results(&out).contains("dmarc=fail (p=reject dis=none) header.from=example.com"));
+    assert!(lines_with("REJOFF")
+        .iter()
+        .any(|l| l.ends_with("REJOFF: example.com fail")));
+
+    let on = setup("reject_failures = true").await;
+    let raw = message("alice@example.com", "REJON");
+    let out = send(&on, &tx(&raw, "REJON", BAD_IP, "alice@example.com")).await;
+    assert_eq!(
+        out.reply,
+        Reply::ReplyCode("550 5.7.1 rejected by DMARC policy for example.com".into())
+    );
+    assert!(inserted(&out, "Authentication-Results").is_empty());
+    let row = history_row(&history_path(&on), "REJON");
+    assert_eq!(row.get("action"), Some("reject"));
+    assert_eq!(row.get("disposition"), Some("reject"));
+
+    // p=quarantine failure → milter quarantine.
+    let raw = message("a@relaxed.example", "QUAR");
+    let out = send(&on, &tx(&raw, "QUAR", BAD_IP, "a@relaxed.example")).await;
+    assert!(
+        out.modifications
+            .iter()
+            .any(|m| matches!(m, Modification::Quarantine(r) if r.contains("relaxed.example"))),
+        "{out:?}"
+    );
+    assert!(auth_results(&out).contains("dmarc=fail (p=quarantine dis=quarantine)"));
+
+    // pct=0: a p=reject failure is sampled out to quarantine.
+    let raw = message("a@pct.example", "PCT0");
+    let out = send(&on, &tx(&raw, "PCT0", BAD_IP, "a@pct.example")).await;
+    assert!(out
+        .modifications
+        .iter()
+        .any(|m| matches!(m, Modification::Quarantine(_))));
+    let row = history_row(&history_path(&on), "PCT0");
+    assert_eq!(row.get("pct"), Some("0"));
+    assert_eq!(row.get("override_reason"), Some("sampled_out"));
+}
+
+#[tokio::test]
+async fn multiple_and_missing_from() {
+    let s = setup("").await;
+    let raw = b"From: a@example.com, b@evil.example\r\nDate: x\r\nSubject: m\r\n\r\nbody\r\n";
+    let out = send(&s, &tx(raw, "MULTI1", GOOD_IP, "a@example.com")).await;
+    assert_eq!(out.reply, Reply::Accept);
+    let ar = auth_results(&out);
+    assert!(ar.contains("dmarc=permerror"), "{ar}");
+    assert!(lines_with("MULTI1")
+        .iter()
+        .any(|l| l.contains("MULTI1: multi-valued From field detected")));
+    let row = history_row(&history_path(&s), "MULTI1");
+    assert_eq!(row.get("dmarc_result"), Some("permerror"));
+    assert_eq!(row.get("header_from"), Some("evil.example,example.com"));
+
+    let raw = b"To: b@example.org\r\nDate: x\r\nSubject: m\r\n\r\nbody\r\n";
+    let out = send(&s, &tx(raw, "NOFROM", GOOD_IP, "a@example.com")).await;
+    assert_eq!(out.reply, Reply::Accept);
+    assert!(auth_results(&out).contains("dmarc=permerror"));
+
+    let strict = setup("reject_multi_value_from = true\nrequired_headers = true").await;
+    let raw = b"From: a@example.com, b@evil.example\r\nDate: x\r\nSubject: m\r\n\r\nbody\r\n";
+    let out = send(&strict, &tx(raw, "MULTI2", GOOD_IP, "a@example.com")).await;
+    assert_eq!(
+        out.reply,
+        Reply::ReplyCode("550 5.7.1 multi-valued From field detected".into())
+    );
+    let raw = b"To: b@example.org\r\nDate: x\r\n\r\nbody\r\n";
+    let out = send(&strict, &tx(raw, "NOFROM2", GOOD_IP, "a@example.com")).await;
+    assert_eq!(
+        out.reply,
+        Reply::ReplyCode("550 5.7.1 RFC5322 requirement error: not exactly one From field".into())
+    );
+}
+
+#[tokio::test]
+async fn dns_down_is_temperror_and_configured_action() {
+    let hole = BlackholeDns::start().await.unwrap();
+    for (extra, qid, want) in [
+        ("", "DNSDOWN1", Reply::Accept),
+        (
+            "[actions]\ntemperror = \"tempfail\"",
+            "DNSDOWN2",
+            Reply::ReplyCode("451 4.7.5 temporary DMARC evaluation error for example.com".into()),
+        ),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = base_config(hole.addr(), extra).replace("timeout = 1.0", "timeout = 0.3");
+        let m = start_dmarc(dir.path(), &cfg, "inet:0@127.0.0.1").await;
+        let raw = message("alice@example.com", qid);
+        let out = run(&m.endpoint(), &tx(&raw, qid, GOOD_IP, "alice@example.com"))
+            .await
+            .unwrap();
+        assert_eq!(out.reply, want, "{qid}");
+        if want == Reply::Accept {
+            let ar = auth_results(&out);
+            assert!(ar.contains("spf=temperror"), "{ar}");
+            assert!(
+                ar.contains("dmarc=temperror header.from=example.com"),
+                "{ar}"
+            );
+        }
+        let row = history_row(&dir.path().join("history.sqlite"), qid);
+        assert_eq!(row.get("dmarc_result"), Some("temperror"));
+    }
+}
+
+#[tokio::test]
+async fn trusted_upstream_results_and_forged_headers() {
+    let s = setup("trusted_authserv_ids = [\"dkim.upstream.example\"]").await;
+    // The trusted upstream says DKIM passed for example.com; an untrusted header claims the
+    // same for evil.example's mail; and a header forged with our own id must be removed.
+    let body = "From: a@example.com\r\nTo: b@example.org\r\nSubject: t\r\nDate: x\r\n\r\nbody\r\n";
+    let raw = format!(
+        "Authentication-Results: evil.example; dkim=pass header.d=evil.example header.s=x\r\n\
+         Authentication-Results: {AUTHSERV}; dmarc=pass header.from=evil.example\r\n\
+         Authentication-Results: dkim.upstream.example; dkim=pass header.d=example.com header.s=up\r\n{body}"
+    );
+    let out = send(&s, &tx(raw.as_bytes(), "TRUST1", BAD_IP, "a@example.com")).await;
+    let ar = auth_results(&out);
+    assert!(
+        ar.contains("dmarc=pass (p=reject dis=none) header.from=example.com"),
+        "{ar}"
+    );
+    assert!(
+        !ar.contains("dkim="),
+        "upstream DKIM results are not repeated: {ar}"
+    );
+    assert!(out.modifications.iter().any(|m| matches!(
+        m,
+        Modification::ChangeHeader { name, index: 2, value } if name == "Authentication-Results" && value.is_empty()
+    )), "{:?}", out.modifications);
+    let row = history_row(&history_path(&s), "TRUST1");
+    assert_eq!(
+        row.dkim,
+        vec![("example.com".into(), "up".into(), "pass".into())]
+    );
+
+    // Only an untrusted header claims a pass: DMARC fails.
+    let raw = format!(
+        "Authentication-Results: evil.example; dkim=pass header.d=example.com header.s=x\r\n{body}"
+    );
+    let out = send(&s, &tx(raw.as_bytes(), "TRUST2", BAD_IP, "a@example.com")).await;
+    assert!(auth_results(&out).contains("dmarc=fail"), "{:?}", out);
+    assert!(history_row(&history_path(&s), "TRUST2").dkim.is_empty());
+
+    // Many results in one trusted header: parsed, bounded, the passing one found.
+    let mut many = String::from("Authentication-Results: dkim.upstream.example");
+    for i in 0..200 {
+        many.push_str(&format!("; dkim=fail header.d=d{i}.example header.s=s"));
+    }
+    many.push_str("; dkim=pass header.d=example.com header.s=up\r\n");
+    let raw = format!("{many}{body}");
+    let out = send(&s, &tx(raw.as_bytes(), "TRUST3", BAD_IP, "a@example.com")).await;
+    assert_eq!(out.reply, Reply::Accept);
+    assert!(auth_results(&out).contains("dmarc="), "{:?}", out);
+}
+
+#[tokio::test]
+async fn ignored_connections_and_senders() {
+    let s = setup("ignore_mail_from = [\"example.com\"]").await;
+    let raw = message("alice@example.com", "IGNMF");
+    let out = send(&s, &tx(&raw, "IGNMF", BAD_IP, "alice@example.com")).await;
+    assert_eq!(out.reply, Reply::Accept);
+    assert!(inserted(&out, "Authentication-Results").is_empty());
+    assert!(lines_with("IGNMF")
+        .iter()
+        .any(|l| l.contains("IGNMF: ignoring mail from example.com")));
+
+    let raw = message("alice@example.com", "IGNLOCAL");
+    let out = send(&s, &tx(&raw, "IGNLOCAL", "127.0.0.1", "alice@example.com")).await;
+    assert!(inserted(&out, "Authentication-Results").is_empty());
+    assert!(!lines_with("ignoring connection from").is_empty());
+}
+
+#[tokio::test]
+async fn store_failure_tempfails() {
+    let s = setup("").await;
+    // Make the database unwritable behind the daemon's back.
+    let conn = rusqlite::Connection::open(history_path(&s)).unwrap();
+    conn.execute_batch("DROP TABLE dkim_results; DROP TABLE messages;")
+        .unwrap();
+    drop(conn);
+    let raw = message("alice@example.com", "STOREFAIL");
+    let out = send(&s, &tx(&raw, "STOREFAIL", GOOD_IP, "alice@example.com")).await;
+    assert_eq!(
+        out.reply,
+        Reply::ReplyCode("451 4.3.0 DMARC history store unavailable, try again later".into())
+    );
+    assert!(lines_with("STOREFAIL")
+        .iter()
+        .any(|l| l.contains("history store") && l.contains("cannot record message")));
+}

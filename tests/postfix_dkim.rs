@@ -1,0 +1,720 @@
+//! dkim-milter behind a real Postfix (issue 4, DKIM half).
+//!
+//! Each test starts a throwaway Postfix ([`testkit::postfix`]) whose `smtpd_milters` is our
+//! dkim-milter (running in-process), sends mail to it over SMTP ([`testkit::smtp`]) and judges
+//! the bytes Postfix delivers: with independent verifiers (dkimpy, Mail::DKIM, the real
+//! OpenDKIM) for what we sign, and by value for the Authentication-Results we add and the
+//! forgeries we remove. Everything our daemon resolves comes from the test DNS server; Postfix
+//! itself does no DNS at all.
+//!
+//! Trust: dkim-milter is configured with `internal_hosts = ["192.0.2.1"]`, so the test client on
+//! 127.0.0.1 is an outside host on Postfix's plain SMTP port (mail is verified), while the
+//! "submission" port sets `{daemon_name}` to ORIGINATING, which `macro_list` marks as mail to
+//! sign (the usual Postfix set-up in place of SMTP AUTH, which would need a SASL server).
+
+use std::path::Path;
+use std::time::Duration;
+
+use testkit::daemons::{start_dkim, RunningMilter};
+use testkit::dns::{TestDns, Zone};
+use testkit::judges::{self, require_judge};
+use testkit::keys::{KeyKind, TestKey};
+use testkit::opendkim::{miltertest_message, Opendkim};
+use testkit::postfix::{
+    header_fields, milter_inet, milter_unix, open_socket_for_postfix, require_postfix, Postfix,
+    PostfixOptions, DEFAULT_HOSTNAME,
+};
+use testkit::smtp::{self, Reply};
+
+/// Postfix's myhostname, and the authserv-id dkim-milter is configured with.
+const AUTHSERV: &str = DEFAULT_HOSTNAME;
+/// Upper bound for one delivery (measured: 0.1-0.3 s after the end of DATA).
+const DELIVERY: Duration = Duration::from_secs(20);
+
+/// Runs blocking work (SMTP, Postfix start-up, judges) without stalling the runtime that serves
+/// the milter and the DNS server.
+fn blocking<R>(f: impl FnOnce() -> R) -> R {
+    tokio::task::block_in_place(f)
+}
+
+struct Keys {
+    /// example.com, selector rsa.
+    rsa: TestKey,
+    /// example.com, selector ed.
+    ed: TestKey,
+    /// sender.example, selector od: used by the real OpenDKIM signer.
+    od_rsa: TestKey,
+    /// sender.example, selector oded: used by the real OpenDKIM signer.
+    od_ed: TestKey,
+}
+
+fn zone_for(k: &Keys) -> Zone {
+    Zone::new()
+        .txt("rsa._domainkey.example.com", &k.rsa.dns_record())
+        .txt("ed._domainkey.example.com", &k.ed.dns_record())
+        .txt("od._domainkey.sender.example", &k.od_rsa.dns_record())
+        .txt("oded._domainkey.sender.example", &k.od_ed.dns_record())
+}
+
+/// Our dkim-milter, the test DNS server, Postfix, and the keys of one test.
+struct Rig {
+    dir: tempfile::TempDir,
+    dns: TestDns,
+    _milter: RunningMilter,
+    postfix: Postfix,
+    keys: Keys,
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Socket {
+    Inet,
+    Unix,
+}
+
+/// How Postfix tells dkim-milter that mail on the submission port is outgoing.
+#[derive(Clone, Copy, PartialEq)]
+enum Submission {
+    /// `-o milter_macro_daemon_name=ORIGINATING` on the submission smtpd only: the usual
+    /// OpenDKIM recipe, where cleanup(8) still sends `{daemon_name}=$myhostname` at the header
+    /// and body stages (see `PostfixOptions::originating_cleanup`).
+    Standard,
+    /// The same on a dedicated cleanup(8) service too, so every stage says ORIGINATING.
+    OriginatingCleanup,
+}
+
+/// Starts everything, or returns None (after a loud message) when Postfix cannot run here.
+/// Signing table: dual@example.com gets Ed25519 and RSA signatures (two matching rows), every
+/// other example.com address RSA only. `extra` is appended to the top level of the TOML.
+async fn rig(extra: &str, socket: Socket, submission: Submission) -> Option<Rig> {
+    if !require_postfix() {
+        return None;
+    }
+    let keys = Keys {
+        rsa: TestKey::rsa(2048),
+        ed: TestKey::ed25519(),
+        od_rsa: TestKey::rsa(2048),
+        od_ed: TestKey::ed25519(),
+    };
+    let dns = TestDns::start(&zone_for(&keys)).await.expect("dns");
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    keys.rsa.write_pem(d, "rsa.pem", true);
+    keys.ed.write_pem(d, "ed.pem", false);
+    std::fs::write(
+        d.join("KeyTable"),
+        "rsa example.com:rsa:rsa.pem\ned example.com:ed:ed.pem\n",
+    )
+    .unwrap();
+    std::fs::write(
+        d.join("SigningTable"),
+        "dual@example.com ed\n*@example.com rsa\n",
+    )
+    .unwrap();
+    let cfg = format!(
+        "authserv_id = \"{AUTHSERV}\"\n\
+         key_table = \"file:KeyTable\"\n\
+         signing_table = \"refile:SigningTable\"\n\
+         internal_hosts = [\"192.0.2.1\"]\n\
+         macro_list = [\"daemon_name=ORIGINATING\"]\n\
+         {extra}\n\
+         [resolver]\nnameservers = [\"{}\"]\ntimeout = 1.0\nattempts = 1\n",
+        dns.addr()
+    );
+    let (milter, spec) = match socket {
+        Socket::Inet => {
+            let m = start_dkim(d, &cfg, "inet:0@127.0.0.1").await;
+            let spec = milter_inet(m.addr);
+            (m, spec)
+        }
+        Socket::Unix => {
+            let path = d.join("dkim.sock");
+            let m = start_dkim(d, &cfg, &format!("unix:{}", path.display())).await;
+            open_socket_for_postfix(&path).expect("open the socket to postfix");
+            (m, milter_unix(&path))
+        }
+    };
+    let mut opts = PostfixOptions::with_milters([spec]);
+    opts.originating_cleanup = submission == Submission::OriginatingCleanup;
+    let postfix = blocking(|| Postfix::start(opts)).expect("postfix starts");
+    Some(Rig {
+        dir,
+        dns,
+        _milter: milter,
+        postfix,
+        keys,
+    })
+}
+
+impl Rig {
+    /// Sends `msg` on the plain SMTP port (an outside client, mail is verified).
+    fn send_inbound(&self, from: &str, msg: &[u8]) -> Reply {
+        send(self.postfix.smtp_addr(), from, msg)
+    }
+
+    /// Sends `msg` on the submission port (`{daemon_name}` = ORIGINATING, mail is signed).
+    fn send_submission(&self, from: &str, msg: &[u8]) -> Reply {
+        send(self.postfix.submission_addr(), from, msg)
+    }
+
+    /// Waits for exactly `n` deliveries and returns them as (queue id, message).
+    fn delivered(&self, n: usize) -> Vec<(String, Vec<u8>)> {
+        let got = blocking(|| self.postfix.wait_for_deliveries(n, DELIVERY));
+        assert_eq!(
+            got.len(),
+            n,
+            "expected {n} deliveries; Postfix log:\n{}",
+            self.postfix.log()
+        );
+        got
+    }
+}
+
+fn send(addr: std::net::SocketAddr, from: &str, msg: &[u8]) -> Reply {
+    blocking(|| {
+        smtp::send(
+            addr,
+            "client.test.example",
+            from,
+            &["bob@test.example"],
+            msg,
+            None,
+        )
+    })
+    .expect("SMTP session")
+}
+
+fn message(from: &str, subject: &str) -> Vec<u8> {
+    format!(
+        "From: Someone <{from}>\r\nTo: Bob <bob@test.example>\r\nSubject: {subject}\r\n\
+         Date: Wed, 25 Nov 2026 12:00:00 +0000\r\nMessage-ID: <{subject}@test.example>\r\n\
+         MIME-Version: 1.0\r\nContent-Type: text/plain; charset=us-ascii\r\n\r\n\
+         Hello Bob,\r\n\r\nthis went through a real Postfix.  With  spaces.\r\n.leading dot\r\n\r\n"
+    )
+    .into_bytes()
+}
+
+/// Header fields of `msg` called `name` (case-insensitive), unfolded, whitespace runs collapsed.
+fn fields(msg: &[u8], name: &str) -> Vec<String> {
+    header_fields(msg)
+        .into_iter()
+        .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+        .map(|(_, v)| collapse(&v))
+        .collect()
+}
+
+fn collapse(v: &str) -> String {
+    v.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// The value of tag `tag` in a DKIM-Signature value, whitespace removed.
+fn tag(sig: &str, tag: &str) -> String {
+    sig.split(';')
+        .filter_map(|t| t.split_once('='))
+        .find(|(n, _)| n.trim() == tag)
+        .map(|(_, v)| v.chars().filter(|c| !c.is_whitespace()).collect())
+        .unwrap_or_default()
+}
+
+/// The first 8 characters of the signature's b= as an A-R property value (header.b): a
+/// quoted-string when they are not an RFC 2045 token (base64's "/" is a tspecial).
+fn header_b(sig: &str) -> String {
+    let b8: String = tag(sig, "b").chars().take(8).collect();
+    if b8.chars().any(|c| "()<>@,;:\\\"/[]?=".contains(c)) {
+        format!("\"{b8}\"")
+    } else {
+        b8
+    }
+}
+
+/// The delivered message with this Subject.
+fn by_subject<'a>(got: &'a [(String, Vec<u8>)], subject: &str) -> &'a (String, Vec<u8>) {
+    got.iter()
+        .find(|(_, m)| fields(m, "Subject") == [subject])
+        .unwrap_or_else(|| panic!("no delivered message with Subject {subject}"))
+}
+
+/// Our daemon's OpenDKIM-style log lines for queue id `qid` ("QID: ..."), in order.
+fn logged(qid: &str) -> Vec<String> {
+    let prefix = format!("{qid}: ");
+    testkit::logcapture::lines_with(qid)
+        .into_iter()
+        .filter(|l| l.starts_with(&prefix))
+        .collect()
+}
+
+fn text(msg: &[u8]) -> String {
+    String::from_utf8_lossy(msg).into_owned()
+}
+
+/// Signs `msg` with a real OpenDKIM signer for sender.example (selector od = RSA, oded =
+/// Ed25519), relaxed/relaxed, and returns the signed message.
+fn opendkim_signed(dir: &Path, key: &TestKey, selector: &str, msg: &[u8]) -> Vec<u8> {
+    let path = key.write_pem(dir, &format!("{selector}-opendkim.pem"), true);
+    let signer = Opendkim::start_signer("sender.example", selector, &path, "relaxed/relaxed")
+        .expect("opendkim signer starts");
+    let out = miltertest_message(&signer.socket, msg, "127.0.0.1").expect("miltertest");
+    assert_eq!(out.header("DKIM-Signature").len(), 1, "{}", out.raw_output);
+    out.apply_to(msg)
+}
+
+/// Outbound: mail submitted on the ORIGINATING port is signed (RSA; Ed25519 + RSA for the
+/// address with two SigningTable rows), and dkimpy, Mail::DKIM and OpenDKIM all accept the bytes
+/// Postfix delivered. The same mail on the plain port, from an outside client, is not signed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn submission_is_signed_and_judges_accept_delivered_mail() {
+    if !require_judge("dkimpy")
+        || !require_judge("mail-dkim")
+        || !require_judge("opendkim")
+        || !require_judge("miltertest")
+    {
+        return;
+    }
+    let Some(r) = rig("", Socket::Inet, Submission::OriginatingCleanup).await else {
+        return;
+    };
+    let rsa_msg = message("user@example.com", "pf-out-rsa");
+    let dual_msg = message("dual@example.com", "pf-out-dual");
+    let outside_msg = message("user@example.com", "pf-out-outside");
+    let reply = r.send_submission("user@example.com", &rsa_msg);
+    assert_eq!(reply.code, 250, "{reply}");
+    let reply = r.send_submission("dual@example.com", &dual_msg);
+    assert_eq!(reply.code, 250, "{reply}");
+    let reply = r.send_inbound("user@example.com", &outside_msg);
+    assert_eq!(reply.code, 250, "{reply}");
+    let got = r.delivered(3);
+    let verifier = blocking(|| Opendkim::start_verifier(r.dns.addr())).expect("opendkim verifier");
+
+    // RSA.
+    let (qid, msg) = by_subject(&got, "pf-out-rsa");
+    let sigs = fields(msg, "DKIM-Signature");
+    assert_eq!(sigs.len(), 1, "{}", text(msg));
+    assert_eq!(
+        (tag(&sigs[0], "a"), tag(&sigs[0], "d"), tag(&sigs[0], "s")),
+        ("rsa-sha256".into(), "example.com".into(), "rsa".into())
+    );
+    assert_eq!(tag(&sigs[0], "c"), "relaxed/relaxed");
+    // We insert at index 0, which Postfix puts above its own Received header.
+    let names: Vec<String> = header_fields(msg).into_iter().map(|(n, _)| n).collect();
+    assert_eq!(names[..2], ["DKIM-Signature", "Received"], "{}", text(msg));
+    assert!(
+        fields(msg, "Authentication-Results").is_empty(),
+        "signing adds no A-R"
+    );
+    let v = blocking(|| judges::dkimpy_verify(msg, r.dns.addr())).unwrap();
+    assert_eq!(v.results, ["pass"], "dkimpy: {}", v.raw_output);
+    let v = blocking(|| judges::mail_dkim_verify(msg, r.dns.addr())).unwrap();
+    assert_eq!(v.results, ["pass"], "Mail::DKIM: {}", v.raw_output);
+    let od = blocking(|| miltertest_message(&verifier.socket, msg, "192.0.2.9")).unwrap();
+    let ar = od.header("Authentication-Results");
+    assert_eq!(ar.len(), 1, "{}", od.raw_output);
+    assert!(
+        collapse(ar[0]).starts_with("opendkim.test; dkim=pass")
+            && ar[0].contains("header.d=example.com"),
+        "OpenDKIM: {}",
+        ar[0]
+    );
+    assert_eq!(
+        logged(qid),
+        [format!(
+            "{qid}: DKIM-Signature field added (s=rsa, d=example.com)"
+        )]
+    );
+
+    // Ed25519 + RSA.
+    let (qid, msg) = by_subject(&got, "pf-out-dual");
+    let sigs = fields(msg, "DKIM-Signature");
+    let mut kinds: Vec<(String, String)> =
+        sigs.iter().map(|s| (tag(s, "a"), tag(s, "s"))).collect();
+    kinds.sort();
+    assert_eq!(
+        kinds,
+        [
+            ("ed25519-sha256".to_owned(), "ed".to_owned()),
+            ("rsa-sha256".to_owned(), "rsa".to_owned())
+        ],
+        "{}",
+        text(msg)
+    );
+    let v = blocking(|| judges::dkimpy_verify(msg, r.dns.addr())).unwrap();
+    assert_eq!(v.results, ["pass", "pass"], "dkimpy: {}", v.raw_output);
+    let v = blocking(|| judges::mail_dkim_verify(msg, r.dns.addr())).unwrap();
+    let expected: Vec<&str> = sigs
+        .iter()
+        .map(|s| {
+            if tag(s, "a") == "ed25519-sha256" && !judges::judge_supports_ed25519("mail-dkim") {
+                "invalid" // Debian 12's Mail::DKIM predates RFC 8463.
+            } else {
+                "pass"
+            }
+        })
+        .collect();
+    assert_eq!(v.results, expected, "Mail::DKIM: {}", v.raw_output);
+    let od = blocking(|| miltertest_message(&verifier.socket, msg, "192.0.2.9")).unwrap();
+    let ar = od.header("Authentication-Results");
+    assert_eq!(ar.len(), 1, "{}", od.raw_output);
+    assert_eq!(collapse(ar[0]).matches("dkim=pass").count(), 2, "{}", ar[0]);
+    let mut lines = logged(qid);
+    lines.sort();
+    assert_eq!(
+        lines,
+        [
+            format!("{qid}: DKIM-Signature field added (s=ed, d=example.com)"),
+            format!("{qid}: DKIM-Signature field added (s=rsa, d=example.com)"),
+        ]
+    );
+
+    // The same sender on the plain port is an outside host: verified (nothing to verify), not
+    // signed, and logged as OpenDKIM logs it.
+    let (qid, msg) = by_subject(&got, "pf-out-outside");
+    assert!(fields(msg, "DKIM-Signature").is_empty(), "{}", text(msg));
+    let first = &header_fields(msg)[0];
+    assert_eq!(
+        (first.0.as_str(), collapse(&first.1)),
+        ("Authentication-Results", format!("{AUTHSERV}; dkim=none"))
+    );
+    assert_eq!(
+        logged(qid),
+        [format!(
+            "{qid}: external host [127.0.0.1] [127.0.0.1] attempted to send as example.com"
+        )]
+    );
+}
+
+/// Inbound: mail signed by the real OpenDKIM (RSA and Ed25519) from an outside client is
+/// delivered with our `dkim=pass` Authentication-Results as the very first header line, above
+/// Postfix's Received.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inbound_opendkim_signed_mail_passes() {
+    if !require_judge("opendkim") || !require_judge("miltertest") || !require_judge("dkimpy") {
+        return;
+    }
+    let Some(r) = rig("", Socket::Inet, Submission::OriginatingCleanup).await else {
+        return;
+    };
+    for (selector, key, bits) in [("od", &r.keys.od_rsa, 2048), ("oded", &r.keys.od_ed, 256)] {
+        let subject = format!("pf-in-{selector}");
+        let signed = blocking(|| {
+            opendkim_signed(
+                r.dir.path(),
+                key,
+                selector,
+                &message("alice@sender.example", &subject),
+            )
+        });
+        let reply = r.send_inbound("alice@sender.example", &signed);
+        assert_eq!(reply.code, 250, "{reply}");
+        let qid = reply.queue_id().expect("queue id").to_owned();
+        let got = blocking(|| r.postfix.wait_for_deliveries(1, DELIVERY))
+            .into_iter()
+            .find(|(q, _)| *q == qid);
+        let (_, msg) = got.unwrap_or_else(|| panic!("{qid} not delivered:\n{}", r.postfix.log()));
+        let raw = text(&msg);
+        let sig = &fields(&msg, "DKIM-Signature")[0];
+        let alg = if key.kind == KeyKind::Ed25519 {
+            "ed25519-sha256"
+        } else {
+            "rsa-sha256"
+        };
+        let b8 = header_b(sig);
+        assert!(
+            raw.starts_with(&format!("Authentication-Results: {AUTHSERV};")),
+            "{raw}"
+        );
+        let hdrs = header_fields(&msg);
+        assert_eq!(
+            (hdrs[0].0.as_str(), collapse(&hdrs[0].1)),
+            (
+                "Authentication-Results",
+                format!(
+                    "{AUTHSERV}; dkim=pass ({bits}-bit key) header.d=sender.example \
+                     header.i=@sender.example header.a={alg} header.s={selector} header.b={b8}"
+                )
+            ),
+            "{raw}"
+        );
+        assert_eq!(hdrs[1].0, "Received", "{raw}");
+        assert!(
+            hdrs[1]
+                .1
+                .contains(&format!("by {AUTHSERV} (Postfix) with ESMTP id {qid}")),
+            "{raw}"
+        );
+        assert_eq!(
+            logged(&qid),
+            [format!("{qid}: DKIM verification successful")]
+        );
+        // The delivered bytes still verify for an independent judge.
+        let v = blocking(|| judges::dkimpy_verify(&msg, r.dns.addr())).unwrap();
+        assert_eq!(v.results, ["pass"], "dkimpy: {}", v.raw_output);
+        std::fs::remove_file(r.postfix.dir().join("out").join(format!("{qid}.eml"))).unwrap();
+    }
+}
+
+/// Inbound tampered mail: with the default action it is delivered with `dkim=fail`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inbound_tampered_mail_fails() {
+    if !require_judge("opendkim") || !require_judge("miltertest") {
+        return;
+    }
+    let Some(r) = rig("", Socket::Inet, Submission::OriginatingCleanup).await else {
+        return;
+    };
+    let signed = blocking(|| {
+        opendkim_signed(
+            r.dir.path(),
+            &r.keys.od_rsa,
+            "od",
+            &message("alice@sender.example", "pf-tampered"),
+        )
+    });
+    let tampered = text(&signed).replace("Hello Bob", "Hello Eve").into_bytes();
+    let reply = r.send_inbound("alice@sender.example", &tampered);
+    assert_eq!(reply.code, 250, "{reply}");
+    let (qid, msg) = r.delivered(1).remove(0);
+    let b8 = header_b(&fields(&msg, "DKIM-Signature")[0]);
+    let first = &header_fields(&msg)[0];
+    assert_eq!(
+        (first.0.as_str(), collapse(&first.1)),
+        (
+            "Authentication-Results",
+            format!(
+                "{AUTHSERV}; dkim=fail reason=\"body hash did not verify\" (2048-bit key) \
+                 header.d=sender.example header.i=@sender.example header.a=rsa-sha256 \
+                 header.s=od header.b={b8}"
+            )
+        ),
+        "{}",
+        text(&msg)
+    );
+    assert_eq!(
+        logged(&qid),
+        [format!(
+            "{qid}: bad signature data (s=od, d=sender.example): body hash did not verify"
+        )]
+    );
+}
+
+/// With `bad_signature = "reject"` the SMTP client gets 550 5.7.0 at the end of DATA and
+/// nothing is delivered; a good message sent right after is delivered alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inbound_tampered_mail_is_rejected_with_reject_action() {
+    if !require_judge("opendkim") || !require_judge("miltertest") {
+        return;
+    }
+    let Some(r) = rig(
+        "[actions]\nbad_signature = \"reject\"",
+        Socket::Inet,
+        Submission::OriginatingCleanup,
+    )
+    .await
+    else {
+        return;
+    };
+    let signed = blocking(|| {
+        opendkim_signed(
+            r.dir.path(),
+            &r.keys.od_rsa,
+            "od",
+            &message("alice@sender.example", "pf-reject"),
+        )
+    });
+    let tampered = text(&signed).replace("Hello Bob", "Hello Eve").into_bytes();
+    let reply = r.send_inbound("alice@sender.example", &tampered);
+    assert_eq!(
+        reply,
+        Reply {
+            code: 550,
+            text: "5.7.0 bad DKIM signature data".into()
+        }
+    );
+    // Postfix logs the refusal with the queue id it had assigned.
+    let log = r.postfix.log();
+    let line = log
+        .lines()
+        .find(|l| l.contains("milter-reject: END-OF-MESSAGE"))
+        .unwrap_or_else(|| panic!("no milter-reject in the Postfix log:\n{log}"));
+    assert!(
+        line.contains(
+            "5.7.0 bad DKIM signature data; from=<alice@sender.example> to=<bob@test.example>"
+        ),
+        "{line}"
+    );
+    let qid = line
+        .split(": milter-reject")
+        .next()
+        .and_then(|s| s.rsplit(' ').next())
+        .unwrap()
+        .to_owned();
+    assert_eq!(
+        logged(&qid),
+        [format!(
+            "{qid}: bad signature data (s=od, d=sender.example): body hash did not verify"
+        )]
+    );
+
+    let reply = r.send_inbound("alice@sender.example", &signed);
+    assert_eq!(reply.code, 250, "{reply}");
+    let got = r.delivered(1);
+    assert_eq!(Some(got[0].0.as_str()), reply.queue_id());
+    assert!(
+        fields(&got[0].1, "Authentication-Results")[0].contains("dkim=pass"),
+        "{}",
+        text(&got[0].1)
+    );
+    // Give a wrongly queued rejected message time to show up, then check again.
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(r.postfix.deliveries().len(), 1, "{}", r.postfix.log());
+}
+
+/// Forged `Authentication-Results: <our id>; ...` headers (several, folded, upper case, mixed
+/// with other fields and with another authserv-id's A-R) are all gone from the delivered
+/// message; every other field is kept, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_authentication_results_are_removed() {
+    let Some(r) = rig("", Socket::Inet, Submission::OriginatingCleanup).await else {
+        return;
+    };
+    let upper = AUTHSERV.to_uppercase();
+    let raw = format!(
+        "Received: from upstream.example (upstream.example [192.0.2.7])\r\n\tby relay.example; Wed, 25 Nov 2026 11:59:00 +0000\r\n\
+         Authentication-Results: {AUTHSERV}; dkim=pass header.d=forged1.example\r\n\
+         Authentication-Results: other.example; spf=pass smtp.mailfrom=keep1.example\r\n\
+         X-Filler: one\r\n\
+         Authentication-Results: {AUTHSERV};\r\n\tdkim=pass header.d=forged2.example\r\n\
+         X-Authentication-Results: {AUTHSERV}; dkim=pass header.d=keep2.example\r\n\
+         Authentication-Results: other.example; dkim=pass header.d=keep3.example\r\n\
+         Authentication-Results: {upper}; dkim=pass header.d=forged3.example\r\n\
+         X-Filler: two\r\n\
+         Authentication-Results: {AUTHSERV}; dkim=pass header.d=forged4.example\r\n\
+         {}",
+        text(&message("alice@sender.example", "pf-forged"))
+    );
+    let reply = r.send_inbound("alice@sender.example", raw.as_bytes());
+    assert_eq!(reply.code, 250, "{reply}");
+    let (qid, msg) = r.delivered(1).remove(0);
+    let got: Vec<(String, String)> = header_fields(&msg)
+        .into_iter()
+        .map(|(n, v)| (n, collapse(&v)))
+        .collect();
+    let expected: Vec<(String, String)> = [
+        ("Authentication-Results", format!("{AUTHSERV}; dkim=none")),
+        ("Received", String::new()),
+        ("Received", "from upstream.example (upstream.example [192.0.2.7]) by relay.example; Wed, 25 Nov 2026 11:59:00 +0000".to_owned()),
+        ("Authentication-Results", "other.example; spf=pass smtp.mailfrom=keep1.example".to_owned()),
+        ("X-Filler", "one".to_owned()),
+        ("X-Authentication-Results", format!("{AUTHSERV}; dkim=pass header.d=keep2.example")),
+        ("Authentication-Results", "other.example; dkim=pass header.d=keep3.example".to_owned()),
+        ("X-Filler", "two".to_owned()),
+        ("From", "Someone <alice@sender.example>".to_owned()),
+        ("To", "Bob <bob@test.example>".to_owned()),
+        ("Subject", "pf-forged".to_owned()),
+        ("Date", "Wed, 25 Nov 2026 12:00:00 +0000".to_owned()),
+        ("Message-ID", "<pf-forged@test.example>".to_owned()),
+        ("MIME-Version", "1.0".to_owned()),
+        ("Content-Type", "text/plain; charset=us-ascii".to_owned()),
+    ]
+    .into_iter()
+    .map(|(n, v)| (n.to_owned(), v))
+    .collect();
+    // Postfix's own Received (second) has a time stamp: compare its start only.
+    assert!(
+        got[1].1.starts_with(&format!(
+            "from client.test.example (unknown [127.0.0.1]) by {AUTHSERV} (Postfix) with ESMTP id {qid}"
+        )),
+        "{}",
+        got[1].1
+    );
+    let mut got_cmp = got.clone();
+    got_cmp[1].1 = String::new();
+    assert_eq!(got_cmp, expected, "{}", text(&msg));
+    assert!(!text(&msg).contains("header.d=forged"), "{}", text(&msg));
+    assert_eq!(
+        logged(&qid),
+        [format!(
+            "{qid}: removed 4 Authentication-Results header(s) claiming to be from {AUTHSERV}"
+        )]
+    );
+}
+
+/// The milter on a unix socket (`smtpd_milters = unix:/path`) signs on submission and verifies
+/// the signed mail when it comes back in on the plain port.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unix_socket_milter_signs_and_verifies() {
+    if !require_judge("dkimpy") {
+        return;
+    }
+    let Some(r) = rig("", Socket::Unix, Submission::OriginatingCleanup).await else {
+        return;
+    };
+    let reply = r.send_submission("dual@example.com", &message("dual@example.com", "pf-unix"));
+    assert_eq!(reply.code, 250, "{reply}");
+    let (qid, signed) = r.delivered(1).remove(0);
+    assert_eq!(
+        fields(&signed, "DKIM-Signature").len(),
+        2,
+        "{}",
+        text(&signed)
+    );
+    let v = blocking(|| judges::dkimpy_verify(&signed, r.dns.addr())).unwrap();
+    assert_eq!(v.results, ["pass", "pass"], "dkimpy: {}", v.raw_output);
+    let mut lines = logged(&qid);
+    lines.sort();
+    assert_eq!(
+        lines,
+        [
+            format!("{qid}: DKIM-Signature field added (s=ed, d=example.com)"),
+            format!("{qid}: DKIM-Signature field added (s=rsa, d=example.com)"),
+        ]
+    );
+
+    // Back in from outside: both signatures verify.
+    std::fs::remove_file(r.postfix.dir().join("out").join(format!("{qid}.eml"))).unwrap();
+    let reply = r.send_inbound("dual@example.com", &signed);
+    assert_eq!(reply.code, 250, "{reply}");
+    let (qid2, msg) = r.delivered(1).remove(0);
+    let ar = &fields(&msg, "Authentication-Results")[0];
+    assert_eq!(ar.matches("dkim=pass").count(), 2, "{ar}");
+    assert!(ar.starts_with(&format!("{AUTHSERV}; dkim=pass")), "{ar}");
+    assert_eq!(
+        logged(&qid2),
+        [
+            format!(
+                "{qid2}: external host [127.0.0.1] [127.0.0.1] attempted to send as example.com"
+            ),
+            format!("{qid2}: DKIM verification successful"),
+        ]
+    );
+}
+
+/// The usual OpenDKIM-style Postfix set-up: `-o milter_macro_daemon_name=ORIGINATING` on the
+/// submission smtpd only. OpenDKIM signs here (it reads `{daemon_name}` from CONNECT, the only
+/// stage whose default macro list has it).
+///
+/// Ignored because dkim-milter does not sign here yet: chassis asks Postfix for
+/// `{daemon_name}` at end of headers and end of message too (SMFIF_SETSYMLIST), those stages are
+/// sent by cleanup(8), which answers with its own `milter_macro_daemon_name` ($myhostname), and
+/// the envelope keeps the newest value, so the ORIGINATING from CONNECT is lost. Run with
+/// `cargo test --test postfix_dkim -- --ignored` once that is fixed.
+#[ignore = "chassis: {daemon_name} from cleanup(8) at EOH/EOM overrides ORIGINATING from CONNECT"]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn submission_with_standard_postfix_setup_is_signed() {
+    let Some(r) = rig("", Socket::Inet, Submission::Standard).await else {
+        return;
+    };
+    let reply = r.send_submission("user@example.com", &message("user@example.com", "pf-std"));
+    assert_eq!(reply.code, 250, "{reply}");
+    let (qid, msg) = r.delivered(1).remove(0);
+    assert_eq!(
+        fields(&msg, "DKIM-Signature").len(),
+        1,
+        "not signed: {:?}\n{}",
+        logged(&qid),
+        text(&msg)
+    );
+    assert_eq!(
+        logged(&qid),
+        [format!(
+            "{qid}: DKIM-Signature field added (s=rsa, d=example.com)"
+        )]
+    );
+}

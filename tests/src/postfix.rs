@@ -1,0 +1,633 @@
+//! A real, throwaway Postfix (Debian's `postfix` 3.7) driving our milters in tests.
+//!
+//! Why: a milter that only our own milter client has talked to proves little about the MTA that
+//! will really use it. Postfix has its own ideas about macros, header indexes (its own Received
+//! header is hidden from milters but counts for insertions), line endings and error handling.
+//! This module runs a private Postfix instance on loopback, so tests can send mail over SMTP and
+//! read what Postfix actually delivers.
+//!
+//! The instance (recipe in /work/shared/research/postfix-milter.md, section 5b) lives entirely in
+//! a temporary directory: `etc/` (main.cf, master.cf), `spool/` (queue_directory), `data/`,
+//! `maillog` (Postfix's log, written by postlogd) and `out/`, where a `pipe(8)` transport writes
+//! every delivered message as `<queue id>.eml`. Every address is routed to that transport, so
+//! Postfix never relays anywhere, and it does no DNS lookups (no peer name lookup, no DNS in the
+//! SMTP client). It listens on two loopback ports: "smtp" (a plain smtpd) and "submission"
+//! (an smtpd with `milter_macro_daemon_name = ORIGINATING`, the usual Postfix way to tell a milter
+//! "this is outgoing mail").
+//!
+//! Postfix must run as root (its `postfix` and `master` commands refuse anything else); the
+//! daemons drop privileges to the `postfix` user, so milter unix sockets must be reachable by
+//! that user (see [`open_socket_for_postfix`]).
+
+use std::fs;
+use std::io::{self, Read};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant, SystemTime};
+
+use tempfile::TempDir;
+
+use crate::judges::{in_ci, run_bounded};
+
+/// The `postfix` command.
+pub const POSTFIX: &str = "/usr/sbin/postfix";
+/// The `postconf` command.
+pub const POSTCONF: &str = "/usr/sbin/postconf";
+/// How long start-up may take (measured: about 2 s, most of it postfix-script's checks).
+pub const START_TIMEOUT: Duration = Duration::from_secs(20);
+/// The default `myhostname`, which is also what our milters are told to use as authserv-id.
+pub const DEFAULT_HOSTNAME: &str = "mx.test.example";
+
+/// How to set up an instance.
+#[derive(Clone, Debug)]
+pub struct PostfixOptions {
+    /// `smtpd_milters`, in Postfix syntax: `inet:127.0.0.1:PORT` or `unix:/path`
+    /// (see [`milter_inet`] and [`milter_unix`]). Applied to both smtpd services.
+    pub milters: Vec<String>,
+    /// `myhostname` (default [`DEFAULT_HOSTNAME`]).
+    pub myhostname: String,
+    /// Extra main.cf settings, appended last (so they override the defaults).
+    pub main_cf: Vec<(String, String)>,
+    /// Also give the submission service its own cleanup(8) service with
+    /// `milter_macro_daemon_name = ORIGINATING`.
+    ///
+    /// Why this exists: with the usual set-up (the `-o milter_macro_daemon_name=ORIGINATING` on
+    /// the submission smtpd only) smtpd sends `{daemon_name}=ORIGINATING` at CONNECT, but the
+    /// header, body and end-of-message stages are sent by cleanup(8), which evaluates
+    /// `{daemon_name}` from *its own* settings, i.e. `$myhostname`. A milter that asks for
+    /// `{daemon_name}` at those stages (SMFIF_SETSYMLIST) and lets the later value win sees the
+    /// wrong name. Seen with Postfix 3.7.11 and `cleanup -v`:
+    /// `event: SMFIC_EOH; macros: i=... {daemon_name}=mx.test.example`.
+    pub originating_cleanup: bool,
+}
+
+impl Default for PostfixOptions {
+    fn default() -> Self {
+        PostfixOptions {
+            milters: Vec::new(),
+            myhostname: DEFAULT_HOSTNAME.to_owned(),
+            main_cf: Vec::new(),
+            originating_cleanup: false,
+        }
+    }
+}
+
+impl PostfixOptions {
+    /// Options with these milters and everything else default.
+    pub fn with_milters<I, S>(milters: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        PostfixOptions {
+            milters: milters.into_iter().map(Into::into).collect(),
+            ..Default::default()
+        }
+    }
+
+    /// Adds (or overrides) a main.cf setting.
+    pub fn set(mut self, name: &str, value: &str) -> Self {
+        self.main_cf.push((name.to_owned(), value.to_owned()));
+        self
+    }
+}
+
+/// A milter on a TCP socket in Postfix's syntax (`inet:host:port`).
+pub fn milter_inet(addr: SocketAddr) -> String {
+    match addr {
+        SocketAddr::V4(a) => format!("inet:{}:{}", a.ip(), a.port()),
+        SocketAddr::V6(a) => format!("inet:[{}]:{}", a.ip(), a.port()),
+    }
+}
+
+/// A milter on a unix socket in Postfix's syntax (`unix:/path`). The path must be absolute:
+/// the instance runs without chroot, so it is used as is. See [`open_socket_for_postfix`].
+pub fn milter_unix(path: &Path) -> String {
+    format!("unix:{}", path.display())
+}
+
+/// Makes the unix socket at `path` usable by Postfix's unprivileged daemons: mode 0666 on the
+/// socket, and search permission (o+x) on each parent directory that lacks it, up to the root.
+/// Tests create sockets in 0700 temporary directories with mode 0660 as root, which the
+/// `postfix` user cannot reach (Postfix would log "connect to Milter service unix:...:
+/// Permission denied" and, with `milter_default_action = tempfail`, answer 451).
+pub fn open_socket_for_postfix(path: &Path) -> io::Result<()> {
+    fs::set_permissions(path, fs::Permissions::from_mode(0o666))?;
+    let mut dir = path.parent();
+    while let Some(d) = dir {
+        if d.as_os_str().is_empty() {
+            break;
+        }
+        let mode = fs::metadata(d)?.permissions().mode();
+        if mode & 0o001 == 0 {
+            fs::set_permissions(d, fs::Permissions::from_mode((mode & 0o7777) | 0o011))?;
+        }
+        dir = d.parent();
+    }
+    Ok(())
+}
+
+/// Whether a Postfix instance can be started here: Postfix installed and we are root.
+pub fn postfix_available() -> bool {
+    Path::new(POSTFIX).is_file() && Path::new(POSTCONF).is_file() && is_root()
+}
+
+fn is_root() -> bool {
+    // `id -u` instead of libc: this crate has no libc dependency.
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false)
+}
+
+/// Gate for tests that need Postfix. Returns true when it can run. Otherwise prints a loud line
+/// and returns false so the caller skips; in CI (`CI=true`) it panics instead, because a
+/// silently skipped Postfix test would make the suite pass without testing anything.
+pub fn require_postfix() -> bool {
+    if postfix_available() {
+        return true;
+    }
+    let why = if Path::new(POSTFIX).is_file() {
+        "Postfix must run as root"
+    } else {
+        "postfix is not installed (tests/run.sh installs it)"
+    };
+    let msg = format!("!!!!! POSTFIX MISSING: {why}; this test did NOT run !!!!!");
+    if in_ci() {
+        panic!("{msg}");
+    }
+    eprintln!("{msg}");
+    false
+}
+
+/// A running Postfix instance; stopped (`postfix stop`, then killed if need be) on drop.
+pub struct Postfix {
+    dir: TempDir,
+    child: Option<Child>,
+    smtp: SocketAddr,
+    submission: SocketAddr,
+}
+
+fn free_port() -> io::Result<u16> {
+    Ok(TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?
+        .local_addr()?
+        .port())
+}
+
+/// The delivery sink run by pipe(8) as `nobody`: write to a hidden temporary name, then rename,
+/// so a reader never sees half a message.
+const SINK: &str = "#!/bin/sh\n\
+umask 022\n\
+cat > \"$1/.$2.tmp\" && exec mv \"$1/.$2.tmp\" \"$1/$2.eml\"\n";
+
+fn main_cf(d: &Path, opts: &PostfixOptions) -> String {
+    let dir = d.display();
+    let mut settings: Vec<(String, String)> = [
+        ("compatibility_level", "3.6".to_owned()),
+        ("queue_directory", format!("{dir}/spool")),
+        ("data_directory", format!("{dir}/data")),
+        ("mail_owner", "postfix".to_owned()),
+        ("setgid_group", "postdrop".to_owned()),
+        ("syslog_name", "postfix-test".to_owned()),
+        ("maillog_file", format!("{dir}/maillog")),
+        ("maillog_file_prefixes", dir.to_string()),
+        ("myhostname", opts.myhostname.clone()),
+        ("mydomain", "test.example".to_owned()),
+        ("myorigin", "$myhostname".to_owned()),
+        // Nothing is local: every address goes to the file sink below.
+        ("mydestination", String::new()),
+        ("local_recipient_maps", String::new()),
+        ("alias_maps", String::new()),
+        ("alias_database", String::new()),
+        ("relay_domains", String::new()),
+        ("transport_maps", "static:filesink".to_owned()),
+        ("default_transport", "filesink".to_owned()),
+        ("relay_transport", "filesink".to_owned()),
+        ("local_transport", "filesink".to_owned()),
+        ("virtual_transport", "filesink".to_owned()),
+        ("notify_classes", String::new()),
+        ("inet_interfaces", "127.0.0.1".to_owned()),
+        ("inet_protocols", "ipv4".to_owned()),
+        ("mynetworks", "127.0.0.0/8".to_owned()),
+        (
+            "smtpd_relay_restrictions",
+            "permit_mynetworks, reject".to_owned(),
+        ),
+        // No DNS at all: no reverse lookup of clients, no DNS in the SMTP/LMTP clients.
+        ("smtpd_peername_lookup", "no".to_owned()),
+        ("smtp_dns_support_level", "disabled".to_owned()),
+        ("lmtp_dns_support_level", "disabled".to_owned()),
+        // Postfix adds Date:/Message-Id: to mail from local clients before milters see it; keep
+        // the test's message as sent.
+        ("local_header_rewrite_clients", String::new()),
+        ("biff", "no".to_owned()),
+        ("smtputf8_enable", "no".to_owned()),
+        ("smtpd_milters", opts.milters.join(", ")),
+        ("milter_protocol", "6".to_owned()),
+        ("milter_default_action", "tempfail".to_owned()),
+        // Bounded waits: a hung milter must fail the test well before the SMTP client gives up.
+        ("milter_connect_timeout", "10s".to_owned()),
+        ("milter_command_timeout", "20s".to_owned()),
+        ("milter_content_timeout", "30s".to_owned()),
+        // Deliver at once; never wait long for a retry.
+        ("queue_run_delay", "1s".to_owned()),
+        ("minimal_backoff_time", "1s".to_owned()),
+        ("maximal_backoff_time", "2s".to_owned()),
+    ]
+    .into_iter()
+    .map(|(n, v)| (n.to_owned(), v))
+    .collect();
+    for (name, value) in &opts.main_cf {
+        settings.retain(|(n, _)| n != name);
+        settings.push((name.clone(), value.clone()));
+    }
+    settings
+        .iter()
+        .map(|(n, v)| format!("{n} = {v}\n"))
+        .collect()
+}
+
+fn master_cf(d: &Path, smtp_port: u16, submission_port: u16, opts: &PostfixOptions) -> String {
+    let (submission_cleanup, originating_cleanup) = if opts.originating_cleanup {
+        (
+            "\x20 -o cleanup_service_name=cleanup-orig\n",
+            "cleanup-orig unix n - n - 0 cleanup\n\x20 -o milter_macro_daemon_name=ORIGINATING\n",
+        )
+    } else {
+        ("", "")
+    };
+    // Every service with chroot = n: the private queue directory has no chroot jail.
+    format!(
+        "127.0.0.1:{smtp_port} inet n - n - - smtpd\n\
+         127.0.0.1:{submission_port} inet n - n - - smtpd\n\
+         \x20 -o syslog_name=postfix-test/submission\n\
+         \x20 -o milter_macro_daemon_name=ORIGINATING\n\
+         {submission_cleanup}\
+         pickup    unix  n - n 60 1 pickup\n\
+         cleanup   unix  n - n - 0 cleanup\n\
+         {originating_cleanup}\
+         qmgr      unix  n - n 300 1 qmgr\n\
+         rewrite   unix  - - n - - trivial-rewrite\n\
+         bounce    unix  - - n - 0 bounce\n\
+         defer     unix  - - n - 0 bounce\n\
+         trace     unix  - - n - 0 bounce\n\
+         verify    unix  - - n - 1 verify\n\
+         flush     unix  n - n 1000? 0 flush\n\
+         proxymap  unix  - - n - - proxymap\n\
+         showq     unix  n - n - - showq\n\
+         error     unix  - - n - - error\n\
+         retry     unix  - - n - - error\n\
+         discard   unix  - - n - - discard\n\
+         anvil     unix  - - n - 1 anvil\n\
+         scache    unix  - - n - 1 scache\n\
+         postlog   unix-dgram n - n - 1 postlogd\n\
+         filesink  unix  - n n - - pipe\n\
+         \x20 flags= user=nobody argv={dir}/sink.sh {dir}/out ${{queue_id}}\n",
+        dir = d.display()
+    )
+}
+
+impl Postfix {
+    /// Starts an instance with `opts` and waits (at most [`START_TIMEOUT`]) until its master
+    /// reports "daemon started", which it logs after binding its listeners. Fails with the
+    /// instance's log when Postfix stops or logs a fatal error during start-up. A lost race for
+    /// one of the two free ports is retried with other ports.
+    pub fn start(opts: PostfixOptions) -> io::Result<Postfix> {
+        let mut last = None;
+        for _ in 0..3 {
+            match Self::start_once(&opts) {
+                Ok(p) => return Ok(p),
+                Err(e) if e.kind() == io::ErrorKind::AddrInUse => last = Some(e),
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| io::Error::other("postfix did not start")))
+    }
+
+    fn start_once(opts: &PostfixOptions) -> io::Result<Postfix> {
+        let dir = tempfile::Builder::new().prefix("postfix-test").tempdir()?;
+        let d = dir.path();
+        // The postfix and nobody users must be able to traverse it (0700 is fatal: master
+        // cannot open data/master.lock).
+        fs::set_permissions(d, fs::Permissions::from_mode(0o755))?;
+        for sub in ["etc", "spool", "out"] {
+            fs::create_dir(d.join(sub))?;
+        }
+        // pipe(8) runs the sink as nobody, which must be able to write the out directory.
+        let chown = Command::new("chown")
+            .arg("nobody:nogroup")
+            .arg(d.join("out"))
+            .output()?;
+        if !chown.status.success() {
+            return Err(io::Error::other(format!(
+                "chown nobody:nogroup {}/out: {}",
+                d.display(),
+                String::from_utf8_lossy(&chown.stderr)
+            )));
+        }
+        fs::write(d.join("sink.sh"), SINK)?;
+        fs::set_permissions(d.join("sink.sh"), fs::Permissions::from_mode(0o755))?;
+
+        let smtp_port = free_port()?;
+        let mut submission_port = free_port()?;
+        while submission_port == smtp_port {
+            submission_port = free_port()?;
+        }
+        fs::write(d.join("etc/main.cf"), main_cf(d, opts))?;
+        fs::write(
+            d.join("etc/master.cf"),
+            master_cf(d, smtp_port, submission_port, opts),
+        )?;
+
+        let stdout = fs::File::create(d.join("stdout.log"))?;
+        let stderr = fs::File::create(d.join("stderr.log"))?;
+        // start-fg: the master stays a child of postfix-script, which stays our child, so drop
+        // can reap it.
+        let child = Command::new(POSTFIX)
+            .arg("-c")
+            .arg(d.join("etc"))
+            .arg("start-fg")
+            .stdin(Stdio::null())
+            .stdout(stdout)
+            .stderr(stderr)
+            .spawn()?;
+        let mut me = Postfix {
+            dir,
+            child: Some(child),
+            smtp: SocketAddr::from((Ipv4Addr::LOCALHOST, smtp_port)),
+            submission: SocketAddr::from((Ipv4Addr::LOCALHOST, submission_port)),
+        };
+        me.wait_ready()?;
+        Ok(me)
+    }
+
+    fn wait_ready(&mut self) -> io::Result<()> {
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            let log = self.log();
+            let exited = match self.child.as_mut() {
+                Some(c) => c.try_wait()?,
+                None => None,
+            };
+            if log.contains("fatal:") || exited.is_some() {
+                let kind = if log.contains("Address already in use") {
+                    io::ErrorKind::AddrInUse
+                } else {
+                    io::ErrorKind::Other
+                };
+                return Err(io::Error::new(
+                    kind,
+                    format!(
+                        "postfix failed to start ({}):\n{}\n{log}",
+                        exited.map_or("fatal error logged".to_owned(), |s| s.to_string()),
+                        self.stderr_log()
+                    ),
+                ));
+            }
+            if log.contains("daemon started") {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!(
+                        "postfix did not start within {START_TIMEOUT:?}:\n{}\n{log}",
+                        self.stderr_log()
+                    ),
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The plain SMTP service (inbound mail; `{daemon_name}` is `$myhostname`).
+    pub fn smtp_addr(&self) -> SocketAddr {
+        self.smtp
+    }
+
+    /// The "submission" service: an smtpd with `milter_macro_daemon_name = ORIGINATING`.
+    pub fn submission_addr(&self) -> SocketAddr {
+        self.submission
+    }
+
+    /// The instance's directory (etc/, spool/, out/, maillog).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The configuration directory (for `postfix -c` / `postconf -c`).
+    pub fn config_dir(&self) -> PathBuf {
+        self.dir.path().join("etc")
+    }
+
+    /// Postfix's log so far (its `maillog_file`).
+    pub fn log(&self) -> String {
+        read_lossy(&self.dir.path().join("maillog"))
+    }
+
+    /// What `postfix start-fg` wrote to stderr.
+    pub fn stderr_log(&self) -> String {
+        read_lossy(&self.dir.path().join("stderr.log"))
+    }
+
+    /// The messages delivered so far, oldest first, as (queue id, message) pairs. The message is
+    /// in SMTP wire form: pipe(8) writes LF line endings, which are turned back into CRLF
+    /// (Postfix stores lines without their ending, so this is exactly what a next hop would get).
+    pub fn deliveries(&self) -> Vec<(String, Vec<u8>)> {
+        let mut found: Vec<(SystemTime, String, PathBuf)> = Vec::new();
+        if let Ok(entries) = fs::read_dir(self.dir.path().join("out")) {
+            for e in entries.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if let Some(qid) = name.strip_suffix(".eml").filter(|_| !name.starts_with('.')) {
+                    let mtime = e
+                        .metadata()
+                        .and_then(|m| m.modified())
+                        .unwrap_or(SystemTime::UNIX_EPOCH);
+                    found.push((mtime, qid.to_owned(), e.path()));
+                }
+            }
+        }
+        found.sort();
+        found
+            .into_iter()
+            .filter_map(|(_, qid, path)| fs::read(path).ok().map(|b| (qid, to_crlf(&b))))
+            .collect()
+    }
+
+    /// Waits until at least `n` messages were delivered or `timeout` passed, and returns what
+    /// was delivered by then (oldest first, CRLF line endings; see [`Postfix::deliveries`]).
+    /// Fewer than `n` means the wait timed out; tests assert on the count and should show
+    /// [`Postfix::log`] when it is wrong.
+    pub fn wait_for_delivery(&self, n: usize, timeout: Duration) -> Vec<Vec<u8>> {
+        self.wait_for_deliveries(n, timeout)
+            .into_iter()
+            .map(|(_, m)| m)
+            .collect()
+    }
+
+    /// As [`Postfix::wait_for_delivery`], with each message's queue id.
+    pub fn wait_for_deliveries(&self, n: usize, timeout: Duration) -> Vec<(String, Vec<u8>)> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let got = self.deliveries();
+            if got.len() >= n || Instant::now() >= deadline {
+                return got;
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+    }
+
+    /// Stops the instance: `postfix stop` (bounded), then kills what is left, and reaps the
+    /// start-fg process. Called by drop; calling it twice is harmless.
+    pub fn stop(&mut self) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        let mut cmd = Command::new(POSTFIX);
+        cmd.arg("-c").arg(self.config_dir()).arg("stop");
+        let _ = run_bounded(cmd, b"", Duration::from_secs(15));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        // Still running: kill the master (our grandchild, pid from its pid file) and the
+        // postfix-script process we started.
+        if let Some(pid) = self.master_pid() {
+            let _ = Command::new("kill")
+                .arg("-KILL")
+                .arg(pid.to_string())
+                .status();
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+
+    fn master_pid(&self) -> Option<u32> {
+        read_lossy(&self.dir.path().join("spool/pid/master.pid"))
+            .trim()
+            .parse()
+            .ok()
+    }
+}
+
+impl Drop for Postfix {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn read_lossy(path: &Path) -> String {
+    let mut buf = Vec::new();
+    if let Ok(mut f) = fs::File::open(path) {
+        let _ = f.read_to_end(&mut buf);
+    }
+    String::from_utf8_lossy(&buf).into_owned()
+}
+
+/// Turns every bare LF into CRLF (CRLF stays CRLF).
+pub fn to_crlf(bytes: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(bytes.len() + bytes.len() / 20);
+    let mut prev = 0u8;
+    for &b in bytes {
+        if b == b'\n' && prev != b'\r' {
+            out.push(b'\r');
+        }
+        out.push(b);
+        prev = b;
+    }
+    out
+}
+
+/// The header section of a message (CRLF or LF), unfolded: one (name, value) per field, in
+/// order, value without the leading space and with folding line breaks removed.
+pub fn header_fields(message: &[u8]) -> Vec<(String, String)> {
+    let text = String::from_utf8_lossy(message).replace("\r\n", "\n");
+    let head = text.split("\n\n").next().unwrap_or("");
+    let mut fields: Vec<(String, String)> = Vec::new();
+    for line in head.lines() {
+        if line.starts_with([' ', '\t']) {
+            if let Some((_, v)) = fields.last_mut() {
+                v.push_str(line);
+            }
+        } else if let Some((n, v)) = line.split_once(':') {
+            fields.push((n.to_owned(), v.trim_start().to_owned()));
+        }
+    }
+    fields
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn crlf_and_headers() {
+        assert_eq!(to_crlf(b"a\nb\r\nc\n"), b"a\r\nb\r\nc\r\n");
+        let h = header_fields(b"A: 1\r\nB: x\r\n\ty\r\nC:z\r\n\r\nbody: no\r\n");
+        assert_eq!(
+            h,
+            vec![
+                ("A".to_owned(), "1".to_owned()),
+                ("B".to_owned(), "x\ty".to_owned()),
+                ("C".to_owned(), "z".to_owned()),
+            ]
+        );
+    }
+
+    #[test]
+    fn milter_syntax() {
+        assert_eq!(
+            milter_inet("127.0.0.1:8891".parse().unwrap()),
+            "inet:127.0.0.1:8891"
+        );
+        assert_eq!(milter_unix(Path::new("/run/x.sock")), "unix:/run/x.sock");
+    }
+
+    /// An instance starts, accepts mail on both ports, delivers it to the sink with its own
+    /// Received header on top, logs, and is gone after drop.
+    #[test]
+    fn starts_delivers_and_stops() {
+        if !require_postfix() {
+            return;
+        }
+        let pf = Postfix::start(PostfixOptions::default()).expect("postfix starts");
+        let msg =
+            b"From: a@example.com\r\nTo: b@example.org\r\nSubject: plain\r\n\r\n.dot\r\nhi\r\n";
+        for addr in [pf.smtp_addr(), pf.submission_addr()] {
+            let r = crate::smtp::send(
+                addr,
+                "client.test",
+                "a@example.com",
+                &["b@example.org"],
+                msg,
+                None,
+            )
+            .expect("smtp");
+            assert_eq!(r.code, 250, "{r}\n{}", pf.log());
+            assert!(r.queue_id().is_some(), "{r}");
+        }
+        let got = pf.wait_for_deliveries(2, Duration::from_secs(10));
+        assert_eq!(got.len(), 2, "{}", pf.log());
+        for (qid, m) in &got {
+            let text = String::from_utf8_lossy(m);
+            assert!(text.starts_with("Received: from "), "{text}");
+            assert!(text.contains(&format!("with ESMTP id {qid}")), "{text}");
+            assert!(text.ends_with("\r\n.dot\r\nhi\r\n"), "{text}");
+            assert!(!text.contains("Date:"), "no Date added: {text}");
+        }
+        let log = pf.log();
+        assert!(log.contains("postfix-test/submission/smtpd"), "{log}");
+        assert!(!log.contains("warning:"), "{log}");
+        let addr = pf.smtp_addr();
+        let dir = pf.dir().to_path_buf();
+        drop(pf);
+        assert!(std::net::TcpStream::connect(addr).is_err());
+        assert!(!dir.exists());
+    }
+}
