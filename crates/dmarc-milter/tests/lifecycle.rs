@@ -1,0 +1,145 @@
+//! The dmarc-milter binary as an operator runs it: the shipped example, the legacy
+//! opendmarc.conf format and its conversion, and the systemd unit. (Reload, shutdown, privilege
+//! drop and metrics come from the shared chassis lifecycle and are exercised in dkim-milter's
+//! lifecycle tests with the same code.)
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+const BIN: &str = env!("CARGO_BIN_EXE_dmarc-milter");
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+#[test]
+fn shipped_example_passes_check() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = tmp.path().join("dmarc-milter.toml");
+    std::fs::copy(repo_root().join("etc/dmarc-milter.toml"), &cfg).unwrap();
+    let out = Command::new(BIN)
+        .args(["-n", "-c"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("configuration OK (DKIM verified here; history "),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn opendmarc_conf_loads_and_converts_to_equivalent_toml() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("ignore.hosts"),
+        "127.0.0.1\n::1\n10.0.0.0/8\n",
+    )
+    .unwrap();
+    let conf = dir.path().join("opendmarc.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "# Debian-style opendmarc.conf\nPidFile {d}/opendmarc.pid\nPublicSuffixList /usr/share/publicsuffix\n\
+             Socket inet:8893@127.0.0.1\nSyslog false\nUMask 0002\nAuthservID mx.example.net\n\
+             TrustedAuthservIDs mx.example.net\nIgnoreHosts {d}/ignore.hosts\nIgnoreAuthenticatedClients true\n\
+             RejectFailures true\nSPFSelfValidate true\nRequiredHeaders true\n",
+            d = dir.path().display()
+        ),
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .args(["-n", "-c"])
+        .arg(&conf)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("PublicSuffixList is not supported"));
+    let out = Command::new(BIN)
+        .arg("convert")
+        .arg(&conf)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let toml_path = dir.path().join("converted.toml");
+    std::fs::write(&toml_path, &out.stdout).unwrap();
+    let a = dmarc_milter::config::Config::load(&conf).unwrap();
+    let b = dmarc_milter::config::Config::load(&toml_path).unwrap();
+    assert_eq!(a.trusted_authserv_ids, vec!["mx.example.net".to_string()]);
+    assert_eq!(a.trusted_authserv_ids, b.trusted_authserv_ids);
+    assert_eq!(a.ignore_hosts, b.ignore_hosts);
+    assert!(a.ignore_hosts.matches_ip("10.1.2.3".parse().unwrap()));
+    assert_eq!(
+        (
+            a.reject_failures,
+            a.required_headers,
+            a.ignore_authenticated_clients
+        ),
+        (true, true, true)
+    );
+    assert_eq!(
+        (
+            a.reject_failures,
+            a.required_headers,
+            a.ignore_authenticated_clients,
+            a.spf_self_validate
+        ),
+        (
+            b.reject_failures,
+            b.required_headers,
+            b.ignore_authenticated_clients,
+            b.spf_self_validate
+        )
+    );
+    assert_eq!(a.service, b.service);
+    assert_eq!(a.service.socket_mode, Some(0o775));
+    std::fs::write(&conf, "Socket inet:8893@127.0.0.1\nNoSuchOption yes\n").unwrap();
+    let out = Command::new(BIN)
+        .args(["-n", "-c"])
+        .arg(&conf)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(78));
+    assert!(String::from_utf8_lossy(&out.stderr)
+        .contains("opendmarc.conf:2: key 'NoSuchOption': unrecognized parameter"));
+}
+
+#[test]
+fn systemd_unit_verifies() {
+    if Command::new("systemd-analyze")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        assert!(
+            std::env::var("CI").is_err(),
+            "systemd-analyze is needed in CI"
+        );
+        eprintln!("!!!!! systemd-analyze not installed: the unit file was not verified !!!!!");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let unit = std::fs::read_to_string(repo_root().join("systemd/dmarc-milter.service")).unwrap();
+    let path = dir.path().join("dmarc-milter.service");
+    std::fs::write(&path, unit.replace("/usr/bin/dmarc-milter", BIN)).unwrap();
+    let out = Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&path)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && err.trim().is_empty(),
+        "systemd-analyze verify: {err}"
+    );
+}
