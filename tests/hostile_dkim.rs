@@ -634,9 +634,11 @@ async fn header_limits_tempfail_with_the_security_action() {
     assert_eq!(out.reply, Reply::ReplyCode(TEMPFAIL_SECURITY.into()));
     assert_eq!(ar(&out), None);
     assert!(inserted(&out, "DKIM-Signature").is_empty());
-    assert_eq!(
-        lines_with("QL-BIG"),
-        vec!["QL-BIG: too much header data (limits: 262144 bytes, 1000 fields)"]
+    assert!(
+        lines_with("QL-BIG")
+            .contains(&"QL-BIG: too much header data (limits: 262144 bytes, 1000 fields)".into()),
+        "{:?}",
+        lines_with("QL-BIG")
     );
     still_serves(&s, "QL-BIG").await;
 
@@ -648,9 +650,11 @@ async fn header_limits_tempfail_with_the_security_action() {
     let out = run(&s.milter.endpoint(), &tx).await.unwrap();
     assert_eq!(out.reply, Reply::ReplyCode(TEMPFAIL_SECURITY.into()));
     assert_eq!(ar(&out), None);
-    assert_eq!(
-        lines_with("QL-MANY"),
-        vec!["QL-MANY: too much header data (limits: 262144 bytes, 1000 fields)"]
+    assert!(
+        lines_with("QL-MANY")
+            .contains(&"QL-MANY: too much header data (limits: 262144 bytes, 1000 fields)".into()),
+        "{:?}",
+        lines_with("QL-MANY")
     );
     still_serves(&s, "QL-MANY").await;
 }
@@ -725,8 +729,10 @@ async fn nul_bytes_in_header_packets_get_a_defined_answer() {
     assert_eq!(r.reply, Reply::Accept);
     let sigs = inserted_in(&r.modifications, "DKIM-Signature");
     assert_eq!(sigs.len(), 1, "{:?}", r.modifications);
+    // Delivered as the milter saw it: value cut at the NUL.
+    let sig_value = format!(" {}", sigs[0]);
     let headers: [(&[u8], &[u8]); 5] = [
-        (b"DKIM-Signature", format!(" {}", sigs[0]).leak().as_bytes()),
+        (b"DKIM-Signature", sig_value.as_bytes()),
         (b"From", b" Alice <alice@example.com>"),
         (b"Subject", b" before"),
         (b"X-Nul", b"na"),
@@ -944,26 +950,27 @@ async fn garbage_signatures_get_a_defined_result() {
     // d= and s= must be domain names: nothing else reaches our A-R (CVE-2020-12272's class).
     let not_a_domain =
         "dkim=permerror reason=\"bad signature data: d= or s= is not a domain name\"".to_string();
-    // mail-auth drops a signature that lacks a required tag or has bad base64 without a word,
-    // so those read as unsigned (RFC 6376 §6.1.1 would say PERMFAIL). Pinned as it stands; the
-    // Mail::DKIM corpus test relies on it for draft-00 signatures.
-    let unsigned = "dkim=none".to_string();
+    // mail-auth drops a signature that lacks a required tag or has bad base64 without a word;
+    // we count such fields and report them (RFC 6376 §6.1.1: a signature that cannot be
+    // processed), so the message is never presented as unsigned.
+    let unparseable =
+        "dkim=neutral reason=\"bad signature data: DKIM-Signature cannot be parsed\"".to_string();
     let variants: Vec<(&str, String, String)> = vec![
         (
             "garbage tags",
             " garbage;;; ===; v=; ;=;".into(),
             neutral("Unsupported version in DKIM Signature"),
         ),
-        ("empty", String::new(), unsigned.clone()),
+        ("empty", String::new(), unparseable.clone()),
         (
             "non-base64 b=",
             with_tag(&folded, "b", "b=!!!not*base64$$$"),
-            unsigned.clone(),
+            unparseable.clone(),
         ),
         (
             "non-base64 bh=",
             with_tag(&folded, "bh", "bh=%%%%"),
-            unsigned.clone(),
+            unparseable.clone(),
         ),
         (
             "unknown a=",
@@ -980,8 +987,8 @@ async fn garbage_signatures_get_a_defined_result() {
             with_tag(&folded, "v", "v=2"),
             neutral("Unsupported version in DKIM Signature"),
         ),
-        ("empty d=", with_tag(&folded, "d", "d="), unsigned.clone()),
-        ("empty h=", with_tag(&folded, "h", "h="), unsigned.clone()),
+        ("empty d=", with_tag(&folded, "d", "d="), unparseable.clone()),
+        ("empty h=", with_tag(&folded, "h", "h="), unparseable.clone()),
         // Parsed, but the signed header field changed: the signature fails.
         (
             "huge l=",

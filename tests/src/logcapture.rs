@@ -41,7 +41,9 @@ pub fn install() {
         let _ = tracing_subscriber::fmt()
             .with_env_filter(
                 tracing_subscriber::EnvFilter::try_from_default_env()
-                    .unwrap_or_else(|_| "info".into()),
+                    .unwrap_or_else(|_| "info".into())
+                    // The structured per-message verdict is for JSON logs, not the text lines.
+                    .add_directive("verdict=off".parse().expect("static directive")),
             )
             .with_ansi(false)
             .with_target(false)

@@ -6,6 +6,7 @@
 pub mod address;
 pub mod authres;
 pub mod configfile;
+pub mod dkimparse;
 pub mod dns;
 pub mod envelope;
 pub mod forged;

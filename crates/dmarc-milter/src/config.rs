@@ -50,6 +50,8 @@ struct RawConfig {
     #[serde(default)]
     software_header: bool,
     #[serde(default)]
+    received_spf: bool,
+    #[serde(default)]
     history: Option<PathBuf>,
     #[serde(default)]
     actions: Actions,
@@ -112,6 +114,8 @@ pub struct Config {
     pub reject_multi_value_from: bool,
     pub required_headers: bool,
     pub software_header: bool,
+    /// Add an RFC 7208 §9.1 `Received-SPF` header for the SPF check we made ourselves.
+    pub received_spf: bool,
     /// SQLite history database; `None`: no history kept.
     pub history: Option<PathBuf>,
     pub actions: Actions,
@@ -216,6 +220,7 @@ impl Config {
             reject_multi_value_from: raw.reject_multi_value_from,
             required_headers: raw.required_headers,
             software_header: raw.software_header,
+            received_spf: raw.received_spf,
             history: raw.history.map(|p| rel(&p)),
             actions: raw.actions,
             resolver: raw.resolver,
@@ -246,6 +251,7 @@ mod tests {
         assert!(c.ignore_hosts.matches_ip("127.0.0.1".parse().unwrap()));
         assert!(c.ignore_hosts.matches_ip("::1".parse().unwrap()));
         assert!(c.history.is_none());
+        assert!(!c.received_spf);
     }
 
     #[test]

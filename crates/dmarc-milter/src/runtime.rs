@@ -20,6 +20,12 @@ impl Runtime {
     pub fn new(config: Config) -> Result<Runtime, String> {
         let auth = config.resolver.build()?;
         let hostname = chassis::forged::hostname();
+        if config.trusts_upstream() {
+            tracing::info!(
+                "trusting Authentication-Results from authserv-ids: {}",
+                config.trusted_authserv_ids.join(", ")
+            );
+        }
         let history = match &config.history {
             Some(p) => Some(Arc::new(Store::open(p)?)),
             None => None,

@@ -5,9 +5,9 @@
 
 use crate::config::Config;
 use base64::Engine;
-use mail_auth::common::crypto::{Algorithm, HashAlgorithm};
+use mail_auth::common::crypto::Algorithm;
 use mail_auth::dkim::{DkimError, Signature};
-use mail_auth::{AuthenticatedMessage, DkimResult, DnsError, Error, MessageAuthenticator};
+use mail_auth::{DkimResult, DnsError, Error, MessageAuthenticator};
 use std::time::Duration;
 
 /// RFC 8601 DKIM result words.
@@ -244,15 +244,6 @@ fn domain_key_name(sig: &Signature) -> String {
     format!("{}._domainkey.{}.", sig.s, sig.d.trim_end_matches('.'))
 }
 
-/// A prefix of `raw` that holds its whole header block: mail-auth's header scan stops at the
-/// first empty line at the latest, and looks no further than the byte it stops at, so parsing
-/// this prefix finds the same fields and the same body offset as parsing all of `raw`.
-fn header_block_bound(raw: &[u8]) -> usize {
-    raw.windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .map_or(raw.len(), |i| i + 4)
-}
-
 /// `d=` / `s=` syntax: dot-separated labels of letters, digits, `-` and `_` (U-labels allowed).
 fn is_dns_name(name: &str) -> bool {
     let name = name.strip_suffix('.').unwrap_or(name);
@@ -266,25 +257,6 @@ fn is_dns_name(name: &str) -> bool {
         })
 }
 
-/// The body hashes the signatures left in `msg` need (mail-auth looks each one up), one pass per
-/// distinct (c=, a=, l=).
-fn hash_bodies(msg: &mut AuthenticatedMessage<'_>, body: &[u8]) {
-    msg.body_hashes.clear();
-    for h in &msg.dkim_headers {
-        let sig = &h.header;
-        let ha = HashAlgorithm::from(sig.a);
-        if !msg
-            .body_hashes
-            .iter()
-            .any(|(c, a, l, _)| *c == sig.cb && *a == ha && *l == sig.l)
-        {
-            let bh = ha.hash(sig.cb.canonical_body(body, sig.l));
-            msg.body_hashes
-                .push((sig.cb, ha, sig.l, bh.as_ref().to_vec()));
-        }
-    }
-}
-
 /// Verifies up to the configured number of signatures in `raw`, within `budget` for all DNS.
 pub async fn verify(
     auth: &MessageAuthenticator,
@@ -292,44 +264,16 @@ pub async fn verify(
     raw: &[u8],
     budget: Duration,
 ) -> VerifyReport {
-    // Only the header block goes through mail-auth's parser: it hashes the body once per
-    // distinct (c=, a=, l=) among *all* signatures, before any cap, so 1,000 signatures with
-    // distinct l= would cost 1,000 passes over the body. The capped set is hashed below.
-    let Some(mut msg) =
-        AuthenticatedMessage::parse_with_opts(&raw[..header_block_bound(raw)], None, false)
-    else {
+    let Some(capped) = chassis::dkimparse::parse_capped(raw, cfg.max_signatures_to_verify) else {
         return VerifyReport::default();
     };
-    msg.raw_message = raw;
-    let body_offset = (msg.body_offset as usize).min(raw.len());
-    let mut report = VerifyReport::default();
-    let total = msg.dkim_headers.len()
-        + msg
-            .errors
-            .iter()
-            .filter(|e| matches!(e.header, Error::Dkim(_)))
-            .count();
-    if msg.dkim_headers.len() > cfg.max_signatures_to_verify {
-        report.ignored = msg.dkim_headers.len() - cfg.max_signatures_to_verify;
-        msg.dkim_headers.truncate(cfg.max_signatures_to_verify);
-    }
-    let malformed_room = cfg
-        .max_signatures_to_verify
-        .saturating_sub(msg.dkim_headers.len());
-    let mut seen_malformed = 0usize;
-    msg.errors.retain(|e| {
-        if matches!(e.header, Error::Dkim(_)) {
-            seen_malformed += 1;
-            seen_malformed <= malformed_room
-        } else {
-            true
-        }
-    });
-    report.ignored =
-        total.saturating_sub(msg.dkim_headers.len() + seen_malformed.min(malformed_room));
-    hash_bodies(&mut msg, &raw[body_offset..]);
+    let msg = &capped.message;
+    let mut report = VerifyReport {
+        ignored: capped.ignored,
+        ..VerifyReport::default()
+    };
 
-    let outputs = match tokio::time::timeout(budget, auth.verify_dkim(&msg)).await {
+    let outputs = match tokio::time::timeout(budget, auth.verify_dkim(msg)).await {
         Ok(o) => o,
         Err(_) => {
             // Out of time: every signature is a temporary error, so the sender may retry.
@@ -398,6 +342,20 @@ pub async fn verify(
         }
         report.results.push(r);
     }
+    for _ in 0..capped.unparseable {
+        report.results.push(SignatureResult {
+            outcome: Outcome::Neutral,
+            failure: Failure::BadSignature,
+            reason: Some("bad signature data: DKIM-Signature cannot be parsed".into()),
+            domain: String::new(),
+            selector: String::new(),
+            identity: String::new(),
+            algorithm: String::new(),
+            b_prefix: String::new(),
+            key_bits: None,
+            testing: false,
+        });
+    }
     report
 }
 
@@ -456,42 +414,6 @@ mod tests {
             &"l".repeat(64),
         ] {
             assert!(!is_dns_name(bad), "{bad}");
-        }
-    }
-
-    /// Parsing only the header block finds what parsing everything finds, and the body is
-    /// hashed only for the signatures kept (regression: 1,000 signatures with distinct l= cost
-    /// 1,000 passes over the body before the cap applied).
-    #[test]
-    fn header_prefix_parse_matches_full_parse_and_hashes_only_kept_signatures() {
-        let mut sigs = String::new();
-        for l in 1..=3 {
-            sigs.push_str(&format!(
-                "DKIM-Signature: v=1; a=rsa-sha256; c=relaxed/relaxed; d=example.com; s=s{l};\r\n\tl={l}; h=from; bh=AAAA; b=AAAA\r\n"
-            ));
-        }
-        let cases = [
-            format!("{sigs}From: a@example.com\r\nSubject: x\r\n\r\nbody line\r\n\r\nmore\r\n"),
-            format!("{sigs}From: a@example.com\r\nX-Odd: a\r\n\r\nb\r\n\r\nbody\r\n"),
-            format!("{sigs}From: a@example.com\r\nnot a header\r\nrest\r\n\r\nbody\r\n"),
-            format!("{sigs}From: a@example.com\n\nLF body\n"),
-            format!("{sigs}From: a@example.com\r\n"),
-        ];
-        for raw in &cases {
-            let raw = raw.as_bytes();
-            let full = AuthenticatedMessage::parse_with_opts(raw, None, false).unwrap();
-            let mut msg =
-                AuthenticatedMessage::parse_with_opts(&raw[..header_block_bound(raw)], None, false)
-                    .unwrap();
-            let text = String::from_utf8_lossy(raw);
-            assert_eq!(msg.body_offset, full.body_offset, "{text}");
-            assert_eq!(msg.headers, full.headers, "{text}");
-            assert_eq!(msg.dkim_headers.len(), 3, "{text}");
-            msg.dkim_headers.truncate(1);
-            let body = &raw[msg.body_offset as usize..];
-            hash_bodies(&mut msg, body);
-            assert_eq!(msg.body_hashes.len(), 1, "{text}");
-            assert_eq!(msg.body_hashes[0], full.body_hashes[0], "{text}");
         }
     }
 }

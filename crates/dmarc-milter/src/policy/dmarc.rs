@@ -106,7 +106,7 @@ fn published(record: &Dmarc, pct: Option<u8>) -> Published {
 async fn locate(auth: &MessageAuthenticator, from_domain: &str, record: &Dmarc) -> Option<String> {
     let labels: Vec<&str> = from_domain.split('.').filter(|l| !l.is_empty()).collect();
     let mut found = None;
-    for start in 0..labels.len().saturating_sub(1).max(1) {
+    for start in 0..labels.len() {
         let name = labels[start..].join(".");
         let key = format!("_dmarc.{name}.");
         if let Ok(r) = auth

@@ -15,7 +15,10 @@ use chassis::forged::forged_deletions;
 use chassis::message::Message;
 use chassis::verdict::{Action, ActionKind, HeaderEdit, SmtpReply, Verdict};
 use mail_auth::dmarc::Policy;
-use mail_auth::{AuthenticatedMessage, SpfResult};
+use mail_auth::SpfResult;
+
+/// DKIM signatures verified per message (as dkim-milter's default cap).
+const MAX_DKIM_SIGNATURES: usize = 10;
 use std::hash::{BuildHasher, Hasher};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -125,7 +128,19 @@ pub async fn evaluate(rt: Arc<Runtime>, env: Envelope, msg: Message) -> Verdict 
         }
     }
 
-    let ev = assess(&rt, &env, &msg, &qid, &author).await;
+    // One DNS budget for SPF, DKIM and DMARC together: past it, everything is a temperror.
+    let ev = match tokio::time::timeout(cfg.message_timeout, assess(&rt, &env, &msg, &qid, &author))
+        .await
+    {
+        Ok(ev) => ev,
+        Err(_) => {
+            tracing::warn!(
+                "{qid}: DNS lookups exceeded the message budget of {}s; results are temperror",
+                cfg.message_timeout.as_secs()
+            );
+            out_of_time(&rt, &env, &author)
+        }
+    };
 
     // Our Authentication-Results, in OpenDMARC's layout.
     let mut ar = AuthResults::new(id.clone());
@@ -146,6 +161,15 @@ pub async fn evaluate(rt: Arc<Runtime>, env: Envelope, msg: Message) -> Verdict 
     ar.results.push(ev.dmarc_result.clone());
     let mut action = ev.action.clone();
     if !matches!(action, Action::Reject(_)) {
+        if let (Some(s), true, true, Some(ip)) =
+            (&ev.spf, ev.spf_self, cfg.received_spf, env.client_ip)
+        {
+            edits.push(HeaderEdit::Insert {
+                index: 0,
+                name: "Received-SPF".into(),
+                value: spf::received_spf(s, &id, ip, &env.mail_from, &env.helo),
+            });
+        }
         if cfg.software_header {
             edits.push(HeaderEdit::Insert {
                 index: 0,
@@ -190,6 +214,54 @@ pub async fn evaluate(rt: Arc<Runtime>, env: Envelope, msg: Message) -> Verdict 
         }
     }
     Verdict { edits, action }
+}
+
+/// The evaluation when the DNS budget ran out: SPF (if we check it) and DMARC are temperror,
+/// no DKIM result is known, and the configured temperror action applies.
+fn out_of_time(rt: &Runtime, env: &Envelope, author: &Author) -> Evaluation {
+    let cfg = &rt.config;
+    let spf_self = cfg.spf_self_validate && env.client_ip.is_some();
+    let spf = spf_self.then(|| {
+        let (scope, domain) = spf::identity(&env.mail_from, &env.helo);
+        SpfCheck {
+            scope,
+            domain: domain.trim_end_matches('.').to_ascii_lowercase(),
+            result: SpfResult::TempError,
+            unanswered: 0,
+        }
+    });
+    let header_from = match author {
+        Author::Domain(d) => d.clone(),
+        Author::Multiple(ds) => ds.join(","),
+        Author::Missing | Author::Unparseable => String::new(),
+    };
+    let mut result = ResInfo::new("dmarc", Outcome::TempError.as_str())
+        .with_reason("DNS lookups exceeded the time budget");
+    if !header_from.is_empty() {
+        result = result.with_prop("header.from", &header_from);
+    }
+    let action = match cfg.actions.temperror {
+        ActionKind::Tempfail => Action::Tempfail(SmtpReply::new(
+            "451",
+            "4.7.5",
+            format!("temporary DMARC evaluation error for {header_from}"),
+        )),
+        _ => Action::Accept,
+    };
+    Evaluation {
+        header_from,
+        spf,
+        spf_self,
+        dkim: Vec::new(),
+        dkim_self: false,
+        dmarc: None,
+        dmarc_result: result,
+        outcome: Outcome::TempError,
+        policy: Policy::None,
+        disposition: "none",
+        action,
+        override_reason: None,
+    }
 }
 
 /// SPF, DKIM and DMARC for one message, with the resulting disposition. Logs as OpenDMARC.
@@ -305,7 +377,10 @@ async fn assess(
         }
     };
 
-    let Some(am) = AuthenticatedMessage::parse_with_opts(msg.raw(), None, false) else {
+    // Parsed through the chassis so hostile signature lists cannot multiply body hashing.
+    let Some(mut am) =
+        chassis::dkimparse::parse_capped(msg.raw(), MAX_DKIM_SIGNATURES).map(|c| c.message)
+    else {
         tracing::info!("{qid}: message cannot be parsed for DMARC");
         return Evaluation {
             dmarc_result: permerror("message cannot be parsed", from_domain.clone()),
@@ -322,6 +397,10 @@ async fn assess(
             override_reason: None,
         };
     };
+    // DMARC is about the author domain we extracted (RFC 5322 syntax, CFWS around the domain
+    // allowed: `marc@ example.com`), not mail-auth's own reading of From, which keeps such
+    // whitespace and then finds no policy.
+    am.from = vec![format!("author@{from_domain}")];
     let (spf_domain, spf_result) = match &spf {
         Some(s) => (s.domain.clone(), s.result),
         None => (envelope_domain.clone(), SpfResult::None),

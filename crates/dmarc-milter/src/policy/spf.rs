@@ -122,9 +122,10 @@ impl<K, V> ResolverCache<K, V> for Counting<'_, K, V> {
 /// The identity to check: MAIL FROM's domain, or HELO for the null sender (or a MAIL FROM
 /// without a domain).
 pub fn identity<'a>(mail_from: &'a str, helo: &'a str) -> (Scope, &'a str) {
-    match mail_from.rsplit_once('@') {
-        Some((_, d)) if !d.is_empty() => (Scope::MailFrom, d),
-        _ => (Scope::Helo, helo),
+    // Whitespace is no part of a domain; an MTA may pass `marc@ example.com` through.
+    match mail_from.rsplit_once('@').map(|(_, d)| d.trim()) {
+        Some(d) if !d.is_empty() => (Scope::MailFrom, d),
+        _ => (Scope::Helo, helo.trim()),
     }
 }
 
@@ -137,6 +138,11 @@ pub async fn check(
     host_domain: &str,
 ) -> SpfCheck {
     let (scope, domain) = identity(mail_from, helo);
+    // The sender as checked (and as %{s} expands): whitespace around the parts removed.
+    let sender = match mail_from.rsplit_once('@') {
+        Some((local, d)) => format!("{}@{}", local.trim(), d.trim()),
+        None => mail_from.trim().to_string(),
+    };
     let domain = domain.trim_end_matches('.').to_ascii_lowercase();
     let lookups = AtomicU32::new(0);
     let answered = AtomicU32::new(0);
@@ -146,7 +152,7 @@ pub async fn check(
     let v6 = Counting::new(&lookups, &answered);
     let ptr = Counting::new(&lookups, &answered);
     let params = match scope {
-        Scope::MailFrom => SpfParameters::verify_mail_from(ip, helo, host_domain, mail_from),
+        Scope::MailFrom => SpfParameters::verify_mail_from(ip, helo, host_domain, &sender),
         Scope::Helo => SpfParameters::verify_ehlo(ip, &domain, host_domain),
     };
     let output = auth
@@ -174,15 +180,120 @@ pub async fn check(
     }
 }
 
+/// A `Received-SPF` value in RFC 7208 §9.1 form: the result, a comment in the wording of the
+/// RFC's examples, then `client-ip`, `envelope-from`, `helo`, `receiver` and `identity`.
+pub fn received_spf(
+    check: &SpfCheck,
+    receiver: &str,
+    ip: IpAddr,
+    mail_from: &str,
+    helo: &str,
+) -> String {
+    let who = match check.scope {
+        Scope::MailFrom => mail_from.trim(),
+        Scope::Helo => check.domain.as_str(),
+    };
+    let comment = match check.result {
+        SpfResult::Pass => format!("domain of {who} designates {ip} as permitted sender"),
+        SpfResult::Fail => format!("domain of {who} does not designate {ip} as permitted sender"),
+        SpfResult::SoftFail => {
+            format!("transitioning domain of {who} does not designate {ip} as permitted sender")
+        }
+        SpfResult::Neutral => format!("{ip} is neither permitted nor denied by domain of {who}"),
+        SpfResult::None => format!("domain of {who} does not designate permitted sender hosts"),
+        SpfResult::TempError => format!("error in processing during lookup of {who}"),
+        SpfResult::PermError => format!("permanent error in processing domain of {who}"),
+    };
+    let identity = match check.scope {
+        Scope::MailFrom => "mailfrom",
+        Scope::Helo => "helo",
+    };
+    format!(
+        "{} ({receiver}: {}) client-ip={ip}; envelope-from={}; helo={}; receiver={}; identity={identity}",
+        result_word(check.result),
+        comment_safe(&comment),
+        quoted(mail_from.trim()),
+        token(helo.trim()),
+        token(receiver),
+    )
+}
+
+/// Text that cannot end or nest the comment it is put in.
+fn comment_safe(s: &str) -> String {
+    s.chars()
+        .map(|c| match c {
+            '(' | ')' | '\\' => '_',
+            c if c.is_control() => ' ',
+            c => c,
+        })
+        .collect()
+}
+
+/// An RFC 5322 quoted-string.
+fn quoted(s: &str) -> String {
+    let mut out = String::from("\"");
+    for c in s.chars().filter(|c| !c.is_control()) {
+        if c == '"' || c == '\\' {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out.push('"');
+    out
+}
+
+/// A dot-atom as is, anything else as a quoted-string.
+fn token(s: &str) -> String {
+    let atom = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-/=?^_`{|}~.".contains(c);
+    if !s.is_empty() && s.chars().all(atom) && !s.starts_with('.') && !s.ends_with('.') {
+        s.to_string()
+    } else {
+        quoted(s)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn received_spf_header() {
+        let check = SpfCheck {
+            scope: Scope::MailFrom,
+            domain: "example.com".into(),
+            result: SpfResult::Pass,
+            unanswered: 0,
+        };
+        let ip: IpAddr = "192.0.2.1".parse().unwrap();
+        assert_eq!(
+            received_spf(&check, "mx.example.org", ip, "a@example.com", "foo.example.com"),
+            "pass (mx.example.org: domain of a@example.com designates 192.0.2.1 as permitted sender) \
+             client-ip=192.0.2.1; envelope-from=\"a@example.com\"; helo=foo.example.com; \
+             receiver=mx.example.org; identity=mailfrom"
+        );
+        let helo = SpfCheck {
+            scope: Scope::Helo,
+            domain: "foo.example.com".into(),
+            result: SpfResult::SoftFail,
+            unanswered: 0,
+        };
+        assert_eq!(
+            received_spf(&helo, "mx", ip, "", "[a\"b]"),
+            "softfail (mx: transitioning domain of foo.example.com does not designate 192.0.2.1 as \
+             permitted sender) client-ip=192.0.2.1; envelope-from=\"\"; helo=\"[a\\\"b]\"; \
+             receiver=mx; identity=helo"
+        );
+    }
 
     #[test]
     fn null_sender_uses_helo() {
         assert_eq!(identity("", "mail.example"), (Scope::Helo, "mail.example"));
         assert_eq!(
             identity("a@b.example", "mail.example"),
+            (Scope::MailFrom, "b.example")
+        );
+        assert_eq!(
+            identity("a@ b.example ", "mail.example"),
             (Scope::MailFrom, "b.example")
         );
         assert_eq!(

@@ -1,0 +1,182 @@
+//! Parsing a message for DKIM verification without handing hostile input a CPU lever. mail-auth's
+//! parser hashes the body once per distinct (c=, a=, l=) among *all* DKIM-Signature fields before
+//! any cap can apply, so 1,000 forged signatures with distinct `l=` would cost 1,000 passes over
+//! the body. Here only the header block goes through its parser; the signature list is capped;
+//! then just the kept signatures' body hashes are computed. Both daemons verify through this.
+
+use mail_auth::common::crypto::HashAlgorithm;
+use mail_auth::{AuthenticatedMessage, Error};
+
+/// A message ready for `verify_dkim`, and how many signatures were left out by the cap.
+pub struct CappedMessage<'x> {
+    pub message: AuthenticatedMessage<'x>,
+    /// Signatures (well-formed or not) beyond the cap.
+    pub ignored: usize,
+    /// DKIM-Signature fields mail-auth could not parse at all (missing required tags, bad
+    /// base64...) and drops without a trace; within the cap. They are still signatures, and
+    /// reporting the message as unsigned would be wrong (RFC 8601 `neutral`/`permerror`).
+    pub unparseable: usize,
+}
+
+/// A prefix of `raw` that holds its whole header block: mail-auth's header scan stops at the
+/// first empty line at the latest, so parsing this prefix finds the same fields and body offset.
+fn header_block_bound(raw: &[u8]) -> usize {
+    raw.windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map_or(raw.len(), |i| i + 4)
+}
+
+/// The body hashes the kept signatures need, one pass per distinct (c=, a=, l=).
+fn hash_bodies(msg: &mut AuthenticatedMessage<'_>, body: &[u8]) {
+    msg.body_hashes.clear();
+    for h in &msg.dkim_headers {
+        let sig = &h.header;
+        let ha = HashAlgorithm::from(sig.a);
+        if !msg
+            .body_hashes
+            .iter()
+            .any(|(c, a, l, _)| *c == sig.cb && *a == ha && *l == sig.l)
+        {
+            let bh = ha.hash(sig.cb.canonical_body(body, sig.l));
+            msg.body_hashes
+                .push((sig.cb, ha, sig.l, bh.as_ref().to_vec()));
+        }
+    }
+}
+
+/// Parses `raw` (CRLF) keeping at most `cap` signatures, counting malformed ones too (they
+/// surface as `neutral` results). `None` when the message has no parseable header block.
+pub fn parse_capped(raw: &[u8], cap: usize) -> Option<CappedMessage<'_>> {
+    let mut msg =
+        AuthenticatedMessage::parse_with_opts(&raw[..header_block_bound(raw)], None, false)?;
+    msg.raw_message = raw;
+    let body_offset = (msg.body_offset as usize).min(raw.len());
+    let malformed = msg
+        .errors
+        .iter()
+        .filter(|e| matches!(e.header, Error::Dkim(_)))
+        .count();
+    let present = msg
+        .headers
+        .iter()
+        .filter(|(n, _)| n.trim_ascii().eq_ignore_ascii_case(b"DKIM-Signature"))
+        .count();
+    let dropped = present.saturating_sub(msg.dkim_headers.len() + malformed);
+    let total = msg.dkim_headers.len() + malformed + dropped;
+    msg.dkim_headers.truncate(cap);
+    let room = cap.saturating_sub(msg.dkim_headers.len());
+    let mut seen = 0usize;
+    msg.errors.retain(|e| {
+        if matches!(e.header, Error::Dkim(_)) {
+            seen += 1;
+            seen <= room
+        } else {
+            true
+        }
+    });
+    let unparseable = dropped.min(room.saturating_sub(malformed));
+    let kept = msg.dkim_headers.len() + malformed.min(room) + unparseable;
+    hash_bodies(&mut msg, &raw[body_offset..]);
+    Some(CappedMessage {
+        message: msg,
+        ignored: total - kept,
+        unparseable,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sig(l: usize) -> String {
+        format!(
+            "DKIM-Signature: v=1; a=rsa-sha256; c=relaxed/relaxed; d=example.com; s=s; l={l}; h=from; bh=AAAA; b=AAAA\r\n"
+        )
+    }
+
+    #[test]
+    fn caps_signatures_and_matches_a_full_parse() {
+        let mut raw = String::new();
+        for l in 0..30 {
+            raw.push_str(&sig(l + 1));
+        }
+        raw.push_str("From: a@example.com\r\n\r\nbody line\r\nmore\r\n");
+        let capped = parse_capped(raw.as_bytes(), 10).unwrap();
+        assert_eq!(capped.message.dkim_headers.len(), 10);
+        assert_eq!(capped.ignored, 20);
+        assert_eq!(
+            capped.message.body_hashes.len(),
+            10,
+            "only kept signatures are hashed"
+        );
+        let full = AuthenticatedMessage::parse_with_opts(raw.as_bytes(), None, false).unwrap();
+        assert_eq!(full.body_offset, capped.message.body_offset);
+        assert_eq!(full.raw_body(), capped.message.raw_body());
+        for kept in &capped.message.body_hashes {
+            assert!(
+                full.body_hashes.contains(kept),
+                "same hashes as mail-auth's own"
+            );
+        }
+    }
+
+    /// Odd header blocks parse the same through the prefix (regression for the 1,000-signature
+    /// CPU blow-up fix).
+    #[test]
+    fn prefix_parse_matches_full_parse_on_odd_messages() {
+        let mut sigs = String::new();
+        for l in 1..=3 {
+            sigs.push_str(&format!(
+                "DKIM-Signature: v=1; a=rsa-sha256; c=relaxed/relaxed; d=example.com; s=s{l};\r\n\tl={l}; h=from; bh=AAAA; b=AAAA\r\n"
+            ));
+        }
+        let cases = [
+            format!("{sigs}From: a@example.com\r\nSubject: x\r\n\r\nbody line\r\n\r\nmore\r\n"),
+            format!("{sigs}From: a@example.com\r\nX-Odd: a\r\n\r\nb\r\n\r\nbody\r\n"),
+            format!("{sigs}From: a@example.com\r\nnot a header\r\nrest\r\n\r\nbody\r\n"),
+            format!("{sigs}From: a@example.com\n\nLF body\n"),
+            format!("{sigs}From: a@example.com\r\n"),
+        ];
+        for raw in &cases {
+            let raw = raw.as_bytes();
+            let full = AuthenticatedMessage::parse_with_opts(raw, None, false).unwrap();
+            let capped = parse_capped(raw, 1).unwrap();
+            let text = String::from_utf8_lossy(raw);
+            assert_eq!(capped.message.body_offset, full.body_offset, "{text}");
+            assert_eq!(capped.message.headers, full.headers, "{text}");
+            assert_eq!(
+                (capped.message.dkim_headers.len(), capped.ignored),
+                (1, 2),
+                "{text}"
+            );
+            assert_eq!(capped.message.body_hashes.len(), 1, "{text}");
+            assert_eq!(capped.message.body_hashes[0], full.body_hashes[0], "{text}");
+        }
+    }
+
+    #[test]
+    fn unparseable_signatures_are_counted() {
+        let raw = b"DKIM-Signature: garbage\r\nDKIM-Signature: v=1; a=rsa-sha256\r\nFrom: a@example.com\r\n\r\nx\r\n";
+        let c = parse_capped(raw, 10).unwrap();
+        assert_eq!(c.message.dkim_headers.len(), 0);
+        let malformed = c
+            .message
+            .errors
+            .iter()
+            .filter(|e| matches!(e.header, Error::Dkim(_)))
+            .count();
+        assert_eq!(
+            c.unparseable + malformed,
+            2,
+            "both fields are accounted for"
+        );
+        assert_eq!(c.ignored, 0);
+    }
+
+    #[test]
+    fn headers_only_message() {
+        let c = parse_capped(b"From: a@example.com\r\n", 10).unwrap();
+        assert_eq!(c.ignored, 0);
+        assert!(c.message.dkim_headers.is_empty());
+    }
+}
