@@ -2,6 +2,8 @@
 //! per process; the families cover what operators alert on: verdicts and actions, results per
 //! method, signatures added, sessions, evaluation and DNS latency, reloads.
 
+use crate::envelope::Envelope;
+use crate::verdict::{Action, HeaderEdit, Verdict};
 use prometheus_client::encoding::text::encode;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -133,6 +135,76 @@ impl Metrics {
             })
             .inc();
     }
+}
+
+/// A tag's value in a DKIM-Signature header value.
+fn sig_tag<'a>(value: &'a str, tag: &str) -> &'a str {
+    value
+        .split(';')
+        .filter_map(|t| t.split_once('='))
+        .find(|(k, _)| k.trim() == tag)
+        .map(|(_, v)| v.trim())
+        .unwrap_or("")
+}
+
+/// Counts a message's results, signatures and action, and logs one structured `verdict` event
+/// (a JSON object per message when logging as JSON; filtered out of text logs).
+pub fn record_verdict(env: &Envelope, verdict: &Verdict) {
+    let m = metrics();
+    let mut results = Vec::new();
+    let mut signatures = Vec::new();
+    for edit in &verdict.edits {
+        if let HeaderEdit::Insert { name, value, .. } = edit {
+            if name == "Authentication-Results" {
+                if let Ok(ar) = crate::authres::parse(value) {
+                    for r in &ar.results {
+                        m.count_result(&r.method, &r.result);
+                        results.push(
+                            format!(
+                                "{}={} {}",
+                                r.method,
+                                r.result,
+                                r.prop("header.d").unwrap_or("")
+                            )
+                            .trim()
+                            .to_string(),
+                        );
+                    }
+                }
+            } else if name == "DKIM-Signature" {
+                let (d, s, a) = (
+                    sig_tag(value, "d"),
+                    sig_tag(value, "s"),
+                    sig_tag(value, "a"),
+                );
+                m.signatures
+                    .get_or_create(&SignatureLabel {
+                        domain: d.into(),
+                        selector: s.into(),
+                        algorithm: a.into(),
+                    })
+                    .inc();
+                signatures.push(format!("d={d} s={s} a={a}"));
+            }
+        }
+    }
+    let action = match &verdict.action {
+        Action::Accept => "accept".to_string(),
+        Action::Reject(r) => format!("reject {r}"),
+        Action::Tempfail(r) => format!("tempfail {r}"),
+        Action::Discard => "discard".to_string(),
+        Action::Quarantine(why) => format!("quarantine {why}"),
+    };
+    tracing::info!(
+        target: "verdict",
+        queue_id = env.queue_id(),
+        client = %env.client_label(),
+        mail_from = %env.mail_from,
+        results = ?results,
+        signatures_added = ?signatures,
+        action = %action,
+        "message verdict"
+    );
 }
 
 /// The process's metrics.

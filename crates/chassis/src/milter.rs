@@ -312,12 +312,14 @@ async fn end_of_message<F: Filter>(cx: &mut EomContext<Session<F::Snapshot>>) ->
         Ok(msg) => {
             let deadline = F::deadline(&snap);
             let started = std::time::Instant::now();
+            let env_for_record = env.clone();
             let task = tokio::spawn(F::on_message(snap, env, msg));
             match tokio::time::timeout(deadline, task).await {
                 Ok(Ok(v)) => {
                     crate::metrics::metrics()
                         .evaluation_seconds
                         .observe(started.elapsed().as_secs_f64());
+                    crate::metrics::record_verdict(&env_for_record, &v);
                     v
                 }
                 Ok(Err(join)) => {

@@ -575,3 +575,32 @@ fn systemd_unit_verifies() {
         "systemd-analyze verify: {err}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn key_with_wrong_permissions_then_sighup_keeps_the_old_config() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = keys_dir();
+    let cfg = write_config(dir.path(), "");
+    let d = Daemon::start(&cfg);
+    let ep = d.endpoint();
+    assert_eq!(
+        selector_signed(&run(&ep, &internal_tx()).await.unwrap().modifications).as_deref(),
+        Some("one")
+    );
+    // The key is replaced by one anybody can read, and the tables now point at it.
+    let key = dir.path().join("one.pem");
+    std::fs::remove_file(&key).unwrap();
+    std::fs::write(&key, generate(KeyKind::Ed25519).unwrap().private_pem).unwrap();
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    d.signal(nix::sys::signal::Signal::SIGHUP);
+    let line = d.wait_for("reload failed, keeping the running configuration");
+    assert!(
+        line.contains("mode 0644") && line.contains("one.pem"),
+        "{line}"
+    );
+    // Still signing with the key loaded before.
+    assert_eq!(
+        selector_signed(&run(&ep, &internal_tx()).await.unwrap().modifications).as_deref(),
+        Some("one")
+    );
+}

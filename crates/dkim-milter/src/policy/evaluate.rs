@@ -26,80 +26,10 @@ fn action(kind: ActionKind, reject_text: &str, tempfail: SmtpReply, why: &str) -
     )
 }
 
-/// The verdict for one message, counted in the metrics and logged as one structured `verdict`
-/// event (a JSON object per message when logging as JSON).
+/// The verdict for one message (the front end counts it in the metrics and logs the structured
+/// `verdict` event).
 pub async fn evaluate(rt: &Runtime, env: &Envelope, msg: &Message) -> Verdict {
-    let verdict = decide_message(rt, env, msg).await;
-    record(env, &verdict);
-    verdict
-}
-
-/// A tag's value in a DKIM-Signature header value.
-fn sig_tag<'a>(value: &'a str, tag: &str) -> &'a str {
-    value
-        .split(';')
-        .filter_map(|t| t.split_once('='))
-        .find(|(k, _)| k.trim() == tag)
-        .map(|(_, v)| v.trim())
-        .unwrap_or("")
-}
-
-fn record(env: &Envelope, verdict: &Verdict) {
-    let m = chassis::metrics::metrics();
-    let mut results = Vec::new();
-    let mut signatures = Vec::new();
-    for edit in &verdict.edits {
-        if let HeaderEdit::Insert { name, value, .. } = edit {
-            if name == "Authentication-Results" {
-                if let Ok(ar) = chassis::authres::parse(value) {
-                    for r in &ar.results {
-                        m.count_result(&r.method, &r.result);
-                        results.push(
-                            format!(
-                                "{}={} {}",
-                                r.method,
-                                r.result,
-                                r.prop("header.d").unwrap_or("")
-                            )
-                            .trim()
-                            .to_string(),
-                        );
-                    }
-                }
-            } else if name == "DKIM-Signature" {
-                let (d, s, a) = (
-                    sig_tag(value, "d"),
-                    sig_tag(value, "s"),
-                    sig_tag(value, "a"),
-                );
-                m.signatures
-                    .get_or_create(&chassis::metrics::SignatureLabel {
-                        domain: d.into(),
-                        selector: s.into(),
-                        algorithm: a.into(),
-                    })
-                    .inc();
-                signatures.push(format!("d={d} s={s} a={a}"));
-            }
-        }
-    }
-    let action = match &verdict.action {
-        Action::Accept => "accept".to_string(),
-        Action::Reject(r) => format!("reject {r}"),
-        Action::Tempfail(r) => format!("tempfail {r}"),
-        Action::Discard => "discard".to_string(),
-        Action::Quarantine(why) => format!("quarantine {why}"),
-    };
-    tracing::info!(
-        target: "verdict",
-        queue_id = env.queue_id(),
-        client = %env.client_label(),
-        mail_from = %env.mail_from,
-        results = ?results,
-        signatures_added = ?signatures,
-        action = %action,
-        "message verdict"
-    );
+    decide_message(rt, env, msg).await
 }
 
 async fn decide_message(rt: &Runtime, env: &Envelope, msg: &Message) -> Verdict {

@@ -273,9 +273,21 @@ pub async fn verify(
         ..VerifyReport::default()
     };
 
-    let outputs = match tokio::time::timeout(budget, auth.verify_dkim(msg)).await {
-        Ok(o) => o,
+    let metrics = chassis::metrics::metrics();
+    let started = std::time::Instant::now();
+    let verified = tokio::time::timeout(budget, auth.verify_dkim(msg)).await;
+    metrics.dns_seconds.observe(started.elapsed().as_secs_f64());
+    let outputs = match verified {
+        Ok(o) => {
+            if o.iter()
+                .any(|out| matches!(out.result(), DkimResult::TempError(_)))
+            {
+                metrics.dns_errors.inc();
+            }
+            o
+        }
         Err(_) => {
+            metrics.dns_errors.inc();
             // Out of time: every signature is a temporary error, so the sender may retry.
             report.results = msg
                 .dkim_headers
