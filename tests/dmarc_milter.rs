@@ -60,6 +60,12 @@ fn zone(key: &TestKey) -> Zone {
         .txt("_dmarc.none.example", "v=DMARC1; p=none")
         .txt("np.example", "v=spf1 -all")
         .txt("_dmarc.np.example", "v=DMARC1; p=none; sp=none; np=reject")
+        // RFC 9989 PSD DMARC: a public-suffix operator's record, for orgs without their own.
+        .txt("_dmarc.psdtld", "v=DMARC1; p=reject; psd=y")
+        .a("org.psdtld", Ipv4Addr::new(192, 0, 2, 98))
+        .txt("org.psdtld", "v=spf1 -all")
+        .txt("own.psdtld", "v=spf1 -all")
+        .txt("_dmarc.own.psdtld", "v=DMARC1; p=none")
 }
 
 fn base_config(dns: SocketAddr, extra: &str) -> String {
@@ -242,6 +248,47 @@ async fn spf_results_for_mail_from() {
 }
 
 #[tokio::test]
+async fn received_spf_header_when_configured() {
+    let s = setup("").await;
+    let raw = message("alice@example.com", "RSPF0");
+    let out = send(&s, &tx(&raw, "RSPF0", GOOD_IP, "alice@example.com")).await;
+    assert!(inserted(&out, "Received-SPF").is_empty(), "off by default");
+
+    let s = setup("received_spf = true").await;
+    let out = send(&s, &tx(&raw, "RSPF1", GOOD_IP, "alice@example.com")).await;
+    assert_eq!(
+        inserted(&out, "Received-SPF"),
+        vec![format!(
+            "pass ({AUTHSERV}: domain of alice@example.com designates {GOOD_IP} as permitted \
+             sender) client-ip={GOOD_IP}; envelope-from=\"alice@example.com\"; \
+             helo=client.example.net; receiver={AUTHSERV}; identity=mailfrom"
+        )]
+    );
+    // The A-R stays on top (index 0, inserted last).
+    let names: Vec<&str> = out
+        .modifications
+        .iter()
+        .filter_map(|m| match m {
+            Modification::InsertHeader { name, .. } => Some(name.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(names, ["Received-SPF", "Authentication-Results"]);
+
+    let mut t = tx(&raw, "RSPF2", BAD_IP, "");
+    t.helo = "helo.example".into();
+    let out = send(&s, &t).await;
+    assert_eq!(
+        inserted(&out, "Received-SPF"),
+        vec![format!(
+            "fail ({AUTHSERV}: domain of helo.example does not designate {BAD_IP} as permitted \
+             sender) client-ip={BAD_IP}; envelope-from=\"\"; helo=helo.example; \
+             receiver={AUTHSERV}; identity=helo"
+        )]
+    );
+}
+
+#[tokio::test]
 async fn helo_identity_for_null_sender() {
     let s = setup("").await;
     let raw = message("alice@example.com", "HELO1");
@@ -397,6 +444,36 @@ async fn np_for_non_existent_subdomain() {
 }
 
 #[tokio::test]
+async fn psd_record_for_orgs_without_their_own() {
+    let s = setup("reject_failures = true").await;
+    // org.psdtld publishes nothing: the PSD record at psdtld (psd=y) applies.
+    let raw = message("a@org.psdtld", "PSDREJ");
+    let out = send(&s, &tx(&raw, "PSDREJ", BAD_IP, "a@org.psdtld")).await;
+    assert_eq!(
+        out.reply,
+        Reply::ReplyCode("550 5.7.1 rejected by DMARC policy for org.psdtld".into())
+    );
+    let row = history_row(&history_path(&s), "PSDREJ");
+    assert_eq!(row.get("policy_domain"), Some("psdtld"));
+    assert_eq!(row.get("psd"), Some("y"));
+    assert_eq!(row.get("p"), Some("reject"));
+    assert_eq!(row.get("dmarc_result"), Some("fail"));
+    assert_eq!(row.get("disposition"), Some("reject"));
+    // own.psdtld has its own record (p=none): the PSD record does not override it.
+    let raw = message("a@own.psdtld", "PSDOWN");
+    let out = send(&s, &tx(&raw, "PSDOWN", BAD_IP, "a@own.psdtld")).await;
+    assert_eq!(out.reply, Reply::Accept);
+    assert!(
+        auth_results(&out).contains("dmarc=fail (p=none dis=none) header.from=own.psdtld"),
+        "{}",
+        auth_results(&out)
+    );
+    let row = history_row(&history_path(&s), "PSDOWN");
+    assert_eq!(row.get("policy_domain"), Some("own.psdtld"));
+    assert_eq!(row.get("psd"), Some("u"));
+}
+
+#[tokio::test]
 async fn p_reject_with_and_without_reject_failures() {
     let off = setup("").await;
     let raw = message("alice@example.com", "REJOFF");
@@ -510,8 +587,64 @@ async fn dns_down_is_temperror_and_configured_action() {
 }
 
 #[tokio::test]
+async fn dns_budget_per_message() {
+    // Each lookup would wait 4 s; the message budget is 1 s for SPF, DKIM and DMARC together.
+    let hole = BlackholeDns::start().await.unwrap();
+    for (extra, qid) in [
+        ("", "BUDGET1"),
+        ("[actions]\ntemperror = \"tempfail\"", "BUDGET2"),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = format!(
+            "{}[limits]\nmessage_timeout = 1\n",
+            base_config(hole.addr(), extra).replace("timeout = 1.0", "timeout = 4.0")
+        );
+        let m = start_dmarc(dir.path(), &cfg, "inet:0@127.0.0.1").await;
+        let raw = message("alice@example.com", qid);
+        let started = std::time::Instant::now();
+        let out = run(&m.endpoint(), &tx(&raw, qid, GOOD_IP, "alice@example.com"))
+            .await
+            .unwrap();
+        let took = started.elapsed();
+        assert!(
+            took < std::time::Duration::from_millis(3500),
+            "{qid}: took {took:?}"
+        );
+        if extra.is_empty() {
+            assert_eq!(out.reply, Reply::Accept);
+            let ar = auth_results(&out);
+            assert!(
+                ar.contains("spf=temperror smtp.mailfrom=example.com"),
+                "{ar}"
+            );
+            assert!(ar.contains("dmarc=temperror"), "{ar}");
+            assert!(ar.contains("header.from=example.com"), "{ar}");
+        } else {
+            assert_eq!(
+                out.reply,
+                Reply::ReplyCode(
+                    "451 4.7.5 temporary DMARC evaluation error for example.com".into()
+                )
+            );
+        }
+        assert!(lines_with(qid)
+            .iter()
+            .any(|l| l.contains("exceeded the message budget of 1s")));
+        let row = history_row(&dir.path().join("history.sqlite"), qid);
+        assert_eq!(row.get("dmarc_result"), Some("temperror"));
+        assert_eq!(row.get("spf_result"), Some("temperror"));
+    }
+}
+
+#[tokio::test]
 async fn trusted_upstream_results_and_forged_headers() {
-    let s = setup("trusted_authserv_ids = [\"dkim.upstream.example\"]").await;
+    let s = setup("trusted_authserv_ids = [\"dkim.upstream.example\", \"second.example\"]").await;
+    assert!(
+        lines_with("trusting Authentication-Results from authserv-ids:")
+            .iter()
+            .any(|l| l.ends_with("authserv-ids: dkim.upstream.example, second.example")),
+        "start-up log line"
+    );
     // The trusted upstream says DKIM passed for example.com; an untrusted header claims the
     // same for evil.example's mail; and a header forged with our own id must be removed.
     let body = "From: a@example.com\r\nTo: b@example.org\r\nSubject: t\r\nDate: x\r\n\r\nbody\r\n";

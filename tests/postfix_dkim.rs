@@ -12,49 +12,21 @@
 //! "submission" port sets `{daemon_name}` to ORIGINATING, which `macro_list` marks as mail to
 //! sign (the usual Postfix set-up in place of SMTP AUTH, which would need a SASL server).
 
-use std::path::Path;
 use std::time::Duration;
 
 use testkit::daemons::{start_dkim, RunningMilter};
-use testkit::dns::{TestDns, Zone};
+use testkit::dns::TestDns;
 use testkit::judges::{self, require_judge};
 use testkit::keys::{KeyKind, TestKey};
 use testkit::opendkim::{miltertest_message, Opendkim};
 use testkit::postfix::{
     header_fields, milter_inet, milter_unix, open_socket_for_postfix, require_postfix, Postfix,
-    PostfixOptions, DEFAULT_HOSTNAME,
+    PostfixOptions,
 };
-use testkit::smtp::{self, Reply};
+use testkit::smtp::Reply;
 
-/// Postfix's myhostname, and the authserv-id dkim-milter is configured with.
-const AUTHSERV: &str = DEFAULT_HOSTNAME;
-/// Upper bound for one delivery (measured: 0.1-0.3 s after the end of DATA).
-const DELIVERY: Duration = Duration::from_secs(20);
-
-/// Runs blocking work (SMTP, Postfix start-up, judges) without stalling the runtime that serves
-/// the milter and the DNS server.
-fn blocking<R>(f: impl FnOnce() -> R) -> R {
-    tokio::task::block_in_place(f)
-}
-
-struct Keys {
-    /// example.com, selector rsa.
-    rsa: TestKey,
-    /// example.com, selector ed.
-    ed: TestKey,
-    /// sender.example, selector od: used by the real OpenDKIM signer.
-    od_rsa: TestKey,
-    /// sender.example, selector oded: used by the real OpenDKIM signer.
-    od_ed: TestKey,
-}
-
-fn zone_for(k: &Keys) -> Zone {
-    Zone::new()
-        .txt("rsa._domainkey.example.com", &k.rsa.dns_record())
-        .txt("ed._domainkey.example.com", &k.ed.dns_record())
-        .txt("od._domainkey.sender.example", &k.od_rsa.dns_record())
-        .txt("oded._domainkey.sender.example", &k.od_ed.dns_record())
-}
+mod mta_common;
+use mta_common::*;
 
 /// Our dkim-milter, the test DNS server, Postfix, and the keys of one test.
 struct Rig {
@@ -167,94 +139,6 @@ impl Rig {
         );
         got
     }
-}
-
-fn send(addr: std::net::SocketAddr, from: &str, msg: &[u8]) -> Reply {
-    blocking(|| {
-        smtp::send(
-            addr,
-            "client.test.example",
-            from,
-            &["bob@test.example"],
-            msg,
-            None,
-        )
-    })
-    .expect("SMTP session")
-}
-
-fn message(from: &str, subject: &str) -> Vec<u8> {
-    format!(
-        "From: Someone <{from}>\r\nTo: Bob <bob@test.example>\r\nSubject: {subject}\r\n\
-         Date: Wed, 25 Nov 2026 12:00:00 +0000\r\nMessage-ID: <{subject}@test.example>\r\n\
-         MIME-Version: 1.0\r\nContent-Type: text/plain; charset=us-ascii\r\n\r\n\
-         Hello Bob,\r\n\r\nthis went through a real Postfix.  With  spaces.\r\n.leading dot\r\n\r\n"
-    )
-    .into_bytes()
-}
-
-/// Header fields of `msg` called `name` (case-insensitive), unfolded, whitespace runs collapsed.
-fn fields(msg: &[u8], name: &str) -> Vec<String> {
-    header_fields(msg)
-        .into_iter()
-        .filter(|(n, _)| n.eq_ignore_ascii_case(name))
-        .map(|(_, v)| collapse(&v))
-        .collect()
-}
-
-fn collapse(v: &str) -> String {
-    v.split_whitespace().collect::<Vec<_>>().join(" ")
-}
-
-/// The value of tag `tag` in a DKIM-Signature value, whitespace removed.
-fn tag(sig: &str, tag: &str) -> String {
-    sig.split(';')
-        .filter_map(|t| t.split_once('='))
-        .find(|(n, _)| n.trim() == tag)
-        .map(|(_, v)| v.chars().filter(|c| !c.is_whitespace()).collect())
-        .unwrap_or_default()
-}
-
-/// The first 8 characters of the signature's b= as an A-R property value (header.b): a
-/// quoted-string when they are not an RFC 2045 token (base64's "/" is a tspecial).
-fn header_b(sig: &str) -> String {
-    let b8: String = tag(sig, "b").chars().take(8).collect();
-    if b8.chars().any(|c| "()<>@,;:\\\"/[]?=".contains(c)) {
-        format!("\"{b8}\"")
-    } else {
-        b8
-    }
-}
-
-/// The delivered message with this Subject.
-fn by_subject<'a>(got: &'a [(String, Vec<u8>)], subject: &str) -> &'a (String, Vec<u8>) {
-    got.iter()
-        .find(|(_, m)| fields(m, "Subject") == [subject])
-        .unwrap_or_else(|| panic!("no delivered message with Subject {subject}"))
-}
-
-/// Our daemon's OpenDKIM-style log lines for queue id `qid` ("QID: ..."), in order.
-fn logged(qid: &str) -> Vec<String> {
-    let prefix = format!("{qid}: ");
-    testkit::logcapture::lines_with(qid)
-        .into_iter()
-        .filter(|l| l.starts_with(&prefix))
-        .collect()
-}
-
-fn text(msg: &[u8]) -> String {
-    String::from_utf8_lossy(msg).into_owned()
-}
-
-/// Signs `msg` with a real OpenDKIM signer for sender.example (selector od = RSA, oded =
-/// Ed25519), relaxed/relaxed, and returns the signed message.
-fn opendkim_signed(dir: &Path, key: &TestKey, selector: &str, msg: &[u8]) -> Vec<u8> {
-    let path = key.write_pem(dir, &format!("{selector}-opendkim.pem"), true);
-    let signer = Opendkim::start_signer("sender.example", selector, &path, "relaxed/relaxed")
-        .expect("opendkim signer starts");
-    let out = miltertest_message(&signer.socket, msg, "127.0.0.1").expect("miltertest");
-    assert_eq!(out.header("DKIM-Signature").len(), 1, "{}", out.raw_output);
-    out.apply_to(msg)
 }
 
 /// Outbound: mail submitted on the ORIGINATING port is signed (RSA; Ed25519 + RSA for the
@@ -688,14 +572,8 @@ async fn unix_socket_milter_signs_and_verifies() {
 
 /// The usual OpenDKIM-style Postfix set-up: `-o milter_macro_daemon_name=ORIGINATING` on the
 /// submission smtpd only. OpenDKIM signs here (it reads `{daemon_name}` from CONNECT, the only
-/// stage whose default macro list has it).
-///
-/// Ignored because dkim-milter does not sign here yet: chassis asks Postfix for
-/// `{daemon_name}` at end of headers and end of message too (SMFIF_SETSYMLIST), those stages are
-/// sent by cleanup(8), which answers with its own `milter_macro_daemon_name` ($myhostname), and
-/// the envelope keeps the newest value, so the ORIGINATING from CONNECT is lost. Run with
-/// `cargo test --test postfix_dkim -- --ignored` once that is fixed.
-#[ignore = "chassis: {daemon_name} from cleanup(8) at EOH/EOM overrides ORIGINATING from CONNECT"]
+/// stage whose default macro list has it). Regression: cleanup(8) sends the end-of-header and
+/// end-of-message macros with its own `{daemon_name}`; the connect-time value must win.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn submission_with_standard_postfix_setup_is_signed() {
     let Some(r) = rig("", Socket::Inet, Submission::Standard).await else {

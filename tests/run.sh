@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-packages=(opendkim opendkim-tools miltertest python3-dkim python3-dnspython libmail-dkim-perl libnet-dns-perl openssl postfix)
+packages=(opendkim opendkim-tools miltertest python3-dkim python3-dnspython libmail-dkim-perl libnet-dns-perl openssl postfix sendmail-cf m4 libwrap0)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -25,6 +25,25 @@ if [ "${#missing[@]}" -gt 0 ]; then
     'postfix postfix/mailname string test.example' | debconf-set-selections
   apt-get update -q
   apt-get install -y -q --no-install-recommends "${missing[@]}"
+fi
+
+# Sendmail for tests/sendmail_dkim.rs: Debian's sendmail-bin conflicts with postfix (both are a
+# mail-transport-agent), so it is unpacked, not installed, and the tests run it from there
+# (testkit::sendmail; its libraries come with libwrap0 above, its m4 kit with sendmail-cf).
+sendmail_root=/opt/authmilter-tests/sendmail-bin
+if [ ! -x "$sendmail_root/usr/libexec/sendmail/sendmail" ]; then
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "tests/run.sh: $sendmail_root is missing (run as root to unpack sendmail-bin there)" >&2
+    exit 1
+  fi
+  echo "tests/run.sh: unpacking sendmail-bin into $sendmail_root"
+  tmp=$(mktemp -d)
+  chmod 755 "$tmp"
+  apt-get update -q
+  (cd "$tmp" && apt-get download sendmail-bin)
+  mkdir -p "$sendmail_root"
+  dpkg-deb -x "$tmp"/sendmail-bin_*.deb "$sendmail_root"
+  rm -rf "$tmp"
 fi
 
 cargo fmt --all -- --check

@@ -14,6 +14,7 @@ pub mod keys;
 pub mod logcapture;
 pub mod opendkim;
 pub mod postfix;
+pub mod sendmail;
 pub mod smtp;
 
 use std::sync::Once;

@@ -113,14 +113,35 @@ pub struct Session<S> {
     _active: ActiveGuard,
     snap: Arc<S>,
     leading_space: bool,
+    /// The MTA expects no reply to each header (SMFIP_NR_HDR).
+    noreply_header: bool,
     env: Envelope,
     builder: Option<MessageBuilder>,
 }
 
+/// Macros the SMTP server knows and a later stage may answer differently (Postfix sends
+/// end-of-header and end-of-message macros from its cleanup process, with its own
+/// `{daemon_name}` and no SMTP AUTH data): the first non-empty value stays.
+const SESSION_MACROS: &[&str] = &[
+    "daemon_name",
+    "auth_type",
+    "auth_authen",
+    "auth_author",
+    "client_addr",
+    "client_name",
+];
+
 fn merge_macros<S>(data: &mut Option<Session<S>>, macros: &indymilter::Macros) {
     if let Some(s) = data.as_mut() {
         for (k, v) in macros.to_hash_map() {
-            s.env.set_macro(&k.to_string_lossy(), &v.to_string_lossy());
+            let name = k.to_string_lossy();
+            let value = v.to_string_lossy();
+            let bare = name.trim_start_matches('{').trim_end_matches('}');
+            let known = s.env.macro_value(bare).is_some();
+            if known && (value.is_empty() || SESSION_MACROS.contains(&bare)) {
+                continue;
+            }
+            s.env.set_macro(&name, &value);
         }
     }
 }
@@ -140,7 +161,9 @@ fn strip_angle(s: &str) -> String {
 
 /// The fixed set of macros both daemons use; the MTA only sends those its config lists.
 fn macro_requests(extra: &[String]) -> Vec<(MacroStage, String)> {
-    let mut eoh = String::from("i {auth_type} {auth_authen} {daemon_name}");
+    // Only the queue id here (plus MacroList names): the SMTP-session macros come at connect
+    // and MAIL, from the process that knows them.
+    let mut eoh = String::from("i");
     for m in extra {
         let name = if m.len() > 1 && !m.starts_with('{') {
             format!("{{{m}}}")
@@ -188,7 +211,8 @@ pub fn callbacks<F: Filter>(filter: Arc<F>) -> Callbacks<Session<F::Snapshot>> {
                 if leading_space {
                     cx.requested_opts |= ProtoOpts::LEADING_SPACE;
                 }
-                if opts.contains(ProtoOpts::NOREPLY_HEADER) {
+                let noreply_header = opts.contains(ProtoOpts::NOREPLY_HEADER);
+                if noreply_header {
                     cx.requested_opts |= ProtoOpts::NOREPLY_HEADER;
                 }
                 let snap = filter.snapshot();
@@ -199,7 +223,14 @@ pub fn callbacks<F: Filter>(filter: Arc<F>) -> Callbacks<Session<F::Snapshot>> {
                         }
                     }
                 }
-                cx.data = Some(Session { _active: ActiveGuard::new(), snap, leading_space, env: Envelope::default(), builder: None });
+                cx.data = Some(Session {
+                    _active: ActiveGuard::new(),
+                    snap,
+                    leading_space,
+                    noreply_header,
+                    env: Envelope::default(),
+                    builder: None,
+                });
                 Status::Continue
             })
         })
@@ -257,6 +288,9 @@ pub fn callbacks<F: Filter>(filter: Arc<F>) -> Callbacks<Session<F::Snapshot>> {
                     s.builder
                         .get_or_insert_with(|| MessageBuilder::new(F::limits(snap), leading_space))
                         .header(name.as_bytes(), value.as_bytes());
+                    if s.noreply_header {
+                        return Status::Noreply;
+                    }
                 }
                 Status::Continue
             })
@@ -450,8 +484,7 @@ mod tests {
     fn macro_lists_include_extra_names_braced() {
         let reqs = macro_requests(&["daemon_name".into(), "{auth_authen}".into(), "i".into()]);
         let eoh = &reqs.iter().find(|(s, _)| *s == MacroStage::Eoh).unwrap().1;
-        assert!(eoh.contains("{daemon_name}"));
-        assert!(eoh.ends_with(" i"));
+        assert_eq!(eoh, "i {daemon_name} {auth_authen} i");
     }
 
     #[test]
