@@ -21,7 +21,7 @@ use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, UdpSocket};
 use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -225,6 +225,8 @@ struct Handler {
     catalog: Catalog,
     failures: HashMap<LowerName, Failure>,
     queries: Arc<AtomicU64>,
+    /// Queries per name (lowercase, no trailing dot), all types.
+    per_name: Arc<Mutex<HashMap<String, u64>>>,
 }
 
 #[async_trait::async_trait]
@@ -235,6 +237,19 @@ impl RequestHandler for Handler {
         mut response_handle: R,
     ) -> ResponseInfo {
         self.queries.fetch_add(1, Ordering::Relaxed);
+        if let Some(q) = request.queries.queries().first() {
+            let name = q
+                .name()
+                .to_string()
+                .trim_end_matches('.')
+                .to_ascii_lowercase();
+            *self
+                .per_name
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .entry(name)
+                .or_default() += 1;
+        }
         let failure = request
             .queries
             .queries()
@@ -297,6 +312,7 @@ fn bind_pair(ip: IpAddr) -> io::Result<(UdpSocket, TcpListener)> {
 pub struct TestDns {
     addr: SocketAddr,
     queries: Arc<AtomicU64>,
+    per_name: Arc<Mutex<HashMap<String, u64>>>,
     stop_tx: Option<std::sync::mpsc::Sender<()>>,
     thread: Option<JoinHandle<()>>,
 }
@@ -326,10 +342,12 @@ impl TestDns {
             .map(|(n, f)| (LowerName::from(n.clone()), *f))
             .collect();
         let queries = Arc::new(AtomicU64::new(0));
+        let per_name = Arc::new(Mutex::new(HashMap::new()));
         let handler = Handler {
             catalog,
             failures,
             queries: queries.clone(),
+            per_name: per_name.clone(),
         };
 
         let (udp, tcp) = match addr {
@@ -383,6 +401,7 @@ impl TestDns {
         Ok(TestDns {
             addr,
             queries,
+            per_name,
             stop_tx: Some(stop_tx),
             thread: Some(thread),
         })
@@ -397,6 +416,18 @@ impl TestDns {
     /// caching and of how many lookups a message costs.
     pub fn query_count(&self) -> u64 {
         self.queries.load(Ordering::Relaxed)
+    }
+
+    /// Number of queries received so far for `name` (any type, UDP and TCP; case and a trailing
+    /// dot ignored), e.g. to prove a DKIM key was looked up once, not by every milter.
+    pub fn queries_for(&self, name: &str) -> u64 {
+        let name = name.trim_end_matches('.').to_ascii_lowercase();
+        self.per_name
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&name)
+            .copied()
+            .unwrap_or(0)
     }
 
     /// Stops answering and closes the port; returns once the port is closed.
@@ -578,6 +609,9 @@ mod tests {
         let err = auth.txt_raw_lookup("_dmarc.com.").await.unwrap_err();
         assert!(is_nxdomain(&err), "expected NXDOMAIN, got {err:?}");
         assert!(dns.query_count() >= 7);
+        assert_eq!(dns.queries_for("absent.example.com"), 1);
+        assert_eq!(dns.queries_for("_DMARC.com."), 1);
+        assert_eq!(dns.queries_for("never.example.com"), 0);
 
         let addr = dns.addr();
         dns.stop().await;
