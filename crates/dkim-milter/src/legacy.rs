@@ -100,7 +100,12 @@ fn is_unsupported(name: &str) -> bool {
     UNSUPPORTED.iter().any(|u| u.eq_ignore_ascii_case(name))
         || UNSUPPORTED_PREFIXES
             .iter()
-            .any(|p| name.len() >= p.len() && name[..p.len()].eq_ignore_ascii_case(p))
+            // Bytes, not `str` slicing: a non-ASCII name must not split a character (panic).
+            .any(|p| {
+                name.as_bytes()
+                    .get(..p.len())
+                    .is_some_and(|b| b.eq_ignore_ascii_case(p.as_bytes()))
+            })
 }
 
 fn action(entry: &Entry) -> Result<Value, ConfigError> {
@@ -244,6 +249,18 @@ mod tests {
         assert_eq!(t["log"]["destination"].as_str(), Some("syslog"));
         assert_eq!(c.warnings.len(), 1, "{:?}", c.warnings);
         assert!(c.warnings[0].contains(":9: TrustAnchorFile"));
+    }
+
+    #[test]
+    fn non_ascii_option_name_is_an_error_not_a_panic() {
+        // Found by fuzz/ (target legacyconf): the prefix check sliced inside a character.
+        let e = convert(
+            &entries("Domain\u{fffd}\u{fffd}.com\n"),
+            Path::new("/etc/opendkim.conf"),
+        )
+        .unwrap_err();
+        assert_eq!(e.line, Some(1));
+        assert!(is_unsupported("LDAPBindUser") && !is_unsupported("LDA\u{e9}"));
     }
 
     #[test]
