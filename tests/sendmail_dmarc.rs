@@ -1,0 +1,699 @@
+//! dmarc-milter behind a real Sendmail, alone and chained after dkim-milter (issue 4, scenarios
+//! 5-7, second MTA; postfix_dmarc.rs is the Postfix half).
+//!
+//! Each test starts a throwaway Sendmail 8.17 ([`testkit::sendmail`]) whose INPUT_MAIL_FILTERs
+//! are our daemons (in-process), sends mail over SMTP and judges the SMTP reply, the bytes
+//! Sendmail delivers, our log lines and dmarc-milter's history rows. Everything our daemons
+//! resolve comes from the test DNS server.
+//!
+//! Trust: Sendmail passes the test client's address, 127.0.0.1, which is in dmarc-milter's
+//! default `ignore_hosts`; every test sets `ignore_hosts = []` so the mail is evaluated.
+//! dkim-milter gets `internal_hosts = ["192.0.2.1"]` where the mail must be verified (inbound)
+//! rather than signed.
+//!
+//! Sendmail has no log reader here (syslog only): queue ids come from the SMTP reply
+//! ("250 2.0.0 QID Message accepted for delivery") or, for rejected mail, from dmarc-milter's
+//! history row.
+
+use std::net::{Ipv4Addr, SocketAddr, TcpListener};
+use std::path::Path;
+use std::time::Duration;
+
+use mail_auth::common::crypto::Ed25519Key;
+use mail_auth::common::headers::HeaderWriter;
+use mail_auth::dkim::DkimSigner;
+use testkit::daemons::{start_dkim, start_dmarc, RunningMilter};
+use testkit::dns::{TestDns, Zone};
+use testkit::keys::TestKey;
+use testkit::postfix::header_fields;
+use testkit::sendmail::{milter_inet, milter_unix, require_sendmail, Sendmail, SendmailOptions};
+use testkit::smtp::Reply;
+
+mod mta_common;
+use mta_common::*;
+
+type DmarcMilter = RunningMilter<dmarc_milter::filter::DmarcFilter>;
+
+/// The selector of the test's own Ed25519 key for signed.example.
+const SELECTOR: &str = "sel";
+/// The name dkim-milter (and nothing else, when DKIM is verified once) looks up.
+const KEY_NAME: &str = "sel._domainkey.signed.example";
+
+/// Keys of one test: `signed` for signed.example (signed in the test), `shipped` for the
+/// example.com key the shipped etc/keys tables name (selector mail).
+struct Keys {
+    signed: TestKey,
+    shipped: TestKey,
+}
+
+fn new_keys() -> Keys {
+    Keys {
+        signed: TestKey::ed25519(),
+        shipped: TestKey::rsa(2048),
+    }
+}
+
+/// The same zone as postfix_dmarc.rs:
+/// - aligned.example: SPF passes for 127.0.0.1 (the test client), p=reject.
+/// - other.example: SPF passes for 127.0.0.1, no DMARC record (an unaligned bounce domain).
+/// - reject.example: SPF fails everywhere, p=reject.
+/// - signed.example: SPF fails everywhere, p=reject, DKIM key `sel`: passes DMARC by DKIM only.
+/// - example.com: SPF fails everywhere, p=reject, DKIM key `mail` (the shipped tables).
+fn zone(k: &Keys) -> Zone {
+    Zone::new()
+        .txt("aligned.example", "v=spf1 ip4:127.0.0.1 -all")
+        .txt("_dmarc.aligned.example", "v=DMARC1; p=reject")
+        .txt("other.example", "v=spf1 ip4:127.0.0.1 -all")
+        .txt("reject.example", "v=spf1 -all")
+        .txt("_dmarc.reject.example", "v=DMARC1; p=reject")
+        .txt("signed.example", "v=spf1 -all")
+        .txt("_dmarc.signed.example", "v=DMARC1; p=reject")
+        .txt(KEY_NAME, &k.signed.dns_record())
+        .txt("example.com", "v=spf1 -all")
+        .txt("_dmarc.example.com", "v=DMARC1; p=reject")
+        .txt("mail._domainkey.example.com", &k.shipped.dns_record())
+}
+
+/// Signs `raw` with `key` as `d=signed.example; s=sel` (Ed25519), as an outside signer would.
+fn sign(raw: &[u8], key: &TestKey) -> Vec<u8> {
+    let k = Ed25519Key::from_pkcs8_maybe_unchecked_der(&key.pkcs8_der()).expect("key");
+    let sig = DkimSigner::from_key(k)
+        .domain("signed.example")
+        .selector(SELECTOR)
+        .headers(["From", "To", "Subject", "Date", "Message-ID"])
+        .sign(raw)
+        .expect("sign");
+    let mut out = sig.to_header().into_bytes();
+    out.extend_from_slice(raw);
+    out
+}
+
+fn resolver(dns: &TestDns) -> String {
+    format!(
+        "[resolver]\nnameservers = [\"{}\"]\ntimeout = 1.0\nattempts = 1\n",
+        dns.addr()
+    )
+}
+
+/// dmarc-milter's configuration for these tests; `extra` goes to the top level.
+fn dmarc_config(dns: &TestDns, extra: &str) -> String {
+    format!(
+        "authserv_id = \"{AUTHSERV}\"\nhistory = \"history.sqlite\"\nignore_hosts = []\n{extra}\n{}",
+        resolver(dns)
+    )
+}
+
+/// dkim-milter verifying only (every client is outside: internal_hosts names another host).
+fn dkim_config(dns: &TestDns) -> String {
+    format!(
+        "authserv_id = \"{AUTHSERV}\"\nmode = \"v\"\ninternal_hosts = [\"192.0.2.1\"]\n{}",
+        resolver(dns)
+    )
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Socket {
+    Inet,
+    Unix,
+}
+
+async fn start_dmarc_on(dir: &Path, cfg: &str, socket: Socket) -> (DmarcMilter, String) {
+    match socket {
+        Socket::Inet => {
+            let m = start_dmarc(dir, cfg, "inet:0@127.0.0.1").await;
+            let spec = milter_inet(m.addr);
+            (m, spec)
+        }
+        Socket::Unix => {
+            // Sendmail talks to milters as root: no permission changes needed.
+            let path = dir.join("dmarc.sock");
+            let m = start_dmarc(dir, cfg, &format!("unix:{}", path.display())).await;
+            (m, milter_unix(&path))
+        }
+    }
+}
+
+/// Sendmail with dmarc-milter (after dkim-milter when there is one), the DNS server and keys.
+struct Rig {
+    dir: tempfile::TempDir,
+    dns: TestDns,
+    _dkim: Option<RunningMilter>,
+    _dmarc: DmarcMilter,
+    sendmail: Sendmail,
+    keys: Keys,
+}
+
+/// dmarc-milter alone (`dmarc_extra` added to its configuration).
+async fn dmarc_rig(dmarc_extra: &str, socket: Socket) -> Option<Rig> {
+    if !require_sendmail() {
+        return None;
+    }
+    let keys = new_keys();
+    let dns = TestDns::start(&zone(&keys)).await.expect("dns");
+    let dir = tempfile::tempdir().unwrap();
+    let (dmarc, spec) = start_dmarc_on(dir.path(), &dmarc_config(&dns, dmarc_extra), socket).await;
+    let sendmail = blocking(|| Sendmail::start(SendmailOptions::with_milters([spec])))
+        .expect("sendmail starts");
+    Some(Rig {
+        dir,
+        dns,
+        _dkim: None,
+        _dmarc: dmarc,
+        sendmail,
+        keys,
+    })
+}
+
+/// `confINPUT_MAIL_FILTERS = milter0 (dkim), milter1 (dmarc)` with the given configurations
+/// (TOML text). `prepare` may write files (keys) into the directory first.
+async fn chain_rig(
+    keys: Keys,
+    dkim_cfg: impl FnOnce(&TestDns) -> String,
+    dmarc_cfg: impl FnOnce(&TestDns) -> String,
+    prepare: impl FnOnce(&Path, &Keys),
+) -> Option<Rig> {
+    if !require_sendmail() {
+        return None;
+    }
+    let dns = TestDns::start(&zone(&keys)).await.expect("dns");
+    let dir = tempfile::tempdir().unwrap();
+    prepare(dir.path(), &keys);
+    let dkim = start_dkim(dir.path(), &dkim_cfg(&dns), "inet:0@127.0.0.1").await;
+    let (dmarc, dmarc_spec) = start_dmarc_on(dir.path(), &dmarc_cfg(&dns), Socket::Inet).await;
+    let opts = SendmailOptions::with_milters([milter_inet(dkim.addr), dmarc_spec]);
+    let sendmail = blocking(|| Sendmail::start(opts)).expect("sendmail starts");
+    Some(Rig {
+        dir,
+        dns,
+        _dkim: Some(dkim),
+        _dmarc: dmarc,
+        sendmail,
+        keys,
+    })
+}
+
+impl Rig {
+    fn send_inbound(&self, from: &str, msg: &[u8]) -> Reply {
+        send(self.sendmail.smtp_addr(), from, msg)
+    }
+
+    fn send_submission(&self, from: &str, msg: &[u8]) -> Reply {
+        send(self.sendmail.submission_addr(), from, msg)
+    }
+
+    /// The delivered message with queue id `qid` (waits for it).
+    fn delivered(&self, qid: &str) -> Vec<u8> {
+        let deadline = std::time::Instant::now() + DELIVERY;
+        loop {
+            let got = self
+                .sendmail
+                .deliveries()
+                .into_iter()
+                .find(|(q, _)| q == qid);
+            if let Some((_, m)) = got {
+                return m;
+            }
+            if std::time::Instant::now() > deadline {
+                panic!(
+                    "{qid} not delivered; queue: {:?}; sendmail: {}",
+                    self.sendmail.queue_files(),
+                    self.sendmail.stderr_log()
+                );
+            }
+            blocking(|| std::thread::sleep(Duration::from_millis(25)));
+        }
+    }
+
+    /// dmarc-milter's history row for `qid`, from `file` in the test directory.
+    fn history_in(&self, file: &str, qid: &str) -> History {
+        history(&self.dir.path().join(file), qid)
+    }
+
+    fn history(&self, qid: &str) -> History {
+        self.history_in("history.sqlite", qid)
+    }
+
+    /// The queue ids of the history rows with this disposition, in insertion order.
+    fn jobs_with_disposition(&self, disposition: &str) -> Vec<String> {
+        let conn =
+            rusqlite::Connection::open(self.dir.path().join("history.sqlite")).expect("history");
+        let mut stmt = conn
+            .prepare("SELECT job_id FROM messages WHERE disposition = ?1 ORDER BY id")
+            .unwrap();
+        stmt.query_map([disposition], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<Vec<String>, _>>()
+            .unwrap()
+    }
+}
+
+/// The parts of dmarc-milter's history row for one message that these tests check.
+#[derive(Debug, PartialEq)]
+struct History {
+    dmarc_result: String,
+    disposition: String,
+    spf_aligned: String,
+    dkim_aligned: String,
+    /// (domain, selector, result) per DKIM result recorded.
+    dkim: Vec<(String, String, String)>,
+}
+
+fn history(path: &Path, qid: &str) -> History {
+    let conn = rusqlite::Connection::open(path).expect("open history");
+    let (id, dmarc_result, disposition, spf_aligned, dkim_aligned) = conn
+        .query_row(
+            "SELECT id, dmarc_result, disposition, spf_aligned, dkim_aligned \
+             FROM messages WHERE job_id = ?1",
+            [qid],
+            |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get(1)?,
+                    r.get(2)?,
+                    r.get(3)?,
+                    r.get(4)?,
+                ))
+            },
+        )
+        .unwrap_or_else(|e| panic!("history row for {qid}: {e}"));
+    let mut stmt = conn
+        .prepare("SELECT domain, selector, result FROM dkim_results WHERE message_id = ?1")
+        .unwrap();
+    let dkim = stmt
+        .query_map([id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .unwrap()
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap();
+    History {
+        dmarc_result,
+        disposition,
+        spf_aligned,
+        dkim_aligned,
+        dkim,
+    }
+}
+
+/// Authentication-Results fields of `msg`, in order, unfolded.
+fn ars(msg: &[u8]) -> Vec<String> {
+    fields(msg, "Authentication-Results")
+}
+
+/// The queue id from Sendmail's "250 2.0.0 QID Message accepted for delivery".
+fn queued(reply: &Reply) -> String {
+    assert_eq!(reply.code, 250, "{reply}");
+    let words: Vec<&str> = reply.text.split_whitespace().collect();
+    assert!(
+        words.len() >= 2 && reply.text.contains("Message accepted for delivery"),
+        "{reply}"
+    );
+    words[1].to_owned()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Scenario 5: DMARC through Sendmail.
+// ---------------------------------------------------------------------------------------------
+
+/// Aligned mail (SPF passes for 127.0.0.1, aligned with From) is delivered with `dmarc=pass`;
+/// unaligned mail from a p=reject domain is delivered with `dmarc=fail` when `reject_failures`
+/// is off. dmarc-milter's A-R is the first header, above Sendmail's Received.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sendmail_aligned_passes_and_unaligned_fails_without_rejection() {
+    let Some(r) = dmarc_rig("", Socket::Inet).await else {
+        return;
+    };
+    let reply = r.send_inbound(
+        "bounce@aligned.example",
+        &message("alice@aligned.example", "smd-aligned"),
+    );
+    let qid = queued(&reply);
+    let msg = r.delivered(&qid);
+    let hdrs = header_fields(&msg);
+    assert_eq!(
+        (hdrs[0].0.as_str(), collapse(&hdrs[0].1)),
+        (
+            "Authentication-Results",
+            format!(
+                "{AUTHSERV}; spf=pass smtp.mailfrom=aligned.example; \
+                 dmarc=pass (p=reject dis=none) header.from=aligned.example"
+            )
+        ),
+        "{}",
+        text(&msg)
+    );
+    assert_eq!(hdrs[1].0, "Received", "{}", text(&msg));
+    assert!(
+        hdrs[1].1.contains(&format!("with ESMTP id {qid}")),
+        "{}",
+        hdrs[1].1
+    );
+    assert_eq!(ars(&msg).len(), 1, "{}", text(&msg));
+    assert_eq!(
+        logged(&qid),
+        [
+            format!("{qid}: SPF(mailfrom): aligned.example pass"),
+            format!("{qid}: aligned.example pass"),
+        ]
+    );
+    let h = r.history(&qid);
+    assert_eq!(
+        (h.dmarc_result.as_str(), h.disposition.as_str()),
+        ("pass", "none")
+    );
+
+    // Unaligned: SPF passes, but for other.example; From is reject.example (p=reject).
+    let reply = r.send_inbound(
+        "bounce@other.example",
+        &message("alice@reject.example", "smd-unaligned"),
+    );
+    let qid = queued(&reply);
+    let msg = r.delivered(&qid);
+    assert_eq!(
+        ars(&msg),
+        [format!(
+            "{AUTHSERV}; spf=pass smtp.mailfrom=other.example; \
+             dmarc=fail (p=reject dis=none) header.from=reject.example"
+        )],
+        "{}",
+        text(&msg)
+    );
+    assert_eq!(
+        logged(&qid),
+        [
+            format!("{qid}: SPF(mailfrom): other.example pass"),
+            format!("{qid}: reject.example fail"),
+        ]
+    );
+    let h = r.history(&qid);
+    assert_eq!(
+        (h.dmarc_result.as_str(), h.disposition.as_str()),
+        ("fail", "none")
+    );
+}
+
+/// With `reject_failures = true` (dmarc-milter on a unix socket): unaligned mail from a p=reject
+/// domain gets Sendmail's pass-through of our `550 5.7.1 rejected by DMARC policy for
+/// reject.example` at the end of DATA and is neither delivered nor queued; aligned mail sent
+/// right after is delivered with `dmarc=pass`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sendmail_unaligned_mail_is_rejected_with_reject_failures() {
+    let Some(r) = dmarc_rig("reject_failures = true", Socket::Unix).await else {
+        return;
+    };
+    let reply = r.send_inbound(
+        "bounce@other.example",
+        &message("alice@reject.example", "smd-reject"),
+    );
+    assert_eq!(
+        reply,
+        Reply {
+            code: 550,
+            text: "5.7.1 rejected by DMARC policy for reject.example".into()
+        }
+    );
+    let rejected = r.jobs_with_disposition("reject");
+    assert_eq!(rejected.len(), 1, "{rejected:?}");
+    let qid = &rejected[0];
+    assert_eq!(
+        logged(qid),
+        [
+            format!("{qid}: SPF(mailfrom): other.example pass"),
+            format!("{qid}: reject.example fail"),
+        ]
+    );
+    let h = r.history(qid);
+    assert_eq!(
+        (h.dmarc_result.as_str(), h.disposition.as_str()),
+        ("fail", "reject")
+    );
+
+    let reply = r.send_inbound(
+        "bounce@aligned.example",
+        &message("alice@aligned.example", "smd-after-reject"),
+    );
+    let qid = queued(&reply);
+    let msg = r.delivered(&qid);
+    assert!(
+        ars(&msg)[0].ends_with("dmarc=pass (p=reject dis=none) header.from=aligned.example"),
+        "{}",
+        text(&msg)
+    );
+    // Give a wrongly queued rejected message time to show up: only the good one is delivered.
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(r.sendmail.deliveries().len(), 1);
+    assert!(
+        r.sendmail.queue_files().is_empty(),
+        "{:?}",
+        r.sendmail.queue_files()
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Scenario 6: dkim-milter and dmarc-milter chained.
+// ---------------------------------------------------------------------------------------------
+
+/// `confINPUT_MAIL_FILTERS = dkim, dmarc` with `trusted_authserv_ids = [dkim-milter's id]`:
+/// Sendmail shows dmarc-milter the A-R header dkim-milter added, so DMARC passes on dkim-milter's
+/// `dkim=pass` (SPF fails for signed.example), the key is looked up once (by dkim-milter),
+/// dmarc-milter does not repeat the DKIM result in its A-R, and its history row carries the
+/// upstream result. Control: the same chain with `trusted_authserv_ids = []` looks the key up
+/// twice, because dmarc-milter then verifies DKIM itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sendmail_chained_dmarc_uses_dkim_milters_result() {
+    for trusted in [true, false] {
+        let extra = if trusted {
+            format!("trusted_authserv_ids = [\"{AUTHSERV}\"]")
+        } else {
+            "trusted_authserv_ids = []".to_owned()
+        };
+        let Some(r) = chain_rig(
+            new_keys(),
+            dkim_config,
+            |dns| dmarc_config(dns, &extra),
+            |_, _| {},
+        )
+        .await
+        else {
+            return;
+        };
+        let subject = format!("smd-chain-{trusted}");
+        let signed = sign(&message("alice@signed.example", &subject), &r.keys.signed);
+        let reply = r.send_inbound("alice@signed.example", &signed);
+        let qid = queued(&reply);
+        let msg = r.delivered(&qid);
+        let b8 = header_b(&fields(&msg, "DKIM-Signature")[0]);
+        let dkim_ar = format!(
+            "{AUTHSERV}; dkim=pass (256-bit key) header.d=signed.example \
+             header.i=@signed.example header.a=ed25519-sha256 header.s={SELECTOR} header.b={b8}"
+        );
+        let (dmarc_ar, keys_looked_up) = if trusted {
+            (
+                format!(
+                    "{AUTHSERV}; spf=fail smtp.mailfrom=signed.example; \
+                     dmarc=pass (p=reject dis=none) header.from=signed.example"
+                ),
+                1,
+            )
+        } else {
+            (
+                format!(
+                    "{AUTHSERV}; spf=fail smtp.mailfrom=signed.example; \
+                     dkim=pass header.d=signed.example header.s={SELECTOR}; \
+                     dmarc=pass (p=reject dis=none) header.from=signed.example"
+                ),
+                2,
+            )
+        };
+        let names: Vec<String> = header_fields(&msg).into_iter().map(|(n, _)| n).collect();
+        if trusted {
+            // Both milters insert at index 0: dmarc-milter (second) ends up on top, and the
+            // header dkim-milter added (with the id dmarc-milter trusts) is kept.
+            assert_eq!(
+                names[..3],
+                [
+                    "Authentication-Results",
+                    "Authentication-Results",
+                    "Received"
+                ],
+                "{}",
+                text(&msg)
+            );
+            assert_eq!(ars(&msg), [dmarc_ar, dkim_ar], "{}", text(&msg));
+        } else {
+            // Not trusted and carrying dmarc-milter's own authserv-id, dkim-milter's header is a
+            // forgery to dmarc-milter and is removed (why a chain needs trusted_authserv_ids);
+            // DMARC still passes on dmarc-milter's own DKIM check.
+            assert_eq!(
+                names[..2],
+                ["Authentication-Results", "Received"],
+                "{}",
+                text(&msg)
+            );
+            assert_eq!(ars(&msg), [dmarc_ar], "{}", text(&msg));
+            assert!(
+                logged(&qid).contains(&format!(
+                    "{qid}: removed 1 Authentication-Results header(s) claiming to be from {AUTHSERV}"
+                )),
+                "{:?}",
+                logged(&qid)
+            );
+        }
+        assert_eq!(
+            r.dns.queries_for(KEY_NAME),
+            keys_looked_up,
+            "trusted = {trusted}"
+        );
+        let lines = logged(&qid);
+        assert!(
+            lines.contains(&format!("{qid}: DKIM verification successful")),
+            "{lines:?}"
+        );
+        assert!(
+            lines.contains(&format!("{qid}: signed.example pass")),
+            "{lines:?}"
+        );
+        let h = r.history(&qid);
+        assert_eq!(
+            h,
+            History {
+                dmarc_result: "pass".into(),
+                disposition: "none".into(),
+                spf_aligned: "fail".into(),
+                dkim_aligned: "pass".into(),
+                dkim: vec![("signed.example".into(), SELECTOR.into(), "pass".into())],
+            },
+            "trusted = {trusted}"
+        );
+    }
+}
+
+/// The shipped etc/dkim-milter.toml and etc/dmarc-milter.toml, chained in that order, changed
+/// only where a test must (socket, resolver, dmarc-milter's `ignore_hosts = []`; the history
+/// path is relative and lands in the test directory; the example key tables are copied with a
+/// test key in place of the generated one): mail from user@example.com sent by 127.0.0.1 (in the
+/// shipped `internal_hosts`) is signed by dkim-milter (d=example.com, s=mail), and dmarc-milter
+/// verifies that signature and delivers the message with `dmarc=pass` (SPF fails for
+/// example.com: the pass is DKIM's).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sendmail_shipped_example_configurations_pass_signed_aligned_mail() {
+    let etc = Path::new(env!("CARGO_MANIFEST_DIR")).join("../etc");
+    let dkim_shipped = std::fs::read_to_string(etc.join("dkim-milter.toml")).unwrap();
+    let dmarc_shipped = std::fs::read_to_string(etc.join("dmarc-milter.toml")).unwrap();
+    let with_resolver = |text: &str, dns: &TestDns| {
+        assert_eq!(text.matches("\nnameservers = []\n").count(), 1);
+        text.replace(
+            "\nnameservers = []\n",
+            &format!("\nnameservers = [\"{}\"]\n", dns.addr()),
+        )
+    };
+    let Some(r) = chain_rig(
+        new_keys(),
+        |dns| with_resolver(&dkim_shipped, dns),
+        |dns| format!("ignore_hosts = []\n{}", with_resolver(&dmarc_shipped, dns)),
+        |dir, keys| {
+            let d = dir.join("keys");
+            std::fs::create_dir(&d).unwrap();
+            for f in ["KeyTable", "SigningTable"] {
+                std::fs::copy(etc.join("keys").join(f), d.join(f)).unwrap();
+            }
+            keys.shipped
+                .write_pem(&d, "example.com.mail.private", false);
+        },
+    )
+    .await
+    else {
+        return;
+    };
+    let reply = r.send_submission(
+        "user@example.com",
+        &message("user@example.com", "smd-shipped"),
+    );
+    let qid = queued(&reply);
+    let msg = r.delivered(&qid);
+    let sigs = fields(&msg, "DKIM-Signature");
+    assert_eq!(sigs.len(), 1, "{}", text(&msg));
+    assert_eq!(
+        (tag(&sigs[0], "d"), tag(&sigs[0], "s")),
+        ("example.com".into(), "mail".into())
+    );
+    // Neither config sets authserv_id: both use Sendmail's `j` macro (confDOMAIN_NAME).
+    assert_eq!(
+        ars(&msg),
+        [format!(
+            "{AUTHSERV}; spf=fail smtp.mailfrom=example.com; \
+             dkim=pass header.d=example.com header.s=mail; \
+             dmarc=pass (p=reject dis=none) header.from=example.com"
+        )],
+        "{}",
+        text(&msg)
+    );
+    let lines = logged(&qid);
+    for want in [
+        format!("{qid}: DKIM-Signature field added (s=mail, d=example.com)"),
+        format!("{qid}: example.com pass"),
+    ] {
+        assert!(lines.contains(&want), "{want} not in {lines:?}");
+    }
+    // The shipped `history = "dmarc-history.sqlite"`, relative to the configuration file.
+    let h = r.history_in("dmarc-history.sqlite", &qid);
+    assert_eq!(
+        (h.dmarc_result.as_str(), h.dkim_aligned.as_str(), h.dkim),
+        (
+            "pass",
+            "pass",
+            vec![("example.com".into(), "mail".into(), "pass".into())]
+        )
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Scenario 7: a milter that is down.
+// ---------------------------------------------------------------------------------------------
+
+/// A loopback port nobody listens on.
+fn closed_port() -> SocketAddr {
+    let l = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+    let addr = l.local_addr().unwrap();
+    drop(l);
+    addr
+}
+
+/// `F=T` with the milter down (a closed inet port, a missing unix socket): Sendmail answers
+/// with a 4xx and delivers nothing, so the sender retries instead of mail slipping through
+/// unchecked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sendmail_milter_down_tempfails() {
+    if !require_sendmail() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    for spec in [
+        milter_inet(closed_port()),
+        milter_unix(&dir.path().join("absent.sock")),
+    ] {
+        let sendmail = blocking(|| Sendmail::start(SendmailOptions::with_milters([spec.clone()])))
+            .expect("sendmail starts");
+        for addr in [sendmail.smtp_addr(), sendmail.submission_addr()] {
+            let reply = send(
+                addr,
+                "alice@aligned.example",
+                &message("alice@aligned.example", "smd-down"),
+            );
+            assert_eq!(
+                reply,
+                Reply {
+                    code: 451,
+                    text: "4.3.2 Please try again later".into()
+                },
+                "{spec}:\n{}",
+                sendmail.stderr_log()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(300));
+        assert!(sendmail.deliveries().is_empty(), "{spec}");
+        assert!(
+            sendmail.queue_files().is_empty(),
+            "{spec}: {:?}",
+            sendmail.queue_files()
+        );
+    }
+}
