@@ -222,17 +222,37 @@ impl Store {
                 r.override_reason,
             ],
         )
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| failure(&tx, e))?;
         let id = tx.last_insert_rowid();
         for d in &r.dkim {
             tx.execute(
                 "INSERT INTO dkim_results (message_id, domain, selector, result) VALUES (?1, ?2, ?3, ?4)",
                 params![id, d.domain, d.selector, d.result],
             )
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| failure(&tx, e))?;
         }
-        tx.commit().map_err(|e| e.to_string())?;
+        tx.commit().map_err(|e| failure(&conn, e))?;
         Ok(id)
+    }
+}
+
+/// `e` as a log message; when an OS call failed (a read-only or immutable file, an I/O error),
+/// with the OS error, since SQLite's own text ("disk I/O error") does not say what went wrong.
+/// Nothing else is needed to recover: SQLite rolls the transaction back and the next insert on
+/// the same connection tries again.
+fn failure(conn: &Connection, e: rusqlite::Error) -> String {
+    use rusqlite::ErrorCode::{CannotOpen, SystemIoFailure};
+    // SQLite keeps the OS error code of the last SQLITE_IOERR or SQLITE_CANTOPEN only.
+    if !matches!(e.sqlite_error_code(), Some(SystemIoFailure | CannotOpen)) {
+        return e.to_string();
+    }
+    // SAFETY: the handle belongs to `conn`, which is borrowed for the whole call, and
+    // sqlite3_system_errno only reads the connection's last OS error code.
+    let errno = unsafe { rusqlite::ffi::sqlite3_system_errno(conn.handle()) };
+    if errno != 0 {
+        format!("{e} ({})", std::io::Error::from_raw_os_error(errno))
+    } else {
+        e.to_string()
     }
 }
 
@@ -295,6 +315,39 @@ mod tests {
             )
             .unwrap();
         assert_eq!((p.as_str(), pct, sel.as_str()), ("reject", 50, "s"));
+    }
+
+    /// A write failure names the OS error, and the same store records again once the file is
+    /// writable (no reopen). Needs `chattr +i` (root on ext4/xfs/tmpfs); skipped otherwise.
+    #[test]
+    fn write_failure_names_the_os_error_and_the_store_recovers() {
+        let chattr = |flag: &str, p: &Path| {
+            std::process::Command::new("chattr")
+                .arg(flag)
+                .arg(p)
+                .stderr(std::process::Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("h.sqlite");
+        let store = Store::open(&path).unwrap();
+        store.insert(&sample()).unwrap();
+        let wal = dir.path().join("h.sqlite-wal");
+        if !chattr("+i", &wal) {
+            eprintln!("skipping: chattr +i not available");
+            return;
+        }
+        let failed = store.insert(&sample());
+        chattr("-i", &wal);
+        let e = failed.unwrap_err();
+        assert!(e.contains("disk I/O error (Operation not permitted"), "{e}");
+        store.insert(&sample()).unwrap();
+        let n: i64 = Connection::open(&path)
+            .unwrap()
+            .query_row("SELECT COUNT(*) FROM messages", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(n, 2);
     }
 
     #[test]
