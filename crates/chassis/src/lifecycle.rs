@@ -257,9 +257,15 @@ async fn run<D: Daemon>(
 
     let closer = listener.closer();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let serve = crate::milter::serve(listener, filter, service.max_connections, async {
-        let _ = stop_rx.await;
-    });
+    let serve = crate::milter::serve_with(
+        listener,
+        filter,
+        service.max_connections,
+        service.idle_timeout,
+        async {
+            let _ = stop_rx.await;
+        },
+    );
     tokio::pin!(serve);
     let (Ok(mut term), Ok(mut int)) = (
         signal(SignalKind::terminate()),

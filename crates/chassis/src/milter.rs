@@ -469,8 +469,28 @@ pub async fn serve<F: Filter>(
     max_connections: usize,
     shutdown: impl Future,
 ) -> std::io::Result<()> {
+    serve_with(
+        listener,
+        filter,
+        max_connections,
+        Duration::from_secs(900),
+        shutdown,
+    )
+    .await
+}
+
+/// [`serve`] with an explicit idle timeout: a connection on which the MTA sends nothing for
+/// that long is closed, so silent clients cannot hold every connection slot.
+pub async fn serve_with<F: Filter>(
+    listener: ResilientListener,
+    filter: Arc<F>,
+    max_connections: usize,
+    idle_timeout: Duration,
+    shutdown: impl Future,
+) -> std::io::Result<()> {
     let config = indymilter::Config {
         max_connections,
+        connection_timeout: idle_timeout,
         ..Default::default()
     };
     indymilter::run(listener, callbacks(filter), config, shutdown).await

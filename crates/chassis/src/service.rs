@@ -25,6 +25,9 @@ pub struct LimitSettings {
     pub message_timeout: u64,
     /// Seconds sessions in flight may run after SIGTERM.
     pub shutdown_grace: u64,
+    /// Seconds the MTA may stay silent on a connection before we close it (libmilter waits
+    /// 7210 s, long enough for idle clients to hold every connection slot for two hours).
+    pub idle_timeout: u64,
 }
 
 impl Default for LimitSettings {
@@ -38,6 +41,7 @@ impl Default for LimitSettings {
             max_connections: 256,
             message_timeout: 60,
             shutdown_grace: 30,
+            idle_timeout: 900,
         }
     }
 }
@@ -80,6 +84,8 @@ pub struct ServiceSettings {
     pub pid_file: Option<PathBuf>,
     /// How long sessions in flight may run after SIGTERM.
     pub shutdown_grace: Duration,
+    /// How long a connection may stay silent before it is closed.
+    pub idle_timeout: Duration,
     pub max_connections: usize,
     pub log: LogSettings,
     /// Where to serve Prometheus metrics (`/metrics`); `None` = off.
@@ -125,6 +131,7 @@ impl ServiceSettings {
             user: parts.user.filter(|u| !u.trim().is_empty()),
             pid_file: parts.pid_file.map(|p| relative_to(path, &p)),
             shutdown_grace: Duration::from_secs(parts.limits.shutdown_grace),
+            idle_timeout: Duration::from_secs(parts.limits.idle_timeout.max(1)),
             max_connections: parts.limits.max_connections.max(1),
             log: parts.log,
             metrics_listen,
@@ -172,6 +179,7 @@ mod tests {
             user: None,
             pid_file: None,
             shutdown_grace: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(900),
             max_connections: 10,
             log: LogSettings::default(),
             metrics_listen: None,

@@ -604,3 +604,31 @@ async fn key_with_wrong_permissions_then_sighup_keeps_the_old_config() {
         Some("one")
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_client_is_disconnected_after_the_idle_timeout() {
+    use tokio::io::AsyncReadExt;
+    let dir = keys_dir();
+    let cfg = write_config(dir.path(), "[limits]\nidle_timeout = 1");
+    let d = Daemon::start(&cfg);
+    let ep = d.endpoint();
+    let Endpoint::Tcp(addr) = ep.clone() else {
+        panic!("tcp expected")
+    };
+    let mut silent = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let started = Instant::now();
+    let mut buf = [0u8; 16];
+    let n = tokio::time::timeout(Duration::from_secs(10), silent.read(&mut buf))
+        .await
+        .expect("the daemon must close a silent connection")
+        .unwrap_or(0);
+    assert_eq!(n, 0, "closed without a reply");
+    assert!(
+        started.elapsed() >= Duration::from_millis(900),
+        "not before the timeout: {:?}",
+        started.elapsed()
+    );
+    // And the daemon still serves.
+    let out = run(&ep, &internal_tx()).await.unwrap();
+    assert_eq!(selector_signed(&out.modifications).as_deref(), Some("one"));
+}
