@@ -146,6 +146,28 @@ impl TomlBuilder {
     }
 }
 
+/// Loads a daemon's configuration file, TOML or legacy: legacy files are converted with
+/// `convert` (warnings printed and logged), then both go through `from_toml`, with errors in a
+/// converted file pointed back at the operator's line.
+pub fn load<T>(
+    path: &Path,
+    daemon: &str,
+    convert: impl Fn(&Path) -> Result<Converted, ConfigError>,
+    from_toml: impl Fn(&Path, &str) -> Result<T, ConfigError>,
+) -> Result<T, ConfigError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ConfigError::new(path, None, None, format!("cannot read: {e}")))?;
+    if !is_legacy(path, &text) {
+        return from_toml(path, &text);
+    }
+    let converted = convert(path)?;
+    for w in &converted.warnings {
+        eprintln!("{daemon}: warning: {w}");
+        tracing::warn!("{w}");
+    }
+    from_toml(path, &converted.toml).map_err(|e| relocate(e, &converted))
+}
+
 /// A list of strings as a TOML array.
 pub fn strings(v: Vec<String>) -> Value {
     Value::Array(v.into_iter().map(Value::String).collect())

@@ -259,18 +259,12 @@ fn parse_macro_rule(s: &str) -> Result<MacroRule, String> {
 impl Config {
     /// Reads, parses and validates `path`, loading every key and table it names.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| ConfigError::new(path, None, None, format!("cannot read: {e}")))?;
-        if chassis::legacyconf::is_legacy(path, &text) {
-            let converted = crate::legacy::convert_file(path)?;
-            for w in &converted.warnings {
-                eprintln!("dkim-milter: warning: {w}");
-                tracing::warn!("{w}");
-            }
-            return Self::from_toml(path, &converted.toml)
-                .map_err(|e| crate::legacy::relocate(e, &converted));
-        }
-        Self::from_toml(path, &text)
+        chassis::legacyconf::load(
+            path,
+            "dkim-milter",
+            crate::legacy::convert_file,
+            Self::from_toml,
+        )
     }
 
     /// Parses TOML `text` as if read from `path` (relative paths resolve against its directory).

@@ -9,8 +9,6 @@ use chassis::verdict::ActionKind;
 use std::path::Path;
 use toml::Value;
 
-pub use chassis::legacyconf::relocate;
-
 /// Options OpenDKIM knows that dkim-milter does not implement: accepted with a warning.
 const UNSUPPORTED: &[&str] = &[
     "ATPSDomains",

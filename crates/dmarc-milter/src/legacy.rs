@@ -101,8 +101,6 @@ pub fn convert_file(path: &Path) -> Result<Converted, ConfigError> {
     convert(&legacyconf::read(path)?, path)
 }
 
-pub use chassis::legacyconf::relocate;
-
 #[cfg(test)]
 mod tests {
     use super::*;
