@@ -200,7 +200,6 @@ impl MessageBuilder {
         let bytes = match self.sink {
             Sink::Memory(v) => MessageBytes::Memory(v),
             Sink::File(f, len) => {
-                f.sync_data().ok();
                 if len == 0 {
                     MessageBytes::Memory(Vec::new())
                 } else {
