@@ -108,10 +108,7 @@ pub fn main<D: Daemon>(version: &'static str) -> ExitCode {
         eprintln!("{}: {e}", D::NAME);
         return ExitCode::from(EX_CONFIG);
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match event_loop() {
         Ok(r) => r,
         Err(e) => {
             eprintln!("{}: cannot start the runtime: {e}", D::NAME);
@@ -122,6 +119,58 @@ pub fn main<D: Daemon>(version: &'static str) -> ExitCode {
     // Sessions cut at the end of the grace period must not keep the process alive.
     runtime.shutdown_timeout(std::time::Duration::from_millis(200));
     code
+}
+
+/// One event loop on one thread. Each serving thread gets its own (see [`run`]): a
+/// work-stealing pool wakes idle threads several times per milter command, which cost more CPU
+/// than the milter work itself for a small message.
+fn event_loop() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+}
+
+/// Starts `count` more threads serving `listener`'s socket with `filter`, each on its own event
+/// loop. Each reports how its serving ended on `done`; each stops when `stop` turns true.
+fn spawn_serving_threads<F: crate::milter::Filter>(
+    count: usize,
+    listener: &ResilientListener,
+    filter: &Arc<F>,
+    service: &ServiceSettings,
+    stop: &tokio::sync::watch::Receiver<bool>,
+    done: &tokio::sync::mpsc::UnboundedSender<std::io::Result<()>>,
+) -> std::io::Result<Vec<std::thread::JoinHandle<()>>> {
+    let mut threads = Vec::with_capacity(count);
+    for n in 1..=count {
+        let rt = event_loop()?;
+        let shared = {
+            let _guard = rt.enter();
+            listener.share()?
+        };
+        let (filter, mut stop, done) = (filter.clone(), stop.clone(), done.clone());
+        let (max, idle) = (
+            service.max_connections.div_ceil(count + 1),
+            service.idle_timeout,
+        );
+        let handle = std::thread::Builder::new()
+            .name(format!("milter-{n}"))
+            .spawn(move || {
+                let result = rt.block_on(crate::milter::serve_with(
+                    shared,
+                    filter,
+                    max,
+                    idle,
+                    async move {
+                        let _ = stop.wait_for(|s| *s).await;
+                    },
+                ));
+                let _ = done.send(result);
+                rt.shutdown_timeout(std::time::Duration::from_millis(200));
+            })?;
+        threads.push(handle);
+    }
+    Ok(threads)
 }
 
 /// Switches to `user[:group]`: supplementary groups, then gid, then uid.
@@ -256,16 +305,38 @@ async fn run<D: Daemon>(
     };
 
     let closer = listener.closer();
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let serve = crate::milter::serve_with(
-        listener,
-        filter,
-        service.max_connections,
-        service.idle_timeout,
-        async {
-            let _ = stop_rx.await;
-        },
-    );
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel();
+    let threads = match spawn_serving_threads(
+        service.workers.saturating_sub(1),
+        &listener,
+        &filter,
+        &service,
+        &stop_rx,
+        &done_tx,
+    ) {
+        Ok(t) => t,
+        Err(e) => {
+            tracing::error!("cannot start the serving threads: {e}");
+            return ExitCode::from(EX_OSERR);
+        }
+    };
+    let mut own_stop = stop_rx.clone();
+    let serve = async {
+        // This thread serves too; the first serving loop to end (an error) ends the daemon.
+        tokio::select! {
+            r = crate::milter::serve_with(
+                listener,
+                filter,
+                service.max_connections.div_ceil(service.workers.max(1)),
+                service.idle_timeout,
+                async move {
+                    let _ = own_stop.wait_for(|s| *s).await;
+                },
+            ) => r,
+            Some(r) = done_rx.recv() => r,
+        }
+    };
     tokio::pin!(serve);
     let (Ok(mut term), Ok(mut int)) = (
         signal(SignalKind::terminate()),
@@ -292,13 +363,19 @@ async fn run<D: Daemon>(
             if left > 0 {
                 tracing::warn!("grace period over; closing {left} remaining session(s)");
             }
-            let _ = stop_tx.send(());
+            let _ = stop_tx.send(true);
             match tokio::time::timeout(std::time::Duration::from_secs(2), &mut serve).await {
                 Ok(r) => r,
                 Err(_) => Ok(()),
             }
         }
     };
+    let _ = stop_tx.send(true);
+    closer.close();
+    // Each thread's loop has been told to stop; a wedged one must not keep the process alive.
+    let joined =
+        tokio::task::spawn_blocking(move || threads.into_iter().for_each(|t| drop(t.join())));
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(3), joined).await;
     reloader.abort();
     finish::<D>(result, &service, version)
 }

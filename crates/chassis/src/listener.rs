@@ -113,6 +113,42 @@ impl ResilientListener {
         }
     }
 
+    /// Another handle on the same listening socket (a duplicated descriptor), registered with
+    /// the runtime this is called from, so several event-loop threads can accept from one
+    /// socket: the kernel hands each connection to one of them, and a thread busy signing
+    /// is simply not waiting in accept. Closing either closes both; only the original removes a
+    /// unix socket's path.
+    pub fn share(&self) -> io::Result<ResilientListener> {
+        use std::os::fd::AsFd;
+        let inner = match &self.inner {
+            Inner::Tcp(l) => {
+                let std_l = std::net::TcpListener::from(l.as_fd().try_clone_to_owned()?);
+                std_l.set_nonblocking(true)?;
+                Inner::Tcp(TcpListener::from_std(std_l)?)
+            }
+            Inner::Unix(l, path) => {
+                let std_l = std::os::unix::net::UnixListener::from(l.as_fd().try_clone_to_owned()?);
+                std_l.set_nonblocking(true)?;
+                Inner::Unix(UnixListener::from_std(std_l)?, path.clone())
+            }
+            Inner::Closed => {
+                return Err(io::Error::new(
+                    io::ErrorKind::NotConnected,
+                    "listener closed",
+                ))
+            }
+        };
+        Ok(Self {
+            inner,
+            closed: self.closed.clone(),
+            wake: self.wake.clone(),
+            waiter: None,
+            backoff: None,
+            delay: MIN_BACKOFF,
+            remove_on_drop: false,
+        })
+    }
+
     /// A handle that closes this listener later.
     pub fn closer(&self) -> ListenerCloser {
         ListenerCloser(self.closed.clone(), self.wake.clone())
@@ -120,7 +156,9 @@ impl ResilientListener {
 
     fn close_now(&mut self) {
         if let Inner::Unix(_, path) = &self.inner {
-            let _ = std::fs::remove_file(path);
+            if self.remove_on_drop {
+                let _ = std::fs::remove_file(path);
+            }
         }
         self.inner = Inner::Closed;
     }
@@ -256,6 +294,64 @@ mod tests {
             "closed listener must refuse connections"
         );
         accepting.abort();
+    }
+
+    /// Two handles on one socket, each driven by its own event loop (as the serving threads
+    /// are): both can accept, and closing one handle's closer stops both.
+    #[test]
+    fn shared_handles_accept_and_close_together() {
+        let main = tokio::runtime::Runtime::new().unwrap();
+        let other = tokio::runtime::Runtime::new().unwrap();
+        let spec: SocketSpec = "inet:0@127.0.0.1".parse().unwrap();
+        let mut first = main.block_on(ResilientListener::bind(&spec, None)).unwrap();
+        let addr = match first.local_spec().unwrap() {
+            SocketSpec::Inet(a) => a,
+            other => panic!("unexpected {other}"),
+        };
+        let mut second = {
+            let _guard = other.enter();
+            first.share().unwrap()
+        };
+        let closer = second.closer();
+        let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (a1, a2) = (accepted.clone(), accepted.clone());
+        let t1 = main.spawn(async move {
+            while std::future::poll_fn(|cx| first.poll_accept(cx))
+                .await
+                .is_ok()
+            {
+                a1.fetch_add(1, Ordering::SeqCst);
+            }
+        });
+        let t2 = other.spawn(async move {
+            while std::future::poll_fn(|cx| second.poll_accept(cx))
+                .await
+                .is_ok()
+            {
+                a2.fetch_add(1, Ordering::SeqCst);
+            }
+        });
+        let mut kept = Vec::new();
+        for _ in 0..20 {
+            kept.push(std::net::TcpStream::connect(addr).unwrap());
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while accepted.load(Ordering::SeqCst) < 20 && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(
+            accepted.load(Ordering::SeqCst),
+            20,
+            "every connection accepted once"
+        );
+        closer.close();
+        std::thread::sleep(Duration::from_millis(200));
+        assert!(
+            std::net::TcpStream::connect(addr).is_err(),
+            "closing one handle closes the shared socket"
+        );
+        t1.abort();
+        t2.abort();
     }
 
     #[tokio::test]

@@ -28,6 +28,8 @@ pub struct LimitSettings {
     /// Seconds the MTA may stay silent on a connection before we close it (libmilter waits
     /// 7210 s, long enough for idle clients to hold every connection slot for two hours).
     pub idle_timeout: u64,
+    /// Threads serving milter connections, each with its own event loop; 0 = one per CPU core.
+    pub workers: usize,
 }
 
 impl Default for LimitSettings {
@@ -42,6 +44,7 @@ impl Default for LimitSettings {
             message_timeout: 60,
             shutdown_grace: 30,
             idle_timeout: 900,
+            workers: 0,
         }
     }
 }
@@ -87,6 +90,8 @@ pub struct ServiceSettings {
     /// How long a connection may stay silent before it is closed.
     pub idle_timeout: Duration,
     pub max_connections: usize,
+    /// Event-loop threads serving connections (resolved: never 0).
+    pub workers: usize,
     pub log: LogSettings,
     /// Where to serve Prometheus metrics (`/metrics`); `None` = off.
     pub metrics_listen: Option<SocketAddr>,
@@ -133,6 +138,10 @@ impl ServiceSettings {
             shutdown_grace: Duration::from_secs(parts.limits.shutdown_grace),
             idle_timeout: Duration::from_secs(parts.limits.idle_timeout.max(1)),
             max_connections: parts.limits.max_connections.max(1),
+            workers: match parts.limits.workers {
+                0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+                n => n,
+            },
             log: parts.log,
             metrics_listen,
         })
@@ -147,6 +156,7 @@ impl ServiceSettings {
             ("pid_file", format!("{:?}", self.pid_file)),
             ("metrics_listen", format!("{:?}", self.metrics_listen)),
             ("log", format!("{:?}", self.log)),
+            ("workers", self.workers.to_string()),
         ]
     }
 
@@ -181,6 +191,7 @@ mod tests {
             shutdown_grace: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(900),
             max_connections: 10,
+            workers: 2,
             log: LogSettings::default(),
             metrics_listen: None,
         }
