@@ -4,8 +4,93 @@
 //! the body. Here only the header block goes through its parser; the signature list is capped;
 //! then just the kept signatures' body hashes are computed. Both daemons verify through this.
 
-use mail_auth::common::crypto::HashAlgorithm;
+use mail_auth::common::crypto::{HashAlgorithm, HashContext, HashImpl, Sha1, Sha256};
+use mail_auth::dkim::canonicalize::BodyHasher;
+use mail_auth::dkim::Canonicalization;
 use mail_auth::{AuthenticatedMessage, Error};
+
+/// One body hash a signature needs: body canonicalization, hash algorithm and `l=` (0 = the
+/// whole body).
+pub type BodyHashSpec = (Canonicalization, HashAlgorithm, u64);
+
+/// A computed body hash, in the shape of `AuthenticatedMessage::body_hashes`.
+pub type BodyHash = (Canonicalization, HashAlgorithm, u64, Vec<u8>);
+
+enum RunningHash {
+    Sha1(BodyHasher<<Sha1 as HashImpl>::Context>),
+    Sha256(BodyHasher<<Sha256 as HashImpl>::Context>),
+}
+
+/// Body hashes computed while the body streams past, so a message that is only verified never
+/// has to be stored: no buffer, no spill file, one pass over each chunk as it arrives.
+#[derive(Default)]
+pub struct BodyHashers {
+    running: Vec<(BodyHashSpec, RunningHash)>,
+}
+
+impl BodyHashers {
+    /// One hasher per distinct spec.
+    pub fn new(specs: &[BodyHashSpec]) -> Self {
+        let mut running: Vec<(BodyHashSpec, RunningHash)> = Vec::new();
+        for &(c, a, l) in specs {
+            if running.iter().any(|(s, _)| *s == (c, a, l)) {
+                continue;
+            }
+            let h = match a {
+                HashAlgorithm::Sha1 => RunningHash::Sha1(BodyHasher::new(Sha1::hasher(), c, l)),
+                HashAlgorithm::Sha256 => {
+                    RunningHash::Sha256(BodyHasher::new(Sha256::hasher(), c, l))
+                }
+            };
+            running.push(((c, a, l), h));
+        }
+        Self { running }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.running.is_empty()
+    }
+
+    /// Feeds the next body chunk (CRLF line ends, as the MTA sends them).
+    pub fn write(&mut self, chunk: &[u8]) {
+        for (_, h) in &mut self.running {
+            match h {
+                RunningHash::Sha1(h) => h.write(chunk),
+                RunningHash::Sha256(h) => h.write(chunk),
+            }
+        }
+    }
+
+    /// The finished hashes.
+    pub fn finish(self) -> Vec<BodyHash> {
+        self.running
+            .into_iter()
+            .map(|((c, a, l), h)| {
+                let digest = match h {
+                    RunningHash::Sha1(h) => h.finish().0.complete(),
+                    RunningHash::Sha256(h) => h.finish().0.complete(),
+                };
+                (c, a, l, digest.as_ref().to_vec())
+            })
+            .collect()
+    }
+}
+
+/// The body hashes that the signatures [`parse_capped`] would keep from this header block need,
+/// so they can be computed while the body arrives. `header_block` ends with the empty line.
+pub fn body_specs(header_block: &[u8], cap: usize) -> Vec<BodyHashSpec> {
+    let Some(msg) = AuthenticatedMessage::parse_with_opts(header_block, None, false) else {
+        return Vec::new();
+    };
+    let mut specs: Vec<BodyHashSpec> = Vec::new();
+    for h in msg.dkim_headers.iter().take(cap) {
+        let spec = (h.header.cb, HashAlgorithm::from(h.header.a), h.header.l);
+        if !specs.contains(&spec) {
+            specs.push(spec);
+        }
+    }
+    specs
+}
 
 /// A message ready for `verify_dkim`, and how many signatures were left out by the cap.
 pub struct CappedMessage<'x> {
@@ -26,8 +111,9 @@ fn header_block_bound(raw: &[u8]) -> usize {
         .map_or(raw.len(), |i| i + 4)
 }
 
-/// The body hashes the kept signatures need, one pass per distinct (c=, a=, l=).
-fn hash_bodies(msg: &mut AuthenticatedMessage<'_>, body: &[u8]) {
+/// The body hashes the kept signatures need, one pass per distinct (c=, a=, l=), taken from
+/// `streamed` when they were computed as the body arrived.
+fn hash_bodies(msg: &mut AuthenticatedMessage<'_>, body: &[u8], streamed: &[BodyHash]) {
     msg.body_hashes.clear();
     for h in &msg.dkim_headers {
         let sig = &h.header;
@@ -37,9 +123,17 @@ fn hash_bodies(msg: &mut AuthenticatedMessage<'_>, body: &[u8]) {
             .iter()
             .any(|(c, a, l, _)| *c == sig.cb && *a == ha && *l == sig.l)
         {
-            let bh = ha.hash(sig.cb.canonical_body(body, sig.l));
-            msg.body_hashes
-                .push((sig.cb, ha, sig.l, bh.as_ref().to_vec()));
+            let bh = match streamed
+                .iter()
+                .find(|(c, a, l, _)| *c == sig.cb && *a == ha && *l == sig.l)
+            {
+                Some(done) => done.3.clone(),
+                None => ha
+                    .hash(sig.cb.canonical_body(body, sig.l))
+                    .as_ref()
+                    .to_vec(),
+            };
+            msg.body_hashes.push((sig.cb, ha, sig.l, bh));
         }
     }
 }
@@ -47,6 +141,16 @@ fn hash_bodies(msg: &mut AuthenticatedMessage<'_>, body: &[u8]) {
 /// Parses `raw` (CRLF) keeping at most `cap` signatures, counting malformed ones too (they
 /// surface as `neutral` results). `None` when the message has no parseable header block.
 pub fn parse_capped(raw: &[u8], cap: usize) -> Option<CappedMessage<'_>> {
+    parse_capped_with(raw, cap, &[])
+}
+
+/// [`parse_capped`] using body hashes already computed while the body streamed past (see
+/// [`BodyHashers`]); `raw` may then hold the header block alone.
+pub fn parse_capped_with<'x>(
+    raw: &'x [u8],
+    cap: usize,
+    streamed: &[BodyHash],
+) -> Option<CappedMessage<'x>> {
     let mut msg =
         AuthenticatedMessage::parse_with_opts(&raw[..header_block_bound(raw)], None, false)?;
     msg.raw_message = raw;
@@ -76,7 +180,7 @@ pub fn parse_capped(raw: &[u8], cap: usize) -> Option<CappedMessage<'_>> {
     });
     let unparseable = dropped.min(room.saturating_sub(malformed));
     let kept = msg.dkim_headers.len() + malformed.min(room) + unparseable;
-    hash_bodies(&mut msg, &raw[body_offset..]);
+    hash_bodies(&mut msg, &raw[body_offset..], streamed);
     Some(CappedMessage {
         message: msg,
         ignored: total - kept,
@@ -171,6 +275,62 @@ mod tests {
             "both fields are accounted for"
         );
         assert_eq!(c.ignored, 0);
+    }
+
+    /// Hashes computed chunk by chunk from the specs of the header block equal the ones computed
+    /// over the stored body, for every canonicalization, algorithm and l=, whatever the chunking.
+    #[test]
+    fn streamed_body_hashes_equal_stored_ones() {
+        let sigs = [
+            "a=rsa-sha256; c=relaxed/relaxed",
+            "a=rsa-sha256; c=simple/simple",
+            "a=rsa-sha1; c=relaxed/simple",
+            "a=rsa-sha256; c=relaxed/relaxed; l=7",
+            "a=ed25519-sha256; c=simple/relaxed; l=100",
+        ];
+        let mut head = String::new();
+        for (n, tags) in sigs.iter().enumerate() {
+            head.push_str(&format!(
+                "DKIM-Signature: v=1; {tags}; d=example.com; s=s{n}; h=from; bh=AAAA; b=AAAA\r\n"
+            ));
+        }
+        head.push_str("From: a@example.com\r\n\r\n");
+        let bodies: [&[u8]; 4] = [
+            b"",
+            b"\r\n\r\n",
+            b"line  with \t  spaces \r\n\r\n trailing \t\r\n\r\n\r\n",
+            b"no final crlf\r\n  indented\tx  ",
+        ];
+        for body in bodies {
+            let mut raw = head.clone().into_bytes();
+            raw.extend_from_slice(body);
+            let stored = parse_capped(&raw, 10).unwrap();
+            let specs = body_specs(head.as_bytes(), 10);
+            assert_eq!(specs.len(), 5);
+            for chunk in [1usize, 3, 64] {
+                let mut hashers = BodyHashers::new(&specs);
+                for piece in body.chunks(chunk) {
+                    hashers.write(piece);
+                }
+                let streamed = hashers.finish();
+                let from_stream = parse_capped_with(head.as_bytes(), 10, &streamed).unwrap();
+                assert_eq!(
+                    from_stream.message.body_hashes, stored.message.body_hashes,
+                    "body {body:?} in chunks of {chunk}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn body_specs_follow_the_cap() {
+        let mut raw = String::new();
+        for l in 0..30 {
+            raw.push_str(&sig(l + 1));
+        }
+        raw.push_str("From: a@example.com\r\n\r\n");
+        assert_eq!(body_specs(raw.as_bytes(), 10).len(), 10);
+        assert!(body_specs(b"From: a@example.com\r\n\r\n", 10).is_empty());
     }
 
     #[test]

@@ -11,6 +11,7 @@ pub mod dns;
 pub mod envelope;
 pub mod forged;
 pub mod hostlist;
+pub mod keycache;
 pub mod legacyconf;
 pub mod lifecycle;
 pub mod listener;

@@ -131,6 +131,26 @@ fn event_loop() -> std::io::Result<tokio::runtime::Runtime> {
         .build()
 }
 
+/// Serves from a task on the event loop's worker thread, where the sessions run too: served
+/// from `block_on`'s thread instead, every accepted connection would be a cross-thread wake-up.
+async fn serve_on_worker<F: crate::milter::Filter>(
+    listener: ResilientListener,
+    filter: Arc<F>,
+    max_connections: usize,
+    idle_timeout: std::time::Duration,
+    shutdown: impl std::future::Future + Send + 'static,
+) -> std::io::Result<()> {
+    tokio::spawn(crate::milter::serve_with(
+        listener,
+        filter,
+        max_connections,
+        idle_timeout,
+        shutdown,
+    ))
+    .await
+    .unwrap_or_else(|e| Err(std::io::Error::other(e)))
+}
+
 /// Starts `count` more threads serving `listener`'s socket with `filter`, each on its own event
 /// loop. Each reports how its serving ended on `done`; each stops when `stop` turns true.
 fn spawn_serving_threads<F: crate::milter::Filter>(
@@ -156,7 +176,7 @@ fn spawn_serving_threads<F: crate::milter::Filter>(
         let handle = std::thread::Builder::new()
             .name(format!("milter-{n}"))
             .spawn(move || {
-                let result = rt.block_on(crate::milter::serve_with(
+                let result = rt.block_on(serve_on_worker(
                     shared,
                     filter,
                     max,
@@ -325,7 +345,7 @@ async fn run<D: Daemon>(
     let serve = async {
         // This thread serves too; the first serving loop to end (an error) ends the daemon.
         tokio::select! {
-            r = crate::milter::serve_with(
+            r = serve_on_worker(
                 listener,
                 filter,
                 service.max_connections.div_ceil(service.workers.max(1)),

@@ -54,6 +54,25 @@ impl HeaderField {
     }
 }
 
+/// What the policy needs of the body, decided at end of headers: the bytes themselves (to
+/// sign), or only DKIM body hashes computed as it streams past (to verify). Not keeping the
+/// body means a message of any size costs no buffer and no spill file.
+#[derive(Debug, Clone)]
+pub struct BodyPlan {
+    pub keep_body: bool,
+    pub hashes: Vec<crate::dkimparse::BodyHashSpec>,
+}
+
+impl Default for BodyPlan {
+    /// Keep everything, hash nothing early: what a policy that has not said otherwise gets.
+    fn default() -> Self {
+        Self {
+            keep_body: true,
+            hashes: Vec::new(),
+        }
+    }
+}
+
 enum Sink {
     Memory(Vec<u8>),
     File(File, usize),
@@ -70,6 +89,10 @@ pub struct MessageBuilder {
     sink: Sink,
     headers_done: bool,
     io_error: Option<String>,
+    /// The header block as written at end of headers (for [`BodyPlan`] decisions).
+    header_block: Vec<u8>,
+    keep_body: bool,
+    hashers: crate::dkimparse::BodyHashers,
 }
 
 impl MessageBuilder {
@@ -85,6 +108,9 @@ impl MessageBuilder {
             sink: Sink::Memory(Vec::new()),
             headers_done: false,
             io_error: None,
+            header_block: Vec::new(),
+            keep_body: true,
+            hashers: Default::default(),
         }
     }
 
@@ -135,6 +161,18 @@ impl MessageBuilder {
         }
         block.extend_from_slice(b"\r\n");
         self.append(&block);
+        self.header_block = block;
+    }
+
+    /// The header block (fields and the empty line) once `end_of_headers` has run.
+    pub fn header_block(&self) -> &[u8] {
+        &self.header_block
+    }
+
+    /// Applies the policy's [`BodyPlan`]; call after `end_of_headers`, before the body.
+    pub fn plan_body(&mut self, plan: BodyPlan) {
+        self.keep_body = plan.keep_body;
+        self.hashers = crate::dkimparse::BodyHashers::new(&plan.hashes);
     }
 
     /// Appends a body chunk (the MTA sends CRLF line ends).
@@ -142,7 +180,12 @@ impl MessageBuilder {
         if !self.headers_done {
             self.end_of_headers();
         }
-        self.append(chunk);
+        if !self.hashers.is_empty() {
+            self.hashers.write(chunk);
+        }
+        if self.keep_body {
+            self.append(chunk);
+        }
     }
 
     fn append(&mut self, data: &[u8]) {
@@ -214,6 +257,8 @@ impl MessageBuilder {
             headers: self.headers,
             headers_truncated: self.headers_truncated,
             bytes,
+            body_kept: self.keep_body,
+            body_hashes: self.hashers.finish(),
         })
     }
 }
@@ -234,11 +279,16 @@ impl Deref for MessageBytes {
     }
 }
 
-/// One complete message: the header fields as seen (for occurrence counting) and the raw bytes.
+/// One complete message: the header fields as seen (for occurrence counting) and the raw bytes
+/// (the header block alone when the plan did not keep the body).
 pub struct Message {
     pub headers: Vec<HeaderField>,
     pub headers_truncated: bool,
     pub bytes: MessageBytes,
+    /// False when only body hashes were computed and the body itself was not stored.
+    pub body_kept: bool,
+    /// DKIM body hashes computed while the body streamed past, as the plan asked.
+    pub body_hashes: Vec<crate::dkimparse::BodyHash>,
 }
 
 impl Message {
@@ -378,6 +428,47 @@ mod tests {
         let m = b.finish().unwrap();
         assert!(m.is_spilled());
         assert_eq!(m.raw(), &expected[..]);
+    }
+
+    /// A plan that hashes instead of keeping: nothing is stored or spilled, whatever the size,
+    /// and the hashes are the ones the stored body would give.
+    #[test]
+    fn hashing_plan_stores_no_body() {
+        let limits = Limits {
+            spill_threshold: 100,
+            ..Limits::default()
+        };
+        let sig =
+            " v=1; a=rsa-sha256; c=relaxed/relaxed; d=example.com; s=s; h=from; bh=AAAA; b=AAAA";
+        let chunk = b"some body  text \r\n".repeat(50);
+        let mut kept = MessageBuilder::new(limits.clone(), true);
+        let mut hashed = MessageBuilder::new(limits, true);
+        for b in [&mut kept, &mut hashed] {
+            b.header(b"DKIM-Signature", sig.as_bytes());
+            b.header(b"From", b" a@example.com");
+            b.end_of_headers();
+        }
+        let specs = crate::dkimparse::body_specs(hashed.header_block(), 10);
+        assert_eq!(specs.len(), 1);
+        hashed.plan_body(BodyPlan {
+            keep_body: false,
+            hashes: specs,
+        });
+        for _ in 0..20 {
+            kept.body(&chunk);
+            hashed.body(&chunk);
+        }
+        let (kept, hashed) = (kept.finish().unwrap(), hashed.finish().unwrap());
+        assert!(kept.is_spilled() && kept.body_kept);
+        assert!(!hashed.is_spilled() && !hashed.body_kept);
+        assert!(hashed.raw().ends_with(b"From: a@example.com\r\n\r\n"));
+        let from_file = crate::dkimparse::parse_capped(kept.raw(), 10).unwrap();
+        let from_stream =
+            crate::dkimparse::parse_capped_with(hashed.raw(), 10, &hashed.body_hashes).unwrap();
+        assert_eq!(
+            from_stream.message.body_hashes,
+            from_file.message.body_hashes
+        );
     }
 
     #[test]

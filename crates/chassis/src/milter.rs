@@ -5,7 +5,7 @@
 
 use crate::envelope::Envelope;
 use crate::listener::ResilientListener;
-use crate::message::{Limits, Message, MessageBuilder};
+use crate::message::{BodyPlan, HeaderField, Limits, Message, MessageBuilder};
 use crate::verdict::{Action, HeaderEdit, SmtpReply, Verdict};
 use indymilter::{
     Actions, Callbacks, Context, ContextActions, EomContext, MacroStage, NegotiateContext,
@@ -71,6 +71,17 @@ pub trait Filter: Send + Sync + 'static {
 
     /// Decides whether to look at this connection at all.
     fn on_connect(snap: &Self::Snapshot, env: &Envelope) -> ConnectDecision;
+
+    /// At end of headers: whether `on_message` will need the body bytes, and which DKIM body
+    /// hashes to compute while the body arrives. The default keeps the body and hashes nothing.
+    fn body_plan(
+        _snap: &Self::Snapshot,
+        _env: &Envelope,
+        _headers: &[HeaderField],
+        _header_block: &[u8],
+    ) -> BodyPlan {
+        BodyPlan::default()
+    }
 
     /// The decision for one complete message.
     fn on_message(
@@ -298,8 +309,13 @@ pub fn callbacks<F: Filter>(filter: Arc<F>) -> Callbacks<Session<F::Snapshot>> {
         .on_eoh(|cx: &mut Context<Session<F::Snapshot>>| {
             Box::pin(async move {
                 merge_macros(&mut cx.data, &cx.macros);
-                if let Some(b) = cx.data.as_mut().and_then(|s| s.builder.as_mut()) {
+                if let Some(s) = cx.data.as_mut() {
+                    let (snap, leading_space) = (&s.snap, s.leading_space);
+                    let b = s
+                        .builder
+                        .get_or_insert_with(|| MessageBuilder::new(F::limits(snap), leading_space));
                     b.end_of_headers();
+                    b.plan_body(F::body_plan(snap, &s.env, b.headers(), b.header_block()));
                 }
                 Status::Continue
             })

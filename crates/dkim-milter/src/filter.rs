@@ -1,10 +1,11 @@
 //! dkim-milter as a chassis [`Filter`]: connection screening (PeerList) and the per-message
 //! policy, with the configuration snapshot taken once per connection.
 
+use crate::policy::decide::{decide, Decision};
 use crate::policy::evaluate::evaluate;
 use crate::runtime::Runtime;
 use chassis::envelope::Envelope;
-use chassis::message::{Limits, Message};
+use chassis::message::{BodyPlan, HeaderField, Limits, Message};
 use chassis::milter::Snapshots;
 use chassis::milter::{ConnectDecision, Filter};
 use chassis::verdict::Verdict;
@@ -53,6 +54,29 @@ impl Filter for DkimFilter {
             ConnectDecision::Ignore("listed in peer_list".into())
         } else {
             ConnectDecision::Continue
+        }
+    }
+
+    /// Signing needs the body (mail-auth's signer reads the whole message); verifying needs only
+    /// the body hashes of the signatures present, computed as the body arrives, so a message
+    /// that is only verified is never stored, whatever its size.
+    fn body_plan(
+        snap: &Runtime,
+        env: &Envelope,
+        headers: &[HeaderField],
+        header_block: &[u8],
+    ) -> BodyPlan {
+        let cfg = &snap.config;
+        match decide(cfg, env, headers) {
+            Decision::Sign { .. } => BodyPlan::default(),
+            Decision::Verify { .. } => BodyPlan {
+                keep_body: false,
+                hashes: chassis::dkimparse::body_specs(header_block, cfg.max_signatures_to_verify),
+            },
+            Decision::Skip(_) => BodyPlan {
+                keep_body: false,
+                hashes: Vec::new(),
+            },
         }
     }
 

@@ -5,11 +5,16 @@
 use crate::config::Config;
 use mail_auth::MessageAuthenticator;
 
+/// Distinct key records kept parsed; far more selectors than a busy MX sees within a TTL.
+const KEY_CACHE_ENTRIES: usize = 10_000;
+
 pub struct Runtime {
     pub config: Config,
     pub auth: MessageAuthenticator,
     /// This host's name, the authserv-id fallback when neither config nor the MTA gives one.
     pub hostname: String,
+    /// Parsed DKIM key records until their TTL ends (a reload starts a fresh one).
+    pub keys: chassis::keycache::TxtCache,
 }
 
 impl Runtime {
@@ -20,6 +25,7 @@ impl Runtime {
             config,
             auth,
             hostname,
+            keys: chassis::keycache::TxtCache::new(KEY_CACHE_ENTRIES),
         })
     }
 }

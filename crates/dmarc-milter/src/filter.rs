@@ -4,7 +4,7 @@
 use crate::policy::evaluate::evaluate;
 use crate::runtime::Runtime;
 use chassis::envelope::Envelope;
-use chassis::message::{Limits, Message};
+use chassis::message::{BodyPlan, HeaderField, Limits, Message};
 use chassis::milter::Snapshots;
 use chassis::milter::{ConnectDecision, Filter};
 use chassis::verdict::Verdict;
@@ -45,6 +45,29 @@ impl Filter for DmarcFilter {
             ConnectDecision::Ignore("listed in ignore_hosts".into())
         } else {
             ConnectDecision::Continue
+        }
+    }
+
+    /// Nothing here reads the body except DKIM body hashing, so the body is hashed as it
+    /// arrives and never stored.
+    /// With trusted upstream results DKIM is not verified here and nothing is hashed.
+    fn body_plan(
+        snap: &Runtime,
+        _env: &Envelope,
+        _headers: &[HeaderField],
+        header_block: &[u8],
+    ) -> BodyPlan {
+        let hashes = if snap.config.trusts_upstream() {
+            Vec::new()
+        } else {
+            chassis::dkimparse::body_specs(
+                header_block,
+                crate::policy::evaluate::MAX_DKIM_SIGNATURES,
+            )
+        };
+        BodyPlan {
+            keep_body: false,
+            hashes,
         }
     }
 

@@ -7,12 +7,17 @@ use crate::history::Store;
 use mail_auth::MessageAuthenticator;
 use std::sync::Arc;
 
+/// Distinct key records kept parsed; far more selectors than a busy MX sees within a TTL.
+const KEY_CACHE_ENTRIES: usize = 10_000;
+
 pub struct Runtime {
     pub config: Config,
     pub auth: MessageAuthenticator,
     /// This host's name, the authserv-id fallback when neither config nor the MTA gives one,
     /// and the SPF `%{r}` macro.
     pub hostname: String,
+    /// Parsed DKIM key records until their TTL ends (a reload starts a fresh one).
+    pub keys: chassis::keycache::TxtCache,
     pub history: Option<Arc<Store>>,
 }
 
@@ -34,6 +39,7 @@ impl Runtime {
             config,
             auth,
             hostname,
+            keys: chassis::keycache::TxtCache::new(KEY_CACHE_ENTRIES),
             history,
         })
     }

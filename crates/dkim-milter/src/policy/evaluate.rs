@@ -69,6 +69,20 @@ async fn decide_message(rt: &Runtime, env: &Envelope, msg: &Message) -> Verdict 
                 action: Action::Accept,
             }
         }
+        Decision::Sign { .. } if !msg.body_kept => {
+            // The plan made at end of headers said "verify", so the body was hashed, not kept.
+            // The decision depends only on envelope and headers, so this cannot happen; if it
+            // does, the message is retried rather than passed unsigned.
+            tracing::error!("{qid}: body not kept for signing; temporarily failing");
+            Verdict {
+                edits,
+                action: Action::Tempfail(SmtpReply::new(
+                    "451",
+                    "4.7.0",
+                    "internal error, try again later",
+                )),
+            }
+        }
         Decision::Sign { sender, matches } => {
             match sign(cfg, msg.raw(), &msg.headers, &sender, &matches) {
                 Ok(signatures) => {
@@ -120,7 +134,7 @@ async fn decide_message(rt: &Runtime, env: &Envelope, msg: &Message) -> Verdict 
                 .message_timeout
                 .saturating_sub(Duration::from_secs(1))
                 .max(Duration::from_millis(500));
-            let report = verify(&rt.auth, cfg, msg.raw(), budget).await;
+            let report = verify(&rt.auth, &rt.keys, cfg, msg.raw(), &msg.body_hashes, budget).await;
             let (ar, action) = conclude(rt, env, &id, &report);
             edits.push(HeaderEdit::Insert {
                 index: 0,

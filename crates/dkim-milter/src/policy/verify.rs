@@ -258,13 +258,49 @@ fn is_dns_name(name: &str) -> bool {
 }
 
 /// Verifies up to the configured number of signatures in `raw`, within `budget` for all DNS.
+/// Looks up the key records of every signature whose body hash matched, all at once, so a
+/// message with several signatures waits for one DNS round trip rather than one per signature
+/// (mail-auth then finds the answers in the resolver's cache). Returns each record's raw text
+/// by name, for [`key_facts`].
+async fn prefetch_keys(
+    auth: &MessageAuthenticator,
+    msg: &mail_auth::AuthenticatedMessage<'_>,
+) -> Vec<(String, Vec<u8>)> {
+    let mut names: Vec<String> = Vec::new();
+    for h in &msg.dkim_headers {
+        let sig = &h.header;
+        let ha = mail_auth::common::crypto::HashAlgorithm::from(sig.a);
+        let body_ok = msg
+            .body_hashes
+            .iter()
+            .any(|(c, a, l, bh)| *c == sig.cb && *a == ha && *l == sig.l && *bh == sig.bh);
+        let name = domain_key_name(sig);
+        if body_ok && is_dns_name(&sig.d) && is_dns_name(&sig.s) && !names.contains(&name) {
+            names.push(name);
+        }
+    }
+    let lookups = names.iter().map(|n| auth.txt_raw_lookup(n.clone()));
+    let answers = futures_util::future::join_all(lookups).await;
+    names
+        .into_iter()
+        .zip(answers)
+        .filter_map(|(n, a)| a.ok().map(|txt| (n, txt)))
+        .collect()
+}
+
+/// Verifies up to `max_signatures_to_verify` signatures of `raw`, using `streamed` body hashes
+/// when they were computed as the body arrived (`raw` is then the header block alone).
 pub async fn verify(
     auth: &MessageAuthenticator,
+    keys: &chassis::keycache::TxtCache,
     cfg: &Config,
     raw: &[u8],
+    streamed: &[chassis::dkimparse::BodyHash],
     budget: Duration,
 ) -> VerifyReport {
-    let Some(capped) = chassis::dkimparse::parse_capped(raw, cfg.max_signatures_to_verify) else {
+    let Some(capped) =
+        chassis::dkimparse::parse_capped_with(raw, cfg.max_signatures_to_verify, streamed)
+    else {
         return VerifyReport::default();
     };
     let msg = &capped.message;
@@ -275,16 +311,23 @@ pub async fn verify(
 
     let metrics = chassis::metrics::metrics();
     let started = std::time::Instant::now();
-    let verified = tokio::time::timeout(budget, auth.verify_dkim(msg)).await;
+    let verified = tokio::time::timeout(budget, async {
+        let prefetched = prefetch_keys(auth, msg).await;
+        let outputs = auth
+            .verify_dkim(mail_auth::Parameters::new(msg).with_txt_cache(keys))
+            .await;
+        (prefetched, outputs)
+    })
+    .await;
     metrics.dns_seconds.observe(started.elapsed().as_secs_f64());
-    let outputs = match verified {
-        Ok(o) => {
+    let (prefetched, outputs) = match verified {
+        Ok((prefetched, o)) => {
             if o.iter()
                 .any(|out| matches!(out.result(), DkimResult::TempError(_)))
             {
                 metrics.dns_errors.inc();
             }
-            o
+            (prefetched, o)
         }
         Err(_) => {
             metrics.dns_errors.inc();
@@ -338,13 +381,17 @@ pub async fn verify(
             r.algorithm = sig.a.name().into();
             r.b_prefix = b_prefix(sig);
             if matches!(r.outcome, Outcome::Pass | Outcome::Fail) {
-                // Already fetched for the verification, so this comes from the resolver cache.
-                if let Ok(Ok(txt)) = tokio::time::timeout(
-                    Duration::from_secs(2),
-                    auth.txt_raw_lookup(domain_key_name(sig)),
-                )
-                .await
-                {
+                let name = domain_key_name(sig);
+                let txt = match prefetched.iter().find(|(n, _)| *n == name) {
+                    Some((_, txt)) => Some(txt.clone()),
+                    // Not prefetched (e.g. the lookup failed then but succeeded for mail-auth):
+                    // from the resolver cache, bounded.
+                    None => tokio::time::timeout(Duration::from_secs(2), auth.txt_raw_lookup(name))
+                        .await
+                        .ok()
+                        .and_then(Result::ok),
+                };
+                if let Some(txt) = txt {
                     let facts = key_facts(&String::from_utf8_lossy(&txt));
                     r.key_bits = facts.bits;
                     r.testing = facts.testing;

@@ -18,7 +18,7 @@ use mail_auth::dmarc::Policy;
 use mail_auth::SpfResult;
 
 /// DKIM signatures verified per message (as dkim-milter's default cap).
-const MAX_DKIM_SIGNATURES: usize = 10;
+pub const MAX_DKIM_SIGNATURES: usize = 10;
 use std::hash::{BuildHasher, Hasher};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -379,7 +379,8 @@ async fn assess(
 
     // Parsed through the chassis so hostile signature lists cannot multiply body hashing.
     let Some(mut am) =
-        chassis::dkimparse::parse_capped(msg.raw(), MAX_DKIM_SIGNATURES).map(|c| c.message)
+        chassis::dkimparse::parse_capped_with(msg.raw(), MAX_DKIM_SIGNATURES, &msg.body_hashes)
+            .map(|c| c.message)
     else {
         tracing::info!("{qid}: message cannot be parsed for DMARC");
         return Evaluation {
@@ -414,7 +415,10 @@ async fn assess(
             (up.dkim.clone(), false, check)
         }
         None => {
-            let outs = rt.auth.verify_dkim(&am).await;
+            let outs = rt
+                .auth
+                .verify_dkim(mail_auth::Parameters::new(&am).with_txt_cache(&rt.keys))
+                .await;
             let check =
                 dmarc::check(&rt.auth, &am, &outs, &spf_domain, spf_result, &from_domain).await;
             (dkim::entries(&outs), true, check)
