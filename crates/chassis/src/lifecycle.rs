@@ -176,15 +176,9 @@ fn spawn_serving_threads<F: crate::milter::Filter>(
         let handle = std::thread::Builder::new()
             .name(format!("milter-{n}"))
             .spawn(move || {
-                let result = rt.block_on(serve_on_worker(
-                    shared,
-                    filter,
-                    max,
-                    idle,
-                    async move {
-                        let _ = stop.wait_for(|s| *s).await;
-                    },
-                ));
+                let result = rt.block_on(serve_on_worker(shared, filter, max, idle, async move {
+                    let _ = stop.wait_for(|s| *s).await;
+                }));
                 let _ = done.send(result);
                 rt.shutdown_timeout(std::time::Duration::from_millis(200));
             })?;

@@ -435,7 +435,7 @@ mod tests {
     #[test]
     fn hashing_plan_stores_no_body() {
         let limits = Limits {
-            spill_threshold: 100,
+            spill_threshold: 300,
             ..Limits::default()
         };
         let sig =
