@@ -9,7 +9,8 @@
 
 use milter_client::consts::{
     ALL_ACTIONS, ALL_PROTOCOL, SMFIC_BODY, SMFIC_CONNECT, SMFIC_HEADER, SMFIP_HDR_LEADSPC,
-    SMFIP_NR_HDR,
+    SMFIP_NR_BODY, SMFIP_NR_CONN, SMFIP_NR_EOH, SMFIP_NR_HDR, SMFIP_NR_HELO, SMFIP_NR_MAIL,
+    SMFIP_NR_RCPT,
 };
 use milter_client::{
     apply_modifications, proto, render, run, EomResult, MilterClient, Modification, Outcome, Reply,
@@ -253,8 +254,15 @@ async fn verify(s: &Setup, raw: &[u8], qid: &str) -> Outcome {
 // ---------------------------------------------------------------------------------------------
 // Low-level sessions: arbitrary header bytes, raw packets, sessions cut short.
 
-/// Opens a session up to (not including) the headers: negotiation with everything offered,
-/// connect, HELO, MAIL, RCPT, DATA, each answered with continue.
+/// What these tests offer: everything except no-reply at HELO, MAIL, RCPT, end of headers and
+/// body, so that each of those replies marks the point where the daemon has processed the
+/// command (the checks on spill files and sessions depend on it). No-reply as Postfix offers it
+/// is covered by `no_reply_stages_are_requested_when_offered` and every other test file.
+const OFFERED: u32 =
+    ALL_PROTOCOL & !(SMFIP_NR_HELO | SMFIP_NR_MAIL | SMFIP_NR_RCPT | SMFIP_NR_EOH | SMFIP_NR_BODY);
+
+/// Opens a session up to (not including) the headers: negotiation with [`OFFERED`], connect,
+/// HELO, MAIL, RCPT, DATA, each answered with continue.
 async fn open_session(s: &Setup, internal: bool, qid: &str) -> MilterClient {
     let ep = s.milter.endpoint();
     let mut c = MilterClient::connect_with_timeout(&ep, CLIENT_TIMEOUT)
@@ -265,7 +273,7 @@ async fn open_session(s: &Setup, internal: bool, qid: &str) -> MilterClient {
 }
 
 async fn open_on(c: &mut MilterClient, internal: bool, qid: &str) {
-    c.negotiate(ALL_ACTIONS, ALL_PROTOCOL).await.unwrap();
+    c.negotiate(ALL_ACTIONS, OFFERED).await.unwrap();
     c.macros(SMFIC_CONNECT, &[("j", AUTHSERV)]).await.unwrap();
     let (name, addr): (&str, SocketAddr) = if internal {
         ("localhost", "127.0.0.1:40000".parse().unwrap())
@@ -1353,4 +1361,54 @@ async fn without_leadspc_relaxed_signature_verifies_with_dkimpy() {
         Some(format!("{AUTHSERV}; {}", rsa_pass(&sigs[0])))
     );
     still_serves(&s, "QN").await;
+}
+
+/// Offered everything, as Postfix does, the daemon asks for no reply at every stage whose answer
+/// is always "continue" (HELO, MAIL, RCPT, each header, end of headers, body) and keeps the
+/// connect reply, which can say "accept" for an ignored client; the message is still signed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_reply_stages_are_requested_when_offered() {
+    let s = setup().await;
+    let mut c = MilterClient::connect_with_timeout(&s.milter.endpoint(), CLIENT_TIMEOUT)
+        .await
+        .unwrap();
+    let n = c.negotiate(ALL_ACTIONS, ALL_PROTOCOL).await.unwrap();
+    for (flag, name) in [
+        (SMFIP_NR_HELO, "HELO"),
+        (SMFIP_NR_MAIL, "MAIL"),
+        (SMFIP_NR_RCPT, "RCPT"),
+        (SMFIP_NR_HDR, "header"),
+        (SMFIP_NR_EOH, "end of headers"),
+        (SMFIP_NR_BODY, "body"),
+    ] {
+        assert!(n.has_protocol(flag), "no reply requested at {name}");
+    }
+    assert!(!n.has_protocol(SMFIP_NR_CONN), "connect must be answered");
+    let addr: SocketAddr = "127.0.0.1:40000".parse().unwrap();
+    assert_eq!(
+        c.connect_info("localhost", Some(addr)).await.unwrap(),
+        Reply::Continue
+    );
+    assert_eq!(c.helo("localhost").await.unwrap(), Reply::NoReply);
+    c.macros(b'M', &[("i", "QNR001")]).await.unwrap();
+    assert_eq!(
+        c.mail(&["<alice@example.com>"]).await.unwrap(),
+        Reply::NoReply
+    );
+    assert_eq!(
+        c.rcpt(&["<bob@example.org>"]).await.unwrap(),
+        Reply::NoReply
+    );
+    let _ = c.data().await.unwrap();
+    assert_eq!(
+        c.header("From", " alice@example.com").await.unwrap(),
+        Reply::NoReply
+    );
+    assert_eq!(c.eoh().await.unwrap(), Reply::NoReply);
+    assert_eq!(c.body(b"hello\r\n").await.unwrap(), Reply::NoReply);
+    c.macros(b'E', &[("i", "QNR001")]).await.unwrap();
+    let r = c.eom().await.unwrap();
+    assert_eq!(r.reply, Reply::Accept);
+    assert_eq!(inserted_in(&r.modifications, "DKIM-Signature").len(), 1);
+    let _ = c.quit().await;
 }

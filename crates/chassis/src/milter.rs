@@ -124,8 +124,8 @@ pub struct Session<S> {
     _active: ActiveGuard,
     snap: Arc<S>,
     leading_space: bool,
-    /// The MTA expects no reply to each header (SMFIP_NR_HDR).
-    noreply_header: bool,
+    /// Stages the MTA agreed not to wait for a reply at (`SMFIP_NR_*`).
+    noreply: ProtoOpts,
     env: Envelope,
     builder: Option<MessageBuilder>,
 }
@@ -198,6 +198,22 @@ fn macro_requests(extra: &[String]) -> Vec<(MacroStage, String)> {
     ]
 }
 
+/// The stages whose reply is always "continue" here, so they need none when the MTA agrees.
+const NO_REPLY_STAGES: ProtoOpts = ProtoOpts::NOREPLY_HELO
+    .union(ProtoOpts::NOREPLY_MAIL)
+    .union(ProtoOpts::NOREPLY_RCPT)
+    .union(ProtoOpts::NOREPLY_HEADER)
+    .union(ProtoOpts::NOREPLY_EOH)
+    .union(ProtoOpts::NOREPLY_BODY);
+
+/// "Continue" at `stage`, or no reply at all when the MTA agreed to that.
+fn go_on<S>(session: &Option<Session<S>>, stage: ProtoOpts) -> Status {
+    match session {
+        Some(s) if s.noreply.contains(stage) => Status::Noreply,
+        _ => Status::Continue,
+    }
+}
+
 /// Builds the indymilter callbacks for `filter`.
 pub fn callbacks<F: Filter>(filter: Arc<F>) -> Callbacks<Session<F::Snapshot>> {
     Callbacks::new()
@@ -222,10 +238,11 @@ pub fn callbacks<F: Filter>(filter: Arc<F>) -> Callbacks<Session<F::Snapshot>> {
                 if leading_space {
                     cx.requested_opts |= ProtoOpts::LEADING_SPACE;
                 }
-                let noreply_header = opts.contains(ProtoOpts::NOREPLY_HEADER);
-                if noreply_header {
-                    cx.requested_opts |= ProtoOpts::NOREPLY_HEADER;
-                }
+                // Every stage but connect (whose reply can be "accept": ignore this connection)
+                // and end of message always continues, so the MTA need not wait for a reply:
+                // fewer round trips per message, for the MTA and for us.
+                let noreply = opts & NO_REPLY_STAGES;
+                cx.requested_opts |= noreply;
                 let snap = filter.snapshot();
                 if actions.contains(Actions::REQUEST_MACROS) {
                     for (stage, list) in macro_requests(&F::extra_macros(&snap)) {
@@ -238,7 +255,7 @@ pub fn callbacks<F: Filter>(filter: Arc<F>) -> Callbacks<Session<F::Snapshot>> {
                     _active: ActiveGuard::new(),
                     snap,
                     leading_space,
-                    noreply_header,
+                    noreply,
                     env: Envelope::default(),
                     builder: None,
                 });
@@ -269,7 +286,7 @@ pub fn callbacks<F: Filter>(filter: Arc<F>) -> Callbacks<Session<F::Snapshot>> {
                 if let Some(s) = cx.data.as_mut() {
                     s.env.helo = helo.to_string_lossy().into_owned();
                 }
-                Status::Continue
+                go_on(&cx.data, ProtoOpts::NOREPLY_HELO)
             })
         })
         .on_mail(|cx: &mut Context<Session<F::Snapshot>>, args: Vec<CString>| {
@@ -279,7 +296,7 @@ pub fn callbacks<F: Filter>(filter: Arc<F>) -> Callbacks<Session<F::Snapshot>> {
                 s.env.mail_from = strip_angle(&cstr_arg(&args, 0));
                 s.env.rcpts.clear();
                 s.builder = Some(MessageBuilder::new(F::limits(&s.snap), s.leading_space));
-                Status::Continue
+                go_on(&cx.data, ProtoOpts::NOREPLY_MAIL)
             })
         })
         .on_rcpt(|cx: &mut Context<Session<F::Snapshot>>, args: Vec<CString>| {
@@ -288,7 +305,7 @@ pub fn callbacks<F: Filter>(filter: Arc<F>) -> Callbacks<Session<F::Snapshot>> {
                 if let Some(s) = cx.data.as_mut() {
                     s.env.rcpts.push(strip_angle(&cstr_arg(&args, 0)));
                 }
-                Status::Continue
+                go_on(&cx.data, ProtoOpts::NOREPLY_RCPT)
             })
         })
         .on_header(|cx: &mut Context<Session<F::Snapshot>>, name: CString, value: CString| {
@@ -299,11 +316,8 @@ pub fn callbacks<F: Filter>(filter: Arc<F>) -> Callbacks<Session<F::Snapshot>> {
                     s.builder
                         .get_or_insert_with(|| MessageBuilder::new(F::limits(snap), leading_space))
                         .header(name.as_bytes(), value.as_bytes());
-                    if s.noreply_header {
-                        return Status::Noreply;
-                    }
                 }
-                Status::Continue
+                go_on(&cx.data, ProtoOpts::NOREPLY_HEADER)
             })
         })
         .on_eoh(|cx: &mut Context<Session<F::Snapshot>>| {
@@ -317,7 +331,7 @@ pub fn callbacks<F: Filter>(filter: Arc<F>) -> Callbacks<Session<F::Snapshot>> {
                     b.end_of_headers();
                     b.plan_body(F::body_plan(snap, &s.env, b.headers(), b.header_block()));
                 }
-                Status::Continue
+                go_on(&cx.data, ProtoOpts::NOREPLY_EOH)
             })
         })
         .on_body(|cx: &mut Context<Session<F::Snapshot>>, chunk: bytes::Bytes| {
@@ -325,7 +339,7 @@ pub fn callbacks<F: Filter>(filter: Arc<F>) -> Callbacks<Session<F::Snapshot>> {
                 if let Some(b) = cx.data.as_mut().and_then(|s| s.builder.as_mut()) {
                     b.body(&chunk);
                 }
-                Status::Continue
+                go_on(&cx.data, ProtoOpts::NOREPLY_BODY)
             })
         })
         .on_eom(|cx: &mut EomContext<Session<F::Snapshot>>| Box::pin(end_of_message::<F>(cx)))
