@@ -4,6 +4,7 @@
 use mail_auth::common::crypto::Ed25519Key;
 use mail_auth::common::headers::HeaderWriter;
 use mail_auth::dkim::DkimSigner;
+use milter_client::consts::SMFIP_NOBODY;
 use milter_client::{run, Modification, Outcome, Reply, Transaction};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -355,6 +356,10 @@ async fn dmarc_pass_via_dkim_alignment_only() {
     );
     // SPF fails (wrong IP), DKIM passes and aligns.
     let out = send(&s, &tx(&raw, "DKIMALIGN", BAD_IP, "alice@example.com")).await;
+    assert!(
+        !out.negotiated.has_protocol(SMFIP_NOBODY),
+        "verifying DKIM itself, the daemon needs the body"
+    );
     assert_eq!(out.reply, Reply::Accept);
     let ar = auth_results(&out);
     assert!(ar.contains("spf=fail"), "{ar}");
@@ -654,6 +659,10 @@ async fn trusted_upstream_results_and_forged_headers() {
          Authentication-Results: dkim.upstream.example; dkim=pass header.d=example.com header.s=up\r\n{body}"
     );
     let out = send(&s, &tx(raw.as_bytes(), "TRUST1", BAD_IP, "a@example.com")).await;
+    assert!(
+        out.negotiated.has_protocol(SMFIP_NOBODY),
+        "with trusted upstream results no body is asked for, as OpenDMARC"
+    );
     let ar = auth_results(&out);
     assert!(
         ar.contains("dmarc=pass (p=reject dis=none) header.from=example.com"),

@@ -72,6 +72,12 @@ pub trait Filter: Send + Sync + 'static {
     /// Decides whether to look at this connection at all.
     fn on_connect(snap: &Self::Snapshot, env: &Envelope) -> ConnectDecision;
 
+    /// Whether this configuration ever looks at a message body. When it does not, the MTA is
+    /// asked not to send bodies at all (`SMFIP_NOBODY`), as OpenDMARC does.
+    fn wants_body(_snap: &Self::Snapshot) -> bool {
+        true
+    }
+
     /// At end of headers: whether `on_message` will need the body bytes, and which DKIM body
     /// hashes to compute while the body arrives. The default keeps the body and hashes nothing.
     fn body_plan(
@@ -244,6 +250,9 @@ pub fn callbacks<F: Filter>(filter: Arc<F>) -> Callbacks<Session<F::Snapshot>> {
                 let noreply = opts & NO_REPLY_STAGES;
                 cx.requested_opts |= noreply;
                 let snap = filter.snapshot();
+                if !F::wants_body(&snap) && opts.contains(ProtoOpts::NO_BODY) {
+                    cx.requested_opts |= ProtoOpts::NO_BODY;
+                }
                 if actions.contains(Actions::REQUEST_MACROS) {
                     for (stage, list) in macro_requests(&F::extra_macros(&snap)) {
                         if let Ok(c) = CString::new(list) {

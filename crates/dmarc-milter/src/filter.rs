@@ -50,6 +50,11 @@ impl Filter for DmarcFilter {
 
     /// Nothing here reads the body except DKIM body hashing, so the body is hashed as it
     /// arrives and never stored.
+    /// With trusted upstream results DKIM is not verified here: no body is needed at all.
+    fn wants_body(snap: &Runtime) -> bool {
+        !snap.config.trusts_upstream()
+    }
+
     /// With trusted upstream results DKIM is not verified here and nothing is hashed.
     fn body_plan(
         snap: &Runtime,
