@@ -11,94 +11,22 @@
 //! evaluated. dkim-milter gets `internal_hosts = ["192.0.2.1"]` where the mail must be verified
 //! (inbound) rather than signed.
 
-use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 use std::path::Path;
 
-use mail_auth::common::crypto::Ed25519Key;
-use mail_auth::common::headers::HeaderWriter;
-use mail_auth::dkim::DkimSigner;
 use testkit::daemons::{start_dkim, start_dmarc, RunningMilter};
-use testkit::dns::{TestDns, Zone};
-use testkit::keys::TestKey;
+use testkit::dns::TestDns;
 use testkit::postfix::{
     header_fields, milter_inet, milter_unix, open_socket_for_postfix, require_postfix, Postfix,
     PostfixOptions,
 };
 use testkit::smtp::Reply;
 
+mod dmarc_common;
 mod mta_common;
+use dmarc_common::*;
 use mta_common::*;
 
 type DmarcMilter = RunningMilter<dmarc_milter::filter::DmarcFilter>;
-
-/// The selector of the test's own Ed25519 key for signed.example.
-const SELECTOR: &str = "sel";
-/// The name dkim-milter (and nothing else, when DKIM is verified once) looks up.
-const KEY_NAME: &str = "sel._domainkey.signed.example";
-
-/// Keys of one test: `signed` for signed.example (signed in the test), `shipped` for the
-/// example.com key the shipped etc/keys tables name (selector mail).
-struct Keys {
-    signed: TestKey,
-    shipped: TestKey,
-}
-
-/// - aligned.example: SPF passes for 127.0.0.1 (the test client), p=reject.
-/// - other.example: SPF passes for 127.0.0.1, no DMARC record (an unaligned bounce domain).
-/// - reject.example: SPF fails everywhere, p=reject.
-/// - signed.example: SPF fails everywhere, p=reject, DKIM key `sel`: passes DMARC by DKIM only.
-/// - example.com: SPF fails everywhere, p=reject, DKIM key `mail` (the shipped tables).
-fn zone(k: &Keys) -> Zone {
-    Zone::new()
-        .txt("aligned.example", "v=spf1 ip4:127.0.0.1 -all")
-        .txt("_dmarc.aligned.example", "v=DMARC1; p=reject")
-        .txt("other.example", "v=spf1 ip4:127.0.0.1 -all")
-        .txt("reject.example", "v=spf1 -all")
-        .txt("_dmarc.reject.example", "v=DMARC1; p=reject")
-        .txt("signed.example", "v=spf1 -all")
-        .txt("_dmarc.signed.example", "v=DMARC1; p=reject")
-        .txt(KEY_NAME, &k.signed.dns_record())
-        .txt("example.com", "v=spf1 -all")
-        .txt("_dmarc.example.com", "v=DMARC1; p=reject")
-        .txt("mail._domainkey.example.com", &k.shipped.dns_record())
-}
-
-/// Signs `raw` with `key` as `d=signed.example; s=sel` (Ed25519), as an outside signer would.
-fn sign(raw: &[u8], key: &TestKey) -> Vec<u8> {
-    let k = Ed25519Key::from_pkcs8_maybe_unchecked_der(&key.pkcs8_der()).expect("key");
-    let sig = DkimSigner::from_key(k)
-        .domain("signed.example")
-        .selector(SELECTOR)
-        .headers(["From", "To", "Subject", "Date", "Message-ID"])
-        .sign(raw)
-        .expect("sign");
-    let mut out = sig.to_header().into_bytes();
-    out.extend_from_slice(raw);
-    out
-}
-
-fn resolver(dns: &TestDns) -> String {
-    format!(
-        "[resolver]\nnameservers = [\"{}\"]\ntimeout = 1.0\nattempts = 1\n",
-        dns.addr()
-    )
-}
-
-/// dmarc-milter's configuration for these tests; `extra` goes to the top level.
-fn dmarc_config(dns: &TestDns, extra: &str) -> String {
-    format!(
-        "authserv_id = \"{AUTHSERV}\"\nhistory = \"history.sqlite\"\nignore_hosts = []\n{extra}\n{}",
-        resolver(dns)
-    )
-}
-
-/// dkim-milter verifying only (every client is outside: internal_hosts names another host).
-fn dkim_config(dns: &TestDns) -> String {
-    format!(
-        "authserv_id = \"{AUTHSERV}\"\nmode = \"v\"\ninternal_hosts = [\"192.0.2.1\"]\n{}",
-        resolver(dns)
-    )
-}
 
 #[derive(Clone, Copy, PartialEq)]
 enum Socket {
@@ -129,14 +57,7 @@ struct Rig {
     _dkim: Option<RunningMilter>,
     _dmarc: DmarcMilter,
     postfix: Postfix,
-    keys: Keys,
-}
-
-fn new_keys() -> Keys {
-    Keys {
-        signed: TestKey::ed25519(),
-        shipped: TestKey::rsa(2048),
-    }
+    keys: DmarcKeys,
 }
 
 /// dmarc-milter alone (`dmarc_extra` added to its configuration).
@@ -163,10 +84,10 @@ async fn dmarc_rig(dmarc_extra: &str, socket: Socket) -> Option<Rig> {
 /// `smtpd_milters = dkim, dmarc` with the given configurations (TOML text; the resolver is
 /// appended by the caller). `prepare` may write files (keys) into the directory first.
 async fn chain_rig(
-    keys: Keys,
+    keys: DmarcKeys,
     dkim_cfg: impl FnOnce(&TestDns) -> String,
     dmarc_cfg: impl FnOnce(&TestDns) -> String,
-    prepare: impl FnOnce(&Path, &Keys),
+    prepare: impl FnOnce(&Path, &DmarcKeys),
 ) -> Option<Rig> {
     if !require_postfix() {
         return None;
@@ -227,52 +148,6 @@ impl Rig {
     }
 }
 
-/// The parts of dmarc-milter's history row for one message that these tests check.
-#[derive(Debug, PartialEq)]
-struct History {
-    dmarc_result: String,
-    disposition: String,
-    spf_aligned: String,
-    dkim_aligned: String,
-    /// (domain, selector, result) per DKIM result recorded.
-    dkim: Vec<(String, String, String)>,
-}
-
-fn history(path: &Path, qid: &str) -> History {
-    let conn = rusqlite::Connection::open(path).expect("open history");
-    let (id, dmarc_result, disposition, spf_aligned, dkim_aligned) = conn
-        .query_row(
-            "SELECT id, dmarc_result, disposition, spf_aligned, dkim_aligned \
-             FROM messages WHERE job_id = ?1",
-            [qid],
-            |r| {
-                Ok((
-                    r.get::<_, i64>(0)?,
-                    r.get(1)?,
-                    r.get(2)?,
-                    r.get(3)?,
-                    r.get(4)?,
-                ))
-            },
-        )
-        .unwrap_or_else(|e| panic!("history row for {qid}: {e}"));
-    let mut stmt = conn
-        .prepare("SELECT domain, selector, result FROM dkim_results WHERE message_id = ?1")
-        .unwrap();
-    let dkim = stmt
-        .query_map([id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
-        .unwrap()
-        .collect::<Result<Vec<_>, _>>()
-        .unwrap();
-    History {
-        dmarc_result,
-        disposition,
-        spf_aligned,
-        dkim_aligned,
-        dkim,
-    }
-}
-
 /// The queue id Postfix logged for a message a milter rejected at END-OF-MESSAGE, with the line.
 fn rejected_qid(postfix: &Postfix) -> (String, String) {
     let log = postfix.log();
@@ -288,11 +163,6 @@ fn rejected_qid(postfix: &Postfix) -> (String, String) {
         .unwrap()
         .to_owned();
     (qid, line)
-}
-
-/// Authentication-Results fields of `msg`, in order, unfolded.
-fn ars(msg: &[u8]) -> Vec<String> {
-    fields(msg, "Authentication-Results")
 }
 
 fn queued(reply: &Reply) -> String {
@@ -631,14 +501,6 @@ async fn shipped_example_configurations_pass_signed_aligned_mail() {
 // ---------------------------------------------------------------------------------------------
 // Scenario 7: a milter that is down.
 // ---------------------------------------------------------------------------------------------
-
-/// A loopback port nobody listens on.
-fn closed_port() -> SocketAddr {
-    let l = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
-    let addr = l.local_addr().unwrap();
-    drop(l);
-    addr
-}
 
 /// `milter_default_action = tempfail` with the milter down (a closed inet port, a missing unix
 /// socket): Postfix answers `451 4.7.1 Service unavailable - try again later` and delivers
