@@ -412,11 +412,10 @@ async fn inbound_tampered_mail_is_rejected_with_reject_action() {
         }
     );
     // Postfix logs the refusal with the queue id it had assigned.
-    let log = r.postfix.log();
-    let line = log
-        .lines()
-        .find(|l| l.contains("milter-reject: END-OF-MESSAGE"))
-        .unwrap_or_else(|| panic!("no milter-reject in the Postfix log:\n{log}"));
+    let line = r
+        .postfix
+        .wait_for_log_line("milter-reject: END-OF-MESSAGE", DELIVERY)
+        .unwrap_or_else(|| panic!("no milter-reject in the Postfix log:\n{}", r.postfix.log()));
     assert!(
         line.contains(
             "5.7.0 bad DKIM signature data; from=<alice@sender.example> to=<bob@test.example>"

@@ -150,12 +150,9 @@ impl Rig {
 
 /// The queue id Postfix logged for a message a milter rejected at END-OF-MESSAGE, with the line.
 fn rejected_qid(postfix: &Postfix) -> (String, String) {
-    let log = postfix.log();
-    let line = log
-        .lines()
-        .find(|l| l.contains("milter-reject: END-OF-MESSAGE"))
-        .unwrap_or_else(|| panic!("no milter-reject in the Postfix log:\n{log}"))
-        .to_owned();
+    let line = postfix
+        .wait_for_log_line("milter-reject: END-OF-MESSAGE", DELIVERY)
+        .unwrap_or_else(|| panic!("no milter-reject in the Postfix log:\n{}", postfix.log()));
     let qid = line
         .split(": milter-reject")
         .next()
@@ -534,11 +531,14 @@ async fn milter_down_tempfails() {
                 postfix.log()
             );
         }
-        let log = postfix.log();
         assert!(
-            log.contains(&format!("connect to Milter service {spec}")),
-            "{log}"
+            postfix
+                .wait_for_log_line(&format!("connect to Milter service {spec}"), DELIVERY)
+                .is_some(),
+            "{}",
+            postfix.log()
         );
+        let log = postfix.log();
         std::thread::sleep(std::time::Duration::from_millis(300));
         assert!(postfix.deliveries().is_empty(), "{log}");
     }

@@ -428,6 +428,21 @@ impl Postfix {
         read_lossy(&self.dir.path().join("maillog"))
     }
 
+    /// The first log line containing `needle`, waiting up to `timeout` for it: Postfix writes
+    /// its log through postlogd, so a line can land after the SMTP reply the client already has.
+    pub fn wait_for_log_line(&self, needle: &str, timeout: Duration) -> Option<String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(l) = self.log().lines().find(|l| l.contains(needle)) {
+                return Some(l.to_owned());
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// What `postfix start-fg` wrote to stderr.
     pub fn stderr_log(&self) -> String {
         read_lossy(&self.dir.path().join("stderr.log"))
