@@ -169,10 +169,7 @@ fn spawn_serving_threads<F: crate::milter::Filter>(
             listener.share()?
         };
         let (filter, mut stop, done) = (filter.clone(), stop.clone(), done.clone());
-        let (max, idle) = (
-            service.max_connections.div_ceil(count + 1),
-            service.idle_timeout,
-        );
+        let (max, idle) = (service.connections_per_worker(), service.idle_timeout);
         let handle = std::thread::Builder::new()
             .name(format!("milter-{n}"))
             .spawn(move || {
@@ -342,7 +339,7 @@ async fn run<D: Daemon>(
             r = serve_on_worker(
                 listener,
                 filter,
-                service.max_connections.div_ceil(service.workers.max(1)),
+                service.connections_per_worker(),
                 service.idle_timeout,
                 async move {
                     let _ = own_stop.wait_for(|s| *s).await;

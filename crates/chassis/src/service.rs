@@ -147,6 +147,11 @@ impl ServiceSettings {
         })
     }
 
+    /// Each serving thread's share of `max_connections` (rounded up, so the sum is never less).
+    pub fn connections_per_worker(&self) -> usize {
+        self.max_connections.div_ceil(self.workers.max(1))
+    }
+
     /// The settings that only take effect at start, as `(name, value)` for "needs restart" messages.
     pub fn restart_only(&self) -> Vec<(&'static str, String)> {
         vec![
