@@ -296,7 +296,7 @@ async fn authentication_milter_scenarios_agreement() {
     let dns = TestDns::start(&zone).await.unwrap();
     let scenarios = load_scenarios(&dir.join("SCENARIOS_milter.tsv"));
     let tmp = tempfile::tempdir().unwrap();
-    let mut milters: BTreeMap<String, RunningMilter<dmarc_milter::filter::DmarcFilter>> =
+    let mut milters: BTreeMap<String, RunningMilter<dmarc_policy::runtime::Runtime>> =
         BTreeMap::new();
     let mut table = Vec::new();
     let mut unexplained = Vec::new();

@@ -21,7 +21,7 @@ const BAD_IP: &str = "203.0.113.5";
 struct Setup {
     dir: tempfile::TempDir,
     _dns: TestDns,
-    milter: RunningMilter<dmarc_milter::filter::DmarcFilter>,
+    milter: RunningMilter<dmarc_policy::runtime::Runtime>,
     key: TestKey,
 }
 

@@ -29,7 +29,7 @@ mod mta_common;
 use dmarc_common::*;
 use mta_common::*;
 
-type DmarcMilter = RunningMilter<dmarc_milter::filter::DmarcFilter>;
+type DmarcMilter = RunningMilter<dmarc_policy::runtime::Runtime>;
 
 #[derive(Clone, Copy, PartialEq)]
 enum Socket {

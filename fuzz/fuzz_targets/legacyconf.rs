@@ -20,8 +20,8 @@ fuzz_target!(|data: &[u8]| {
         let _ = e.integer();
         let _ = e.list();
     }
-    let dkim = dkim_milter::legacy::convert(&entries, path);
-    let dmarc = dmarc_milter::legacy::convert(&entries, Path::new("/etc/opendmarc.conf"));
+    let dkim = dkim_policy::legacy::convert(&entries, path);
+    let dmarc = dmarc_policy::legacy::convert(&entries, Path::new("/etc/opendmarc.conf"));
     for (who, converted) in [("dkim", dkim), ("dmarc", dmarc)] {
         match converted {
             Ok(c) => {

@@ -23,9 +23,9 @@ use std::time::Duration;
 use chassis::envelope::Envelope;
 use chassis::message::MessageBuilder;
 use chassis::verdict::HeaderEdit;
-use dkim_milter::config::Config;
-use dkim_milter::keygen::{generate, write_private, KeyKind};
-use dkim_milter::runtime::Runtime;
+use dkim_policy::config::Config;
+use dkim_policy::keygen::{generate, write_private, KeyKind};
+use dkim_policy::runtime::Runtime;
 use libfuzzer_sys::fuzz_target;
 use mail_auth::hickory_resolver::config::{
     ConnectionConfig, NameServerConfig, ResolveHosts, ResolverConfig, ResolverOpts,
@@ -210,8 +210,8 @@ fuzz_target!(|data: &[u8]| {
     };
     let verdict = h
         .tokio
-        .block_on(dkim_milter::policy::evaluate::evaluate(rt, &env, &msg));
-    let _ = dkim_milter::policy::evaluate::authserv_id(rt, &env);
+        .block_on(dkim_policy::policy::evaluate::evaluate(rt, &env, &msg));
+    let _ = dkim_policy::policy::evaluate::authserv_id(rt, &env);
     for edit in &verdict.edits {
         match edit {
             HeaderEdit::Delete { name, occurrence } => {

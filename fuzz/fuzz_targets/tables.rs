@@ -7,7 +7,7 @@
 
 use std::path::Path;
 
-use dkim_milter::tables::{wildcard_match, KeyTable, SigningTable};
+use dkim_policy::tables::{wildcard_match, KeyTable, SigningTable};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

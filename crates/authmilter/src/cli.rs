@@ -6,7 +6,7 @@ use crate::genkey::{genkey, key_kind, GenkeyOptions};
 use crate::report::Report;
 use crate::testkey::{keys_from_config, testkey, KeyToTest};
 use chassis::dns::ResolverSettings;
-use dkim_milter::config::Config;
+use dkim_policy::config::Config;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 

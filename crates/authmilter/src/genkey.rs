@@ -4,7 +4,7 @@
 //! not sign with a key under 2048 bits (its crypto library, aws-lc, refuses smaller RSA keys and
 //! RFC 8301 calls 1024 the bare minimum), so a 1024-bit key would be a key nobody here can use.
 
-use dkim_milter::keygen::{self, KeyKind};
+use dkim_policy::keygen::{self, KeyKind};
 use std::path::{Path, PathBuf};
 
 /// What to generate and where.

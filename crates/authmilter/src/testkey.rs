@@ -7,9 +7,9 @@ use crate::report::{Finding, Report};
 use aws_lc_rs::encoding::AsDer;
 use aws_lc_rs::signature::KeyPair;
 use base64::Engine;
-use dkim_milter::config::Config;
-use dkim_milter::policy::verify::key_facts;
-use dkim_milter::tables::KeySource;
+use dkim_policy::config::Config;
+use dkim_policy::policy::verify::key_facts;
+use dkim_policy::tables::KeySource;
 use mail_auth::common::parse::TxtRecordParser;
 use mail_auth::common::verify::DomainKey;
 use std::path::Path;
@@ -405,7 +405,7 @@ mod tests {
 
     #[test]
     fn public_key_of_generated_keys() {
-        use dkim_milter::keygen::{generate, KeyKind};
+        use dkim_policy::keygen::{generate, KeyKind};
         let ed = generate(KeyKind::Ed25519).unwrap();
         match public_key_of(ed.private_pem.as_bytes()).unwrap() {
             PublicKey::Ed25519(raw) => assert_eq!(b64decode(&ed.public_b64).unwrap(), raw),

@@ -481,7 +481,7 @@ fn genkey(dir: &Path, domain: &str, selector: &str, extra: &[&str]) -> (String, 
 /// Signs a message with the key file (loaded the way dkim-milter loads keys) and verifies it
 /// through the test DNS.
 async fn sign_and_verify(dns: SocketAddr, key: &str, domain: &str, selector: &str) {
-    let key = dkim_milter::keys::load_key_file(Path::new(key), true).unwrap();
+    let key = dkim_policy::keys::load_key_file(Path::new(key), true).unwrap();
     let message = format!(
         "From: Alice <alice@{domain}>\r\nTo: bob@example.net\r\nSubject: genkey test\r\n\
          Date: Mon, 3 Jun 2024 10:00:00 +0000\r\nMessage-ID: <1@{domain}>\r\n\r\nHello.\r\n"

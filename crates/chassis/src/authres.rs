@@ -690,7 +690,7 @@ pub fn authserv_id(value: &str) -> Option<String> {
 
 /// Normal form for comparing ids: `/jobid` removed, one trailing dot
 /// removed, lowercased.
-fn id_key(id: &str) -> String {
+pub fn id_key(id: &str) -> String {
     let id = id.split('/').next().unwrap_or("").trim();
     id.strip_suffix('.').unwrap_or(id).to_ascii_lowercase()
 }

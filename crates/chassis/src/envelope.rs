@@ -1,12 +1,29 @@
-//! What a front end (milter today, OpenSMTPD filter protocol next) learned about one SMTP transaction
-//! before the message content: the policy layer reads this, never protocol types.
+//! What a front end (milter today, OpenSMTPD filter protocol next) learned about one SMTP
+//! transaction before the message content, as typed fields: the policy layer reads this,
+//! never protocol types or macro names. Each front end maps its own protocol onto these fields.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::net::IpAddr;
 
-/// The SMTP envelope and the MTA's macros, as plain data.
+/// SMTP AUTH as the MTA reported it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Authenticated {
+    /// The authenticated user name (may be empty when the MTA only reports the mechanism).
+    pub user: String,
+    /// The SASL mechanism (`PLAIN`, `LOGIN`, ...), empty when unknown.
+    pub mechanism: String,
+}
+
+/// The SMTP envelope of one transaction, as plain data.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Envelope {
+    /// The MTA's queue id; every log line about the message starts with it.
+    pub queue_id: Option<String>,
+    /// The MTA's own host name (the authserv-id fallback).
+    pub mta_hostname: Option<String>,
+    /// The name of the MTA's listener or service the message came in on (Postfix's
+    /// `smtpd -o milter_macro_daemon_name=ORIGINATING`, Sendmail's DaemonPortOptions Name=).
+    pub listener: Option<String>,
     /// The connecting client's address; `None` for local submissions (unix socket, pickup).
     pub client_ip: Option<IpAddr>,
     /// The client's host name as the MTA reported it (`[192.0.2.1]` when it has none).
@@ -15,34 +32,30 @@ pub struct Envelope {
     /// The MAIL FROM address without angle brackets; empty for the null sender.
     pub mail_from: String,
     pub rcpts: Vec<String>,
-    /// Every macro the MTA sent, names normalised without braces (`auth_type`, `i`, `j`); the newest value wins.
-    pub macros: HashMap<String, String>,
+    /// Set when the client authenticated with SMTP AUTH.
+    pub auth: Option<Authenticated>,
+    /// Other MTA-provided values that the operator's rules name (OpenDKIM's MacroList), by
+    /// name without protocol decoration.
+    pub attributes: BTreeMap<String, String>,
 }
 
 impl Envelope {
-    /// A macro by name, with or without braces (`{auth_type}` and `auth_type` are the same macro).
-    pub fn macro_value(&self, name: &str) -> Option<&str> {
-        let bare = name.trim_start_matches('{').trim_end_matches('}');
-        self.macros
-            .get(bare)
+    /// The MTA's queue id for log lines, OpenDKIM's placeholder when it gave none.
+    pub fn queue_id(&self) -> &str {
+        self.queue_id.as_deref().unwrap_or("(unknown-jobid)")
+    }
+
+    /// True when the client authenticated with SMTP AUTH.
+    pub fn is_authenticated(&self) -> bool {
+        self.auth.is_some()
+    }
+
+    /// An attribute the operator's rules refer to, when the MTA gave a non-empty one.
+    pub fn attribute(&self, name: &str) -> Option<&str> {
+        self.attributes
+            .get(name)
             .map(String::as_str)
             .filter(|v| !v.is_empty())
-    }
-
-    /// The MTA's queue id (`i`), used to prefix every log line as OpenDKIM does.
-    pub fn queue_id(&self) -> &str {
-        self.macro_value("i").unwrap_or("(unknown-jobid)")
-    }
-
-    /// True when the client authenticated with SMTP AUTH (`{auth_type}` or `{auth_authen}` set).
-    pub fn is_authenticated(&self) -> bool {
-        self.macro_value("auth_type").is_some() || self.macro_value("auth_authen").is_some()
-    }
-
-    /// Records a macro, normalising `{name}` to `name`.
-    pub fn set_macro(&mut self, name: &str, value: &str) {
-        let bare = name.trim_start_matches('{').trim_end_matches('}');
-        self.macros.insert(bare.to_string(), value.to_string());
     }
 
     /// The client for log lines: `name [ip]`.
@@ -54,6 +67,12 @@ impl Envelope {
             None => "(local)".to_string(),
         }
     }
+
+    /// Clears what belongs to one transaction (after an abort or at the next MAIL FROM).
+    pub fn reset_transaction(&mut self) {
+        self.mail_from.clear();
+        self.rcpts.clear();
+    }
 }
 
 #[cfg(test)]
@@ -61,20 +80,26 @@ mod tests {
     use super::*;
 
     #[test]
-    fn macros_are_found_with_or_without_braces() {
-        let mut e = Envelope::default();
-        e.set_macro("{auth_type}", "PLAIN");
-        e.set_macro("i", "ABC123");
-        assert_eq!(e.macro_value("auth_type"), Some("PLAIN"));
-        assert_eq!(e.macro_value("{auth_type}"), Some("PLAIN"));
-        assert_eq!(e.queue_id(), "ABC123");
-        assert!(e.is_authenticated());
-        e.set_macro("auth_type", "");
-        assert!(!e.is_authenticated());
+    fn missing_queue_id_reads_like_opendkim() {
+        assert_eq!(Envelope::default().queue_id(), "(unknown-jobid)");
     }
 
     #[test]
-    fn missing_queue_id_reads_like_opendkim() {
-        assert_eq!(Envelope::default().queue_id(), "(unknown-jobid)");
+    fn empty_attributes_count_as_absent() {
+        let mut e = Envelope::default();
+        e.attributes.insert("daemon_name".into(), String::new());
+        assert_eq!(e.attribute("daemon_name"), None);
+        e.attributes.insert("daemon_name".into(), "ORIG".into());
+        assert_eq!(e.attribute("daemon_name"), Some("ORIG"));
+    }
+
+    #[test]
+    fn client_label_forms() {
+        let mut e = Envelope::default();
+        assert_eq!(e.client_label(), "(local)");
+        e.client_ip = Some("192.0.2.1".parse().unwrap());
+        assert_eq!(e.client_label(), "[192.0.2.1]");
+        e.client_name = "mail.example".into();
+        assert_eq!(e.client_label(), "mail.example [192.0.2.1]");
     }
 }

@@ -1,34 +1,46 @@
 //! Forged Authentication-Results: every incoming header that claims to come from one of our
-//! authserv-ids is deleted before we add our own, on every path, by both daemons.
+//! authserv-ids is removed before we add our own, on every path, by both daemons. The policy
+//! says *which ids* ([`HeaderEdit::RemoveAuthResults`]); the front end turns that into its
+//! protocol's deletions with [`forged_occurrences`], from the message's header scan, which
+//! sees every field even past the storage cap.
 
-use crate::authres::forged_indexes;
+use crate::authres::id_key;
 use crate::envelope::Envelope;
-use crate::message::Message;
+use crate::message::{Message, SeenAuthResults};
 use crate::verdict::HeaderEdit;
 
-/// Deletions for every incoming A-R claiming to be one of `ids`, highest occurrence first (so
-/// they are right whether or not the MTA renumbers after each deletion; CVE-2022-48521).
-pub fn forged_deletions(msg: &Message, ids: &[String]) -> Vec<HeaderEdit> {
-    let pairs: Vec<(&[u8], &[u8])> = msg
-        .headers
+/// The 1-based occurrences (among Authentication-Results fields) claiming one of `ids`,
+/// highest first, so deleting them one by one is right whether or not the MTA renumbers after
+/// each deletion (CVE-2022-48521).
+pub fn forged_occurrences(seen: &[SeenAuthResults], ids: &[String]) -> Vec<u32> {
+    let ours: Vec<String> = ids
         .iter()
-        .map(|h| (h.name.as_slice(), h.value.as_slice()))
+        .map(|i| id_key(i))
+        .filter(|i| !i.is_empty())
         .collect();
-    forged_indexes(&pairs, ids)
-        .into_iter()
-        .map(|occurrence| HeaderEdit::Delete {
-            name: "Authentication-Results".into(),
-            occurrence,
-        })
-        .collect()
+    let mut found: Vec<u32> = seen
+        .iter()
+        .filter(|s| s.authserv_id.as_ref().is_some_and(|id| ours.contains(id)))
+        .map(|s| s.occurrence)
+        .collect();
+    found.reverse();
+    found
 }
 
-/// The authserv-id to write: configured, else the MTA's `j` macro, else this host's name
+/// The edit removing every incoming A-R that claims `id`, and how many there are (for the log
+/// line); `None` when there is none.
+pub fn forged_removal(msg: &Message, id: &str) -> Option<(HeaderEdit, usize)> {
+    let ids = vec![id.to_string()];
+    let n = forged_occurrences(msg.auth_results_seen(), &ids).len();
+    (n > 0).then_some((HeaderEdit::RemoveAuthResults { authserv_ids: ids }, n))
+}
+
+/// The authserv-id to write: configured, else the MTA's own host name, else this host's name
 /// (OpenDKIM's and OpenDMARC's order).
 pub fn authserv_id(configured: Option<&str>, env: &Envelope, hostname: &str) -> String {
     configured
         .map(str::to_string)
-        .or_else(|| env.macro_value("j").map(str::to_string))
+        .or_else(|| env.mta_hostname.clone().filter(|h| !h.is_empty()))
         .unwrap_or_else(|| hostname.to_string())
 }
 
@@ -45,31 +57,30 @@ mod tests {
     use super::*;
 
     #[test]
-    fn deletes_ours_highest_first() {
+    fn finds_ours_highest_first() {
         let raw = b"Authentication-Results: mx.example; dkim=pass\r\nAuthentication-Results: other; spf=pass\r\n\
                     Authentication-Results: MX.EXAMPLE/Q1; dmarc=pass\r\nFrom: a@b.example\r\n\r\n";
         let msg = Message::from_raw(raw).unwrap();
-        let edits = forged_deletions(&msg, &["mx.example".to_string()]);
         assert_eq!(
-            edits,
-            vec![
-                HeaderEdit::Delete {
-                    name: "Authentication-Results".into(),
-                    occurrence: 3
-                },
-                HeaderEdit::Delete {
-                    name: "Authentication-Results".into(),
-                    occurrence: 1
-                },
-            ]
+            forged_occurrences(msg.auth_results_seen(), &["mx.example.".to_string()]),
+            vec![3, 1]
         );
+        let (edit, n) = forged_removal(&msg, "mx.example").unwrap();
+        assert_eq!(n, 2);
+        assert_eq!(
+            edit,
+            HeaderEdit::RemoveAuthResults {
+                authserv_ids: vec!["mx.example".into()]
+            }
+        );
+        assert!(forged_removal(&msg, "nobody.example").is_none());
     }
 
     #[test]
     fn authserv_id_order() {
         let mut env = Envelope::default();
         assert_eq!(authserv_id(None, &env, "host"), "host");
-        env.set_macro("j", "mx.j.example");
+        env.mta_hostname = Some("mx.j.example".into());
         assert_eq!(authserv_id(None, &env, "host"), "mx.j.example");
         assert_eq!(
             authserv_id(Some("conf.example"), &env, "host"),

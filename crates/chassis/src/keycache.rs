@@ -3,32 +3,59 @@
 //! mail-auth asks this cache before the resolver and fills it with each record it parsed, with
 //! the expiry the DNS answer gave; failed lookups are never stored (mail-auth returns before
 //! inserting), so a DNS outage is not remembered.
+//!
+//! Built on moka (already in the build through hickory): bounded, concurrent without a global
+//! lock, and evicting by frequency and recency, so a flood of attacker-chosen selectors cannot
+//! flush the keys that real mail keeps using.
 
 use mail_auth::{ResolverCache, Txt};
+use moka::sync::Cache;
+use moka::Expiry;
 use std::borrow::Borrow;
-use std::collections::HashMap;
 use std::hash::Hash;
-use std::sync::Mutex;
-use std::time::Instant;
+use std::time::{Duration, Instant};
+
+/// An entry with the instant its DNS TTL ends.
+#[derive(Clone)]
+struct Entry {
+    txt: Txt,
+    until: Instant,
+}
+
+/// Each entry expires when its own TTL ends.
+struct UntilTtl;
+
+impl Expiry<Box<str>, Entry> for UntilTtl {
+    fn expire_after_create(
+        &self,
+        _: &Box<str>,
+        e: &Entry,
+        created_at: Instant,
+    ) -> Option<Duration> {
+        Some(e.until.saturating_duration_since(created_at))
+    }
+}
 
 /// A bounded TXT cache shared by every session of a daemon.
 pub struct TxtCache {
-    entries: Mutex<HashMap<Box<str>, (Txt, Instant)>>,
-    capacity: usize,
+    entries: Cache<Box<str>, Entry>,
 }
 
 impl TxtCache {
-    /// At most `capacity` records; when full, expired ones go first, then everything (a cache
-    /// refill costs lookups that the resolver's own cache mostly answers).
-    pub fn new(capacity: usize) -> Self {
+    /// At most `capacity` records.
+    pub fn new(capacity: u64) -> Self {
         Self {
-            entries: Mutex::new(HashMap::new()),
-            capacity: capacity.max(1),
+            entries: Cache::builder()
+                .max_capacity(capacity.max(1))
+                .expire_after(UntilTtl)
+                .build(),
         }
     }
 
-    pub fn len(&self) -> usize {
-        self.entries.lock().map(|e| e.len()).unwrap_or(0)
+    /// Records held now (pending evictions included until they run).
+    pub fn len(&self) -> u64 {
+        self.entries.run_pending_tasks();
+        self.entries.entry_count()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -42,15 +69,11 @@ impl ResolverCache<Box<str>, Txt> for TxtCache {
         Box<str>: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
-        let mut entries = self.entries.lock().ok()?;
-        match entries.get(name) {
-            Some((txt, until)) if *until > Instant::now() => Some(txt.clone()),
-            Some(_) => {
-                entries.remove(name);
-                None
-            }
-            None => None,
-        }
+        // moka never returns an entry past its expiry; the check guards a clock step.
+        self.entries
+            .get(name)
+            .filter(|e| e.until > Instant::now())
+            .map(|e| e.txt)
     }
 
     fn remove<Q>(&self, name: &Q) -> Option<Txt>
@@ -58,21 +81,19 @@ impl ResolverCache<Box<str>, Txt> for TxtCache {
         Box<str>: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
-        self.entries.lock().ok()?.remove(name).map(|(t, _)| t)
+        self.entries.remove(name).map(|e| e.txt)
     }
 
     fn insert(&self, name: Box<str>, value: Txt, valid_until: Instant) {
-        let Ok(mut entries) = self.entries.lock() else {
-            return;
-        };
-        if entries.len() >= self.capacity {
-            let now = Instant::now();
-            entries.retain(|_, (_, until)| *until > now);
-            if entries.len() >= self.capacity {
-                entries.clear();
-            }
+        if valid_until > Instant::now() {
+            self.entries.insert(
+                name,
+                Entry {
+                    txt: value,
+                    until: valid_until,
+                },
+            );
         }
-        entries.insert(name, (value, valid_until));
     }
 }
 
@@ -101,7 +122,6 @@ mod tests {
             c.get("a._domainkey.example.com.").is_none(),
             "expired entry served"
         );
-        assert!(c.is_empty(), "expired entry dropped on access");
     }
 
     #[test]
@@ -110,8 +130,25 @@ mod tests {
         let later = Instant::now() + Duration::from_secs(60);
         for n in 0..10 {
             c.insert(format!("s{n}._domainkey.example.com.").into(), key(), later);
-            assert!(c.len() <= 3);
+            assert!(c.len() <= 3, "{} entries", c.len());
         }
-        assert!(c.get("s9._domainkey.example.com.").is_some());
+    }
+
+    /// The old cache cleared everything when full: one-off selectors (attacker-chosen names
+    /// cost nothing to send) must not push out a key that real mail keeps using.
+    #[test]
+    fn a_flood_of_one_off_selectors_keeps_the_busy_key() {
+        let c = TxtCache::new(100);
+        let later = Instant::now() + Duration::from_secs(600);
+        c.insert("busy._domainkey.example.com.".into(), key(), later);
+        for n in 0..5_000 {
+            assert!(
+                c.get("busy._domainkey.example.com.").is_some(),
+                "lost after {n}"
+            );
+            let name = format!("x{n}._domainkey.evil.example.");
+            c.insert(name.into(), key(), later);
+        }
+        assert!(c.len() <= 100);
     }
 }

@@ -1,7 +1,11 @@
-//! The chassis both daemons stand on: sockets and the listener, host lists, the
-//! Authentication-Results writer and parser, DNS resolver setup, message reassembly, logging,
-//! configuration loading (TOML and the legacy `.conf` format), metrics, the process lifecycle,
-//! and the milter front end that drives a [`milter::Filter`].
+//! The protocol-free mail core both daemons stand on: the typed [`envelope::Envelope`], message
+//! reassembly with a header scan that sees every field ([`message`]), the plain-data
+//! [`verdict::Verdict`], the [`policy::Policy`] trait every front end drives, the
+//! Authentication-Results writer and parser, host lists, addresses, DNS resolver setup, the DKIM
+//! key cache, configuration loading (TOML and the legacy `.conf` format), logging and metrics.
+//!
+//! Nothing here knows an MTA protocol: the milter front end lives in `milterfront`, and a
+//! policy crate that depends on this crate alone cannot speak milter by accident.
 
 pub mod address;
 pub mod authres;
@@ -13,12 +17,11 @@ pub mod forged;
 pub mod hostlist;
 pub mod keycache;
 pub mod legacyconf;
-pub mod lifecycle;
-pub mod listener;
 pub mod logging;
 pub mod message;
 pub mod metrics;
-pub mod milter;
+pub mod policy;
+pub mod resources;
 pub mod service;
 pub mod socketspec;
 pub mod verdict;

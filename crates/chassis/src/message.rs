@@ -54,6 +54,67 @@ impl HeaderField {
     }
 }
 
+/// An incoming Authentication-Results field, noted whether or not it was stored: its place
+/// among the message's A-R fields (1-based, as milter counts) and the authserv-id it claims.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SeenAuthResults {
+    pub occurrence: u32,
+    /// In [`id_key`](crate::authres::id_key) form (lower case, no `/jobid`, no trailing dot);
+    /// `None` when the value has no readable authserv-id.
+    pub authserv_id: Option<String>,
+}
+
+/// Header facts kept for *every* field, even past the storage cap: a forged own-id
+/// Authentication-Results or a second From placed after thousands of filler fields must be
+/// seen as surely as one at the top (the CVE-2022-48521 class). What this keeps is bounded
+/// too; past its own bounds it says so ([`overflowed`](Self::overflowed)) and the policies
+/// tempfail rather than decide on a partial view.
+#[derive(Debug, Clone, Default)]
+pub struct HeaderScan {
+    pub auth_results: Vec<SeenAuthResults>,
+    /// From fields that arrived past the storage cap.
+    pub from_past_cap: Vec<HeaderField>,
+    from_past_cap_bytes: usize,
+    pub overflowed: bool,
+}
+
+/// A-R fields noted per message; far beyond any real message (each note is a few bytes).
+const MAX_SEEN_AUTH_RESULTS: usize = 20_000;
+/// From fields kept past the storage cap (a real message has one).
+const MAX_FROM_PAST_CAP: usize = 16;
+const MAX_FROM_PAST_CAP_BYTES: usize = 16 * 1024;
+
+impl HeaderScan {
+    fn note(&mut self, name: &[u8], value: &[u8], stored: bool) {
+        let name = name.trim_ascii();
+        if name.eq_ignore_ascii_case(b"Authentication-Results") {
+            if self.auth_results.len() >= MAX_SEEN_AUTH_RESULTS {
+                self.overflowed = true;
+                return;
+            }
+            let occurrence = self.auth_results.len() as u32 + 1;
+            let authserv_id = crate::authres::authserv_id(&String::from_utf8_lossy(value))
+                .map(|id| crate::authres::id_key(&id));
+            self.auth_results.push(SeenAuthResults {
+                occurrence,
+                authserv_id,
+            });
+        } else if !stored && name.eq_ignore_ascii_case(b"From") {
+            self.from_past_cap_bytes += value.len();
+            if self.from_past_cap.len() >= MAX_FROM_PAST_CAP
+                || self.from_past_cap_bytes > MAX_FROM_PAST_CAP_BYTES
+            {
+                self.overflowed = true;
+                return;
+            }
+            self.from_past_cap.push(HeaderField {
+                name: name.to_vec(),
+                value: value.to_vec(),
+            });
+        }
+    }
+}
+
 /// What the policy needs of the body, decided at end of headers: the bytes themselves (to
 /// sign), or only DKIM body hashes computed as it streams past (to verify). Not keeping the
 /// body means a message of any size costs no buffer and no spill file.
@@ -86,6 +147,7 @@ pub struct MessageBuilder {
     headers: Vec<HeaderField>,
     header_bytes: usize,
     headers_truncated: bool,
+    scan: HeaderScan,
     sink: Sink,
     headers_done: bool,
     io_error: Option<String>,
@@ -105,6 +167,7 @@ impl MessageBuilder {
             headers: Vec::new(),
             header_bytes: 0,
             headers_truncated: false,
+            scan: HeaderScan::default(),
             sink: Sink::Memory(Vec::new()),
             headers_done: false,
             io_error: None,
@@ -125,9 +188,20 @@ impl MessageBuilder {
             || self.headers.len() >= self.limits.max_headers
         {
             self.headers_truncated = true;
+            self.scan.note(name, &self.stored_form(value), false);
             return;
         }
         self.header_bytes += cost;
+        let v = self.stored_form(value);
+        self.scan.note(name, &v, true);
+        self.headers.push(HeaderField {
+            name: name.to_vec(),
+            value: v,
+        });
+    }
+
+    /// A value as it is stored: the leading space restored when the MTA ate it, folds as CRLF.
+    fn stored_form(&self, value: &[u8]) -> Vec<u8> {
         let mut v = Vec::with_capacity(value.len() + 2);
         if !self.leading_space {
             v.push(b' ');
@@ -140,10 +214,7 @@ impl MessageBuilder {
             v.push(b);
             prev = b;
         }
-        self.headers.push(HeaderField {
-            name: name.to_vec(),
-            value: v,
-        });
+        v
     }
 
     /// Marks the end of the header block and writes it into the buffer.
@@ -256,6 +327,7 @@ impl MessageBuilder {
         Ok(Message {
             headers: self.headers,
             headers_truncated: self.headers_truncated,
+            scan: self.scan,
             bytes,
             body_kept: self.keep_body,
             body_hashes: self.hashers.finish(),
@@ -284,6 +356,8 @@ impl Deref for MessageBytes {
 pub struct Message {
     pub headers: Vec<HeaderField>,
     pub headers_truncated: bool,
+    /// Facts about every header field, including those past the storage cap.
+    pub scan: HeaderScan,
     pub bytes: MessageBytes,
     /// False when only body hashes were computed and the body itself was not stored.
     pub body_kept: bool,
@@ -315,6 +389,20 @@ impl Message {
             .filter(|h| h.name_is(name))
             .map(HeaderField::value_str)
             .collect()
+    }
+
+    /// Every From field of the message, stored or past the storage cap, in order of arrival
+    /// (stored ones come first: the cap only ever drops a tail).
+    pub fn from_fields(&self) -> impl Iterator<Item = &HeaderField> {
+        self.headers
+            .iter()
+            .filter(|h| h.name_is("From"))
+            .chain(self.scan.from_past_cap.iter())
+    }
+
+    /// Every incoming Authentication-Results field, stored or not.
+    pub fn auth_results_seen(&self) -> &[SeenAuthResults] {
+        &self.scan.auth_results
     }
 
     pub fn is_spilled(&self) -> bool {
@@ -483,6 +571,55 @@ mod tests {
         b.header(b"C", b" after");
         assert!(b.headers_truncated());
         assert_eq!(b.headers().len(), 1);
+    }
+
+    /// Past the cap nothing more is stored, but every A-R is noted with its occurrence and
+    /// claimed id, and From fields are kept, so neither can hide behind filler fields.
+    #[test]
+    fn scan_sees_past_the_cap() {
+        let limits = Limits {
+            max_headers: 3,
+            ..Limits::default()
+        };
+        let mut b = MessageBuilder::new(limits, true);
+        b.header(b"Authentication-Results", b" other.example; spf=pass");
+        for _ in 0..5 {
+            b.header(b"X-Filler", b" x");
+        }
+        b.header(b"Authentication-Results", b" MX.Example; dmarc=pass");
+        b.header(b"From", b" a@evil.example");
+        let m = b.finish().unwrap();
+        assert!(m.headers_truncated);
+        assert_eq!(m.headers.len(), 3);
+        assert_eq!(
+            m.auth_results_seen(),
+            &[
+                SeenAuthResults {
+                    occurrence: 1,
+                    authserv_id: Some("other.example".into())
+                },
+                SeenAuthResults {
+                    occurrence: 2,
+                    authserv_id: Some("mx.example".into())
+                }
+            ]
+        );
+        let froms: Vec<String> = m.from_fields().map(HeaderField::value_str).collect();
+        assert_eq!(froms, vec!["a@evil.example".to_string()]);
+        assert!(!m.scan.overflowed);
+    }
+
+    #[test]
+    fn scan_bounds_itself() {
+        let limits = Limits {
+            max_headers: 1,
+            ..Limits::default()
+        };
+        let mut b = MessageBuilder::new(limits, true);
+        for _ in 0..(MAX_FROM_PAST_CAP + 2) {
+            b.header(b"From", b" a@example.com");
+        }
+        assert!(b.finish().unwrap().scan.overflowed);
     }
 
     #[test]

@@ -153,25 +153,24 @@ pub fn record_verdict(env: &Envelope, verdict: &Verdict) {
     let m = metrics();
     let mut results = Vec::new();
     let mut signatures = Vec::new();
+    if let Some(ar) = &verdict.results {
+        for r in &ar.results {
+            m.count_result(&r.method, &r.result);
+            results.push(
+                format!(
+                    "{}={} {}",
+                    r.method,
+                    r.result,
+                    r.prop("header.d").unwrap_or("")
+                )
+                .trim()
+                .to_string(),
+            );
+        }
+    }
     for edit in &verdict.edits {
-        if let HeaderEdit::Insert { name, value, .. } = edit {
-            if name == "Authentication-Results" {
-                if let Ok(ar) = crate::authres::parse(value) {
-                    for r in &ar.results {
-                        m.count_result(&r.method, &r.result);
-                        results.push(
-                            format!(
-                                "{}={} {}",
-                                r.method,
-                                r.result,
-                                r.prop("header.d").unwrap_or("")
-                            )
-                            .trim()
-                            .to_string(),
-                        );
-                    }
-                }
-            } else if name == "DKIM-Signature" {
+        if let HeaderEdit::Prepend { name, value } = edit {
+            if name == "DKIM-Signature" {
                 let (d, s, a) = (
                     sig_tag(value, "d"),
                     sig_tag(value, "s"),

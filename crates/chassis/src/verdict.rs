@@ -1,6 +1,7 @@
 //! The plain-data answer of a policy for one message: header edits and a final action.
 //! Front ends translate it into protocol actions; policies never touch the protocol.
 
+use crate::authres::AuthResults;
 use serde::Deserialize;
 use std::fmt;
 
@@ -90,34 +91,59 @@ impl Action {
     }
 }
 
-/// One header change. Values are written as they should appear after `Name:` *without* the
-/// conventional leading space, folds as `\n\t` (the MTA adds the CR); the front end deals with
-/// the leading-space convention it negotiated.
+/// One header change, in a form every front end can apply. Values are written as they should
+/// appear after `Name:` *without* the conventional leading space, folds as `\n\t` (the front
+/// end adds the CR and deals with the leading-space convention of its protocol).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum HeaderEdit {
-    /// Insert at `index`, counted as the MTA does (0 = above the MTA's own Received header).
-    Insert {
-        index: u32,
-        name: String,
-        value: String,
-    },
-    /// Delete the `occurrence`-th (1-based) header called `name`, counted among the headers the
-    /// filter saw. Several deletions of one name must be listed in descending order.
-    Delete { name: String, occurrence: u32 },
+    /// Add a field above every field of the message, and above fields prepended before it.
+    Prepend { name: String, value: String },
+    /// Remove every incoming Authentication-Results field that claims one of these
+    /// authserv-ids: all of them, including any past the header storage cap (the front end
+    /// finds them in [`Message::auth_results_seen`](crate::message::Message)).
+    RemoveAuthResults { authserv_ids: Vec<String> },
 }
 
 /// What the policy decided for one message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Verdict {
+    /// Applied in order, before [`results`](Self::results) is written.
     pub edits: Vec<HeaderEdit>,
+    /// Our Authentication-Results, as data: the front end writes it as the topmost field and
+    /// metrics count its results without parsing header text.
+    pub results: Option<AuthResults>,
     pub action: Action,
 }
 
 impl Verdict {
     pub fn accept() -> Self {
+        Self::new(Vec::new(), Action::Accept)
+    }
+
+    /// A verdict with no Authentication-Results of ours.
+    pub fn new(edits: Vec<HeaderEdit>, action: Action) -> Self {
         Self {
-            edits: Vec::new(),
-            action: Action::Accept,
+            edits,
+            results: None,
+            action,
+        }
+    }
+
+    /// The action's word for logs and metrics.
+    pub fn action_word(&self) -> &'static str {
+        self.action.word()
+    }
+}
+
+impl Action {
+    /// `accept`, `reject`, `tempfail`, `discard` or `quarantine`.
+    pub fn word(&self) -> &'static str {
+        match self {
+            Action::Accept => "accept",
+            Action::Reject(_) => "reject",
+            Action::Tempfail(_) => "tempfail",
+            Action::Discard => "discard",
+            Action::Quarantine(_) => "quarantine",
         }
     }
 }

@@ -1,5 +1,5 @@
-//! dkim-milter: a thin shell over the library and the shared lifecycle.
+//! dkim-milter: dkim-policy served over the milter protocol by the shared front end.
 
 fn main() -> std::process::ExitCode {
-    chassis::lifecycle::main::<dkim_milter::daemon::DkimDaemon>(env!("CARGO_PKG_VERSION"))
+    milterfront::lifecycle::main::<dkim_policy::runtime::Runtime>(env!("CARGO_PKG_VERSION"))
 }

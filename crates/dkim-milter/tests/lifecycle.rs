@@ -2,7 +2,7 @@
 //! opendkim.conf format, reload, graceful shutdown, socket permissions, privilege drop, JSON
 //! logs and metrics. Each test starts the real binary on a loopback or unix socket.
 
-use dkim_milter::keygen::{generate, write_private, KeyKind};
+use dkim_policy::keygen::{generate, write_private, KeyKind};
 use milter_client::{run, Endpoint, MilterClient, Modification, Reply, Transaction};
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -265,8 +265,8 @@ fn opendkim_conf_loads_and_converts_to_equivalent_toml() {
     assert!(out.status.success());
     let toml_path = dir.path().join("converted.toml");
     std::fs::write(&toml_path, &out.stdout).unwrap();
-    let a = dkim_milter::config::Config::load(&conf).unwrap();
-    let b = dkim_milter::config::Config::load(&toml_path).unwrap();
+    let a = dkim_policy::config::Config::load(&conf).unwrap();
+    let b = dkim_policy::config::Config::load(&toml_path).unwrap();
     assert_eq!(a.signing_table, b.signing_table);
     assert_eq!(a.internal_hosts, b.internal_hosts);
     assert_eq!(a.actions, b.actions);

@@ -1,5 +1,5 @@
-//! dmarc-milter: a thin shell over the library and the shared lifecycle.
+//! dmarc-milter: dmarc-policy served over the milter protocol by the shared front end.
 
 fn main() -> std::process::ExitCode {
-    chassis::lifecycle::main::<dmarc_milter::daemon::DmarcDaemon>(env!("CARGO_PKG_VERSION"))
+    milterfront::lifecycle::main::<dmarc_policy::runtime::Runtime>(env!("CARGO_PKG_VERSION"))
 }

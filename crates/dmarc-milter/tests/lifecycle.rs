@@ -73,8 +73,8 @@ fn opendmarc_conf_loads_and_converts_to_equivalent_toml() {
     assert!(out.status.success());
     let toml_path = dir.path().join("converted.toml");
     std::fs::write(&toml_path, &out.stdout).unwrap();
-    let a = dmarc_milter::config::Config::load(&conf).unwrap();
-    let b = dmarc_milter::config::Config::load(&toml_path).unwrap();
+    let a = dmarc_policy::config::Config::load(&conf).unwrap();
+    let b = dmarc_policy::config::Config::load(&toml_path).unwrap();
     assert_eq!(a.trusted_authserv_ids, vec!["mx.example.net".to_string()]);
     assert_eq!(a.trusted_authserv_ids, b.trusted_authserv_ids);
     assert_eq!(a.ignore_hosts, b.ignore_hosts);

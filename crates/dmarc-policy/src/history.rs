@@ -13,12 +13,12 @@
 use rusqlite::{params, Connection, OptionalExtension};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// The schema this code writes; bumped with every incompatible change, with a migration.
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
 
-const SCHEMA: &str = "
+const SCHEMA_TABLES: &str = "
 CREATE TABLE IF NOT EXISTS schema_version (
     version INTEGER NOT NULL
 );
@@ -50,7 +50,8 @@ CREATE TABLE IF NOT EXISTS messages (
     dmarc_result    TEXT    NOT NULL,
     disposition     TEXT    NOT NULL,
     action          TEXT    NOT NULL,
-    override_reason TEXT
+    override_reason TEXT,
+    message_key     TEXT
 );
 CREATE INDEX IF NOT EXISTS messages_by_domain ON messages (policy_domain, received);
 CREATE TABLE IF NOT EXISTS dkim_results (
@@ -120,6 +121,46 @@ pub struct Record {
     /// RFC 9990 `reason/type` when the disposition differs from the policy (e.g.
     /// `local_policy`, `sampled_out`).
     pub override_reason: Option<String>,
+    /// One message once: see [`message_key`]. A second record with the same key is not added.
+    pub message_key: String,
+}
+
+/// The identity of a message for the history: who evaluated it (our authserv-id), the client,
+/// the envelope and the Message-ID. A message the MTA retries after a temporary failure comes
+/// back with a new queue id but all of these unchanged, so it is recorded once. Without a
+/// Message-ID the queue id stands in (such a retry cannot be recognised and is recorded again).
+/// A 128-bit FNV-1a digest, stable across versions and platforms, written as hex.
+pub fn message_key(
+    reporter: &str,
+    env: &chassis::envelope::Envelope,
+    message_ids: &[String],
+) -> String {
+    let mut rcpts: Vec<String> = env.rcpts.iter().map(|r| r.to_ascii_lowercase()).collect();
+    rcpts.sort();
+    let message = match message_ids
+        .first()
+        .map(|m| m.trim())
+        .filter(|m| !m.is_empty())
+    {
+        Some(m) => format!("mid:{m}"),
+        None => format!("qid:{}", env.queue_id()),
+    };
+    let client = env.client_ip.map(|ip| ip.to_string()).unwrap_or_default();
+    let parts = [
+        reporter.to_ascii_lowercase(),
+        client,
+        env.mail_from.to_ascii_lowercase(),
+        rcpts.join(","),
+        message,
+    ];
+    let mut h: u128 = 0x6c62272e07bb014262b821756295c58d;
+    for part in parts {
+        for b in part.bytes().chain(std::iter::once(0u8)) {
+            h ^= u128::from(b);
+            h = h.wrapping_mul(0x0000000001000000000000000000013B);
+        }
+    }
+    format!("{h:032x}")
 }
 
 /// An open history database.
@@ -145,7 +186,7 @@ impl Store {
         }
         conn.execute_batch("PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON;")
             .map_err(fail)?;
-        conn.execute_batch(SCHEMA).map_err(fail)?;
+        conn.execute_batch(SCHEMA_TABLES).map_err(fail)?;
         let found: Option<i64> = conn
             .query_row("SELECT MAX(version) FROM schema_version", [], |r| r.get(0))
             .optional()
@@ -160,6 +201,17 @@ impl Store {
                 .map_err(fail)?;
             }
             Some(v) if v == SCHEMA_VERSION => {}
+            Some(1) => {
+                // Version 1 had no message key: add it (old rows keep NULL, which never
+                // collides) and record the new version, in one transaction.
+                conn.execute_batch(
+                    "BEGIN IMMEDIATE;
+                     ALTER TABLE messages ADD COLUMN message_key TEXT;
+                     INSERT INTO schema_version (version) VALUES (2);
+                     COMMIT;",
+                )
+                .map_err(fail)?;
+            }
             Some(v) => {
                 return Err(format!(
                 "history {}: schema version {v}, this dmarc-milter writes version {SCHEMA_VERSION}",
@@ -167,6 +219,10 @@ impl Store {
             ))
             }
         }
+        conn.execute_batch(
+            "CREATE UNIQUE INDEX IF NOT EXISTS messages_by_key ON messages (message_key);",
+        )
+        .map_err(fail)?;
         Ok(Store {
             path: path.to_path_buf(),
             conn: Mutex::new(conn),
@@ -177,21 +233,29 @@ impl Store {
         &self.path
     }
 
-    /// Writes one record in a single transaction; returns its row id. Blocking: call it from
-    /// `spawn_blocking`.
-    pub fn insert(&self, r: &Record) -> Result<i64, String> {
+    /// Writes one record in a single transaction, committed only while `commit_by` has not
+    /// passed (waiting for a busy database at most until then); returns its row id, or the
+    /// existing row's when a record with the same message key is already there. Blocking: call
+    /// it from `spawn_blocking`.
+    pub fn insert(&self, r: &Record, commit_by: Instant) -> Result<i64, String> {
         let mut conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        let left = commit_by.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err("no time left to record the message before the deadline".into());
+        }
+        conn.busy_timeout(left).map_err(|e| e.to_string())?;
         let tx = conn.transaction().map_err(|e| e.to_string())?;
         let p = r.published.clone().unwrap_or_default();
         let has = r.published.is_some();
         let opt = |s: &str| has.then(|| s.to_string());
-        tx.execute(
+        let added = tx.execute(
             "INSERT INTO messages (received, job_id, reporter, source_ip, header_from, envelope_from,
                 envelope_to, policy_domain, p, sp, np, adkim, aspf, testing, pct, psd, rua,
                 policy_applied, spf_domain, spf_scope, spf_result, dkim_aligned, spf_aligned,
-                dmarc_result, disposition, action, override_reason)
+                dmarc_result, disposition, action, override_reason, message_key)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17,
-                ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27)",
+                ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28)
+             ON CONFLICT (message_key) DO NOTHING",
             params![
                 r.received,
                 r.job_id,
@@ -220,9 +284,24 @@ impl Store {
                 r.disposition,
                 r.action,
                 r.override_reason,
+                r.message_key,
             ],
         )
         .map_err(|e| failure(&tx, e))?;
+        if added == 0 {
+            let id: i64 = tx
+                .query_row(
+                    "SELECT id FROM messages WHERE message_key = ?1",
+                    [&r.message_key],
+                    |row| row.get(0),
+                )
+                .map_err(|e| failure(&tx, e))?;
+            tracing::info!(
+                "{}: already recorded in the history (row {id}); not counted twice",
+                r.job_id
+            );
+            return Ok(id);
+        }
         let id = tx.last_insert_rowid();
         for d in &r.dkim {
             tx.execute(
@@ -230,6 +309,10 @@ impl Store {
                 params![id, d.domain, d.selector, d.result],
             )
             .map_err(|e| failure(&tx, e))?;
+        }
+        if Instant::now() >= commit_by {
+            // Dropping the transaction rolls it back.
+            return Err("recording took past the deadline; not committed".into());
         }
         tx.commit().map_err(|e| failure(&conn, e))?;
         Ok(id)
@@ -260,7 +343,15 @@ fn failure(conn: &Connection, e: rusqlite::Error) -> String {
 mod tests {
     use super::*;
 
+    fn soon() -> Instant {
+        Instant::now() + Duration::from_secs(5)
+    }
+
     fn sample() -> Record {
+        keyed("k1")
+    }
+
+    fn keyed(key: &str) -> Record {
         Record {
             received: 1_700_000_000,
             job_id: "Q1".into(),
@@ -288,7 +379,15 @@ mod tests {
             disposition: "none".into(),
             action: "accept".into(),
             override_reason: None,
+            message_key: key.into(),
         }
+    }
+
+    fn rows(path: &Path) -> i64 {
+        Connection::open(path)
+            .unwrap()
+            .query_row("SELECT COUNT(*) FROM messages", [], |r| r.get(0))
+            .unwrap()
     }
 
     #[test]
@@ -296,7 +395,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("h.sqlite");
         let store = Store::open(&path).unwrap();
-        let id = store.insert(&sample()).unwrap();
+        let id = store.insert(&sample(), soon()).unwrap();
         drop(store);
         // Reopening an up-to-date database is fine and keeps the rows.
         let _again = Store::open(&path).unwrap();
@@ -332,22 +431,18 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("h.sqlite");
         let store = Store::open(&path).unwrap();
-        store.insert(&sample()).unwrap();
+        store.insert(&keyed("a"), soon()).unwrap();
         let wal = dir.path().join("h.sqlite-wal");
         if !chattr("+i", &wal) {
             eprintln!("skipping: chattr +i not available");
             return;
         }
-        let failed = store.insert(&sample());
+        let failed = store.insert(&keyed("b"), soon());
         chattr("-i", &wal);
         let e = failed.unwrap_err();
         assert!(e.contains("disk I/O error (Operation not permitted"), "{e}");
-        store.insert(&sample()).unwrap();
-        let n: i64 = Connection::open(&path)
-            .unwrap()
-            .query_row("SELECT COUNT(*) FROM messages", [], |r| r.get(0))
-            .unwrap();
-        assert_eq!(n, 2);
+        store.insert(&keyed("b"), soon()).unwrap();
+        assert_eq!(rows(&path), 2);
     }
 
     #[test]
@@ -361,5 +456,83 @@ mod tests {
             .unwrap();
         let e = Store::open(&path).err().unwrap();
         assert!(e.contains("schema version 99"), "{e}");
+    }
+
+    /// A retried message (same key) is one row, with its DKIM results once.
+    #[test]
+    fn the_same_message_is_recorded_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("h.sqlite");
+        let store = Store::open(&path).unwrap();
+        let first = store.insert(&sample(), soon()).unwrap();
+        let mut retry = sample();
+        retry.job_id = "Q2".into();
+        assert_eq!(store.insert(&retry, soon()).unwrap(), first);
+        store.insert(&keyed("other"), soon()).unwrap();
+        assert_eq!(rows(&path), 2);
+        let dkim: i64 = Connection::open(&path)
+            .unwrap()
+            .query_row("SELECT COUNT(*) FROM dkim_results", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(dkim, 2);
+    }
+
+    /// Past the deadline nothing is committed, also when the database was busy until then.
+    #[test]
+    fn nothing_is_committed_past_the_deadline() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("h.sqlite");
+        let store = Store::open(&path).unwrap();
+        let e = store.insert(&sample(), Instant::now()).unwrap_err();
+        assert!(e.contains("deadline"), "{e}");
+        let blocker = Connection::open(&path).unwrap();
+        blocker.execute_batch("BEGIN IMMEDIATE").unwrap();
+        let t = Instant::now();
+        let e = store
+            .insert(&sample(), Instant::now() + Duration::from_millis(300))
+            .unwrap_err();
+        assert!(
+            t.elapsed() < Duration::from_secs(2),
+            "waited {:?}",
+            t.elapsed()
+        );
+        assert!(
+            e.contains("locked") || e.contains("busy") || e.contains("deadline"),
+            "{e}"
+        );
+        blocker.execute_batch("ROLLBACK").unwrap();
+        assert_eq!(rows(&path), 0);
+        store.insert(&sample(), soon()).unwrap();
+        assert_eq!(rows(&path), 1);
+    }
+
+    /// A version-1 database (no message key) is migrated in place and keeps its rows.
+    #[test]
+    fn version_1_is_migrated() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("h.sqlite");
+        {
+            let conn = Connection::open(&path).unwrap();
+            let v1 = SCHEMA_TABLES.replace(",\n    message_key     TEXT", "");
+            assert!(!v1.contains("message_key"));
+            conn.execute_batch(&v1).unwrap();
+            conn.execute_batch(
+                "INSERT INTO schema_version (version) VALUES (1);
+                 INSERT INTO messages (received, job_id, reporter, header_from, envelope_from,
+                    envelope_to, policy_applied, dkim_aligned, spf_aligned, dmarc_result,
+                    disposition, action) VALUES (1, 'Q0', 'mx', 'a', 'a', 'b', 'none', 'fail',
+                    'fail', 'none', 'none', 'accept');",
+            )
+            .unwrap();
+        }
+        let store = Store::open(&path).unwrap();
+        store.insert(&sample(), soon()).unwrap();
+        store.insert(&sample(), soon()).unwrap();
+        assert_eq!(rows(&path), 2);
+        let v: i64 = Connection::open(&path)
+            .unwrap()
+            .query_row("SELECT MAX(version) FROM schema_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(v, 2);
     }
 }

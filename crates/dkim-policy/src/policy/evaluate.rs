@@ -7,14 +7,14 @@ use super::verify::{verify, Failure, Outcome, SignatureResult, VerifyReport};
 use crate::runtime::Runtime;
 use chassis::authres::{AuthResults, ResInfo};
 use chassis::envelope::Envelope;
-use chassis::forged::forged_deletions;
+use chassis::forged::forged_removal;
 use chassis::message::Message;
 use chassis::verdict::{Action, ActionKind, HeaderEdit, SmtpReply, Verdict};
 use std::time::Duration;
 
 /// The authserv-id we write and whose forgeries we delete.
 pub fn authserv_id(rt: &Runtime, env: &Envelope) -> String {
-    chassis::forged::authserv_id(rt.config.authserv_id.as_deref(), env, &rt.hostname)
+    chassis::forged::authserv_id(rt.config.authserv_id.as_deref(), env, &rt.res.hostname)
 }
 
 fn action(kind: ActionKind, reject_text: &str, tempfail: SmtpReply, why: &str) -> Action {
@@ -27,20 +27,31 @@ fn action(kind: ActionKind, reject_text: &str, tempfail: SmtpReply, why: &str) -
 }
 
 /// The verdict for one message (the front end counts it in the metrics and logs the structured
-/// `verdict` event).
-pub async fn evaluate(rt: &Runtime, env: &Envelope, msg: &Message) -> Verdict {
-    decide_message(rt, env, msg).await
-}
-
-async fn decide_message(rt: &Runtime, env: &Envelope, msg: &Message) -> Verdict {
+/// `verdict` event). `decision` is the one made at end of headers, from the same envelope and
+/// headers; `None` only when the front end saw no end of headers, and then it is made here.
+pub async fn evaluate(
+    rt: &Runtime,
+    env: &Envelope,
+    msg: &Message,
+    decision: Option<Decision>,
+) -> Verdict {
     let cfg = &rt.config;
     let qid = env.queue_id();
     let id = authserv_id(rt, env);
-    let mut edits = forged_deletions(msg, std::slice::from_ref(&id));
-    if !edits.is_empty() {
+    let mut edits = Vec::new();
+    if let Some((edit, n)) = forged_removal(msg, &id) {
         tracing::info!(
-            "{qid}: removed {} Authentication-Results header(s) claiming to be from {id}",
-            edits.len()
+            "{qid}: removed {n} Authentication-Results header(s) claiming to be from {id}"
+        );
+        edits.push(edit);
+    }
+    if msg.scan.overflowed {
+        // Too many fields to even note: what we cannot see we cannot clean, so no answer but
+        // "try again" is safe, whatever the security action says.
+        tracing::warn!("{qid}: too much header data to inspect; temporarily failing");
+        return Verdict::new(
+            edits,
+            Action::Tempfail(SmtpReply::new("451", "4.7.0", "resource unavailable")),
         );
     }
     if msg.headers_truncated {
@@ -56,32 +67,15 @@ async fn decide_message(rt: &Runtime, env: &Envelope, msg: &Message) -> Verdict 
             "dkim-milter: header too large",
         );
         if a != Action::Accept {
-            return Verdict { edits, action: a };
+            return Verdict::new(edits, a);
         }
     }
-    match decide(cfg, env, &msg.headers) {
+    match decision.unwrap_or_else(|| decide(cfg, env, &msg.headers)) {
         Decision::Skip(why) => {
             if cfg.service.log.why {
                 tracing::info!("{qid}: {why}; accepting");
             }
-            Verdict {
-                edits,
-                action: Action::Accept,
-            }
-        }
-        Decision::Sign { .. } if !msg.body_kept => {
-            // The plan made at end of headers said "verify", so the body was hashed, not kept.
-            // The decision depends only on envelope and headers, so this cannot happen; if it
-            // does, the message is retried rather than passed unsigned.
-            tracing::error!("{qid}: body not kept for signing; temporarily failing");
-            Verdict {
-                edits,
-                action: Action::Tempfail(SmtpReply::new(
-                    "451",
-                    "4.7.0",
-                    "internal error, try again later",
-                )),
-            }
+            Verdict::new(edits, Action::Accept)
         }
         Decision::Sign { sender, matches } => {
             match sign(cfg, msg.raw(), &msg.headers, &sender, &matches) {
@@ -94,16 +88,12 @@ async fn decide_message(rt: &Runtime, env: &Envelope, msg: &Message) -> Verdict 
                                 s.domain
                             );
                         }
-                        edits.push(HeaderEdit::Insert {
-                            index: 0,
+                        edits.push(HeaderEdit::Prepend {
                             name: "DKIM-Signature".into(),
                             value: s.value,
                         });
                     }
-                    Verdict {
-                        edits,
-                        action: Action::Accept,
-                    }
+                    Verdict::new(edits, Action::Accept)
                 }
                 Err(e) => {
                     tracing::error!("{qid}: signature generation error: {e}");
@@ -113,7 +103,7 @@ async fn decide_message(rt: &Runtime, env: &Envelope, msg: &Message) -> Verdict 
                         SmtpReply::new("451", "4.7.0", "DKIM signing error"),
                         "dkim-milter: signing error",
                     );
-                    Verdict { edits, action: a }
+                    Verdict::new(edits, a)
                 }
             }
         }
@@ -134,14 +124,21 @@ async fn decide_message(rt: &Runtime, env: &Envelope, msg: &Message) -> Verdict 
                 .message_timeout
                 .saturating_sub(Duration::from_secs(1))
                 .max(Duration::from_millis(500));
-            let report = verify(&rt.auth, &rt.keys, cfg, msg.raw(), &msg.body_hashes, budget).await;
+            let report = verify(
+                &rt.res.auth,
+                &rt.res.keys,
+                cfg,
+                msg.raw(),
+                &msg.body_hashes,
+                budget,
+            )
+            .await;
             let (ar, action) = conclude(rt, env, &id, &report);
-            edits.push(HeaderEdit::Insert {
-                index: 0,
-                name: "Authentication-Results".into(),
-                value: ar.to_value(),
-            });
-            Verdict { edits, action }
+            Verdict {
+                edits,
+                results: Some(ar),
+                action,
+            }
         }
     }
 }

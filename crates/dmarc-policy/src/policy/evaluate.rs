@@ -11,8 +11,8 @@ use crate::history::{DkimEntry, Record};
 use crate::runtime::Runtime;
 use chassis::authres::{AuthResults, ResInfo};
 use chassis::envelope::Envelope;
-use chassis::forged::forged_deletions;
-use chassis::message::Message;
+use chassis::forged::forged_removal;
+use chassis::message::{HeaderField, Message};
 use chassis::verdict::{Action, ActionKind, HeaderEdit, SmtpReply, Verdict};
 use mail_auth::dmarc::Policy;
 use mail_auth::SpfResult;
@@ -26,7 +26,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 /// The authserv-id we write and whose forgeries we delete: configured, else the MTA's `j`,
 /// else our host name (OpenDMARC's order).
 pub fn authserv_id(rt: &Runtime, env: &Envelope) -> String {
-    chassis::forged::authserv_id(rt.config.authserv_id.as_deref(), env, &rt.hostname)
+    chassis::forged::authserv_id(rt.config.authserv_id.as_deref(), env, &rt.res.hostname)
 }
 
 /// A number in 0..100 for RFC 7489 `pct=` sampling; not cryptographic, just unpredictable.
@@ -75,6 +75,7 @@ struct Evaluation {
 
 /// The verdict for one message.
 pub async fn evaluate(rt: Arc<Runtime>, env: Envelope, msg: Message) -> Verdict {
+    let started = std::time::Instant::now();
     let cfg = &rt.config;
     let qid = env.queue_id().to_string();
     let id = authserv_id(&rt, &env);
@@ -82,49 +83,61 @@ pub async fn evaluate(rt: Arc<Runtime>, env: Envelope, msg: Message) -> Verdict 
         tracing::debug!("implicit authentication service: {id}");
     }
     // Headers from a trusted upstream that shares our id are its results, not forgeries.
-    let mut edits = if cfg
+    let mut edits = Vec::new();
+    if !cfg
         .trusted_authserv_ids
         .iter()
         .any(|t| t.eq_ignore_ascii_case(&id))
     {
-        Vec::new()
-    } else {
-        forged_deletions(&msg, std::slice::from_ref(&id))
-    };
-    if !edits.is_empty() {
-        tracing::info!(
-            "{qid}: removed {} Authentication-Results header(s) claiming to be from {id}",
-            edits.len()
+        if let Some((edit, n)) = forged_removal(&msg, &id) {
+            tracing::info!(
+                "{qid}: removed {n} Authentication-Results header(s) claiming to be from {id}"
+            );
+            edits.push(edit);
+        }
+    }
+    if msg.scan.overflowed {
+        // Too many fields to even note: an author or a forgery could hide in what we did not
+        // see, so no answer but "try again" is safe.
+        tracing::warn!("{qid}: too much header data to inspect; temporarily failing");
+        return Verdict::new(
+            edits,
+            Action::Tempfail(SmtpReply::new("451", "4.7.0", "resource unavailable")),
         );
     }
-    if cfg.ignore_authenticated_clients && env.macro_value("auth_authen").is_some() {
+    if cfg.ignore_authenticated_clients && env.is_authenticated() {
         tracing::info!("{qid}: ignoring authenticated client");
-        return Verdict {
-            edits,
-            action: Action::Accept,
-        };
+        return Verdict::new(edits, Action::Accept);
     }
+    // Header counts include From fields that arrived past the storage cap.
+    let counted: std::borrow::Cow<'_, [HeaderField]> = if msg.scan.from_past_cap.is_empty() {
+        std::borrow::Cow::Borrowed(&msg.headers)
+    } else {
+        std::borrow::Cow::Owned(
+            msg.from_fields()
+                .chain(msg.headers.iter().filter(|h| !h.name_is("From")))
+                .cloned()
+                .collect(),
+        )
+    };
     if cfg.required_headers {
-        if let Some(why) = header_violation(&msg.headers) {
+        if let Some(why) = header_violation(&counted) {
             tracing::info!("{qid}: RFC5322 requirement error: {why}");
-            return Verdict {
+            return Verdict::new(
                 edits,
-                action: Action::Reject(SmtpReply::new(
+                Action::Reject(SmtpReply::new(
                     "550",
                     "5.7.1",
                     format!("RFC5322 requirement error: {why}"),
                 )),
-            };
+            );
         }
     }
-    let author = author(&msg.headers);
+    let author = author(&counted);
     if let Author::Domain(d) = &author {
         if cfg.ignore_mail_from.iter().any(|i| i == d) {
             tracing::info!("{qid}: ignoring mail from {d}");
-            return Verdict {
-                edits,
-                action: Action::Accept,
-            };
+            return Verdict::new(edits, Action::Accept);
         }
     }
 
@@ -164,33 +177,30 @@ pub async fn evaluate(rt: Arc<Runtime>, env: Envelope, msg: Message) -> Verdict 
         if let (Some(s), true, true, Some(ip)) =
             (&ev.spf, ev.spf_self, cfg.received_spf, env.client_ip)
         {
-            edits.push(HeaderEdit::Insert {
-                index: 0,
+            edits.push(HeaderEdit::Prepend {
                 name: "Received-SPF".into(),
                 value: spf::received_spf(s, &id, ip, &env.mail_from, &env.helo),
             });
         }
         if cfg.software_header {
-            edits.push(HeaderEdit::Insert {
-                index: 0,
+            edits.push(HeaderEdit::Prepend {
                 name: "DMARC-Filter".into(),
                 value: format!(
                     "dmarc-milter v{} {} {qid}",
                     env!("CARGO_PKG_VERSION"),
-                    rt.hostname
+                    rt.res.hostname
                 ),
             });
         }
-        edits.push(HeaderEdit::Insert {
-            index: 0,
-            name: "Authentication-Results".into(),
-            value: ar.to_value(),
-        });
     }
+    let results = (!matches!(action, Action::Reject(_))).then_some(ar);
 
     if let Some(store) = rt.history.clone() {
-        let record = record(&env, &id, &ev, &action);
-        let written = tokio::task::spawn_blocking(move || store.insert(&record)).await;
+        let record = record(&env, &id, &ev, &action, &msg);
+        // Committed before the front end's deadline or not at all: a message the MTA is told
+        // to retry must not also be counted (the retry is).
+        let commit_by = started + cfg.message_timeout + crate::runtime::STORE_MARGIN;
+        let written = tokio::task::spawn_blocking(move || store.insert(&record, commit_by)).await;
         let failure = match written {
             Ok(Ok(_)) => None,
             Ok(Err(e)) => Some(e),
@@ -213,7 +223,11 @@ pub async fn evaluate(rt: Arc<Runtime>, env: Envelope, msg: Message) -> Verdict 
             }
         }
     }
-    Verdict { edits, action }
+    Verdict {
+        edits,
+        results,
+        action,
+    }
 }
 
 /// The evaluation when the DNS budget ran out: SPF (if we check it) and DMARC are temperror,
@@ -298,8 +312,8 @@ async fn assess(
         }),
         None => match env.client_ip {
             Some(ip) if cfg.spf_self_validate => {
-                let host = cfg.authserv_id.as_deref().unwrap_or(&rt.hostname);
-                let s = spf::check(&rt.auth, ip, &env.helo, &env.mail_from, host).await;
+                let host = cfg.authserv_id.as_deref().unwrap_or(&rt.res.hostname);
+                let s = spf::check(&rt.res.auth, ip, &env.helo, &env.mail_from, host).await;
                 tracing::info!(
                     "{qid}: SPF({}): {} {}",
                     s.scope.log_word(),
@@ -410,17 +424,32 @@ async fn assess(
         Some(up) => {
             let sigs = dkim::signatures(&up.dkim);
             let outs = dkim::outputs(&sigs);
-            let check =
-                dmarc::check(&rt.auth, &am, &outs, &spf_domain, spf_result, &from_domain).await;
+            let check = dmarc::check(
+                &rt.res.auth,
+                &am,
+                &outs,
+                &spf_domain,
+                spf_result,
+                &from_domain,
+            )
+            .await;
             (up.dkim.clone(), false, check)
         }
         None => {
             let outs = rt
+                .res
                 .auth
-                .verify_dkim(mail_auth::Parameters::new(&am).with_txt_cache(&rt.keys))
+                .verify_dkim(mail_auth::Parameters::new(&am).with_txt_cache(&rt.res.keys))
                 .await;
-            let check =
-                dmarc::check(&rt.auth, &am, &outs, &spf_domain, spf_result, &from_domain).await;
+            let check = dmarc::check(
+                &rt.res.auth,
+                &am,
+                &outs,
+                &spf_domain,
+                spf_result,
+                &from_domain,
+            )
+            .await;
             (dkim::entries(&outs), true, check)
         }
     };
@@ -505,18 +534,8 @@ async fn assess(
     }
 }
 
-fn action_word(a: &Action) -> &'static str {
-    match a {
-        Action::Accept => "accept",
-        Action::Reject(_) => "reject",
-        Action::Tempfail(_) => "tempfail",
-        Action::Discard => "discard",
-        Action::Quarantine(_) => "quarantine",
-    }
-}
-
 /// The history row for an evaluated message.
-fn record(env: &Envelope, id: &str, ev: &Evaluation, action: &Action) -> Record {
+fn record(env: &Envelope, id: &str, ev: &Evaluation, action: &Action, msg: &Message) -> Record {
     let mut rcpt_domains: Vec<String> = env.rcpts.iter().map(|r| domain_of(r)).collect();
     rcpt_domains.sort();
     rcpt_domains.dedup();
@@ -556,7 +575,8 @@ fn record(env: &Envelope, id: &str, ev: &Evaluation, action: &Action) -> Record 
         .into(),
         dmarc_result: ev.outcome.as_str().into(),
         disposition: ev.disposition.into(),
-        action: action_word(action).into(),
+        action: action.word().into(),
+        message_key: crate::history::message_key(id, env, &msg.header_values("Message-ID")),
         override_reason: ev.override_reason.map(str::to_string),
     }
 }

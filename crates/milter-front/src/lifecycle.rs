@@ -2,10 +2,9 @@
 //! logging, binding, pid file, dropping privileges, reload on SIGHUP/SIGUSR1, graceful stop on
 //! SIGTERM/SIGINT with a grace period. Exit codes follow sysexits(3), as OpenDKIM's do.
 
-use crate::configfile::ConfigError;
 use crate::listener::ResilientListener;
-use crate::milter::Filter;
-use crate::service::ServiceSettings;
+use chassis::policy::{Policy, Snapshots};
+use chassis::service::ServiceSettings;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -16,27 +15,7 @@ pub const EX_OSERR: u8 = 71;
 pub const EX_NOPERM: u8 = 77;
 pub const EX_CONFIG: u8 = 78;
 
-/// What a daemon plugs into the shared lifecycle.
-pub trait Daemon: 'static {
-    const NAME: &'static str;
-    const DEFAULT_CONFIG: &'static str;
-    type Config: Send + Sync + 'static;
-    type Filter: Filter;
-
-    /// Loads and validates a configuration file (TOML or the legacy `.conf` format).
-    fn load(path: &Path) -> Result<Self::Config, ConfigError>;
-    /// Converts a legacy `.conf` file to the equivalent TOML text.
-    fn convert(path: &Path) -> Result<String, ConfigError>;
-    /// One line for `-n`: what was loaded.
-    fn describe(cfg: &Self::Config) -> String;
-    fn service(cfg: &Self::Config) -> &ServiceSettings;
-    /// Builds the filter (resolver, stores) from a configuration.
-    fn build(cfg: Self::Config) -> Result<Self::Filter, String>;
-    /// Swaps in a new configuration; sessions in flight keep the old one.
-    fn reload(filter: &Self::Filter, cfg: Self::Config) -> Result<(), String>;
-}
-
-fn usage<D: Daemon>() -> String {
+fn usage<D: Policy>() -> String {
     format!(
         "usage: {n} [-c FILE] [-n]\n       {n} convert FILE\n  -c, --config FILE   configuration file (default {d}); TOML, or the original .conf format\n  -n, --check-config  load the configuration, keys and tables, report problems, exit 0 or 78\n  convert FILE        print the TOML equivalent of a .conf file\n  -V, --version       print the version",
         n = D::NAME,
@@ -45,7 +24,7 @@ fn usage<D: Daemon>() -> String {
 }
 
 /// The whole `main` of a daemon.
-pub fn main<D: Daemon>(version: &'static str) -> ExitCode {
+pub fn main<D: Policy>(version: &'static str) -> ExitCode {
     let mut config_path = PathBuf::from(D::DEFAULT_CONFIG);
     let mut check_only = false;
     let mut args = std::env::args().skip(1);
@@ -104,7 +83,7 @@ pub fn main<D: Daemon>(version: &'static str) -> ExitCode {
         );
         return ExitCode::SUCCESS;
     }
-    if let Err(e) = crate::logging::init(&D::service(&config).log, D::NAME) {
+    if let Err(e) = chassis::logging::init(&D::service(&config).log, D::NAME) {
         eprintln!("{}: {e}", D::NAME);
         return ExitCode::from(EX_CONFIG);
     }
@@ -133,9 +112,9 @@ fn event_loop() -> std::io::Result<tokio::runtime::Runtime> {
 
 /// Serves from a task on the event loop's worker thread, where the sessions run too: served
 /// from `block_on`'s thread instead, every accepted connection would be a cross-thread wake-up.
-async fn serve_on_worker<F: crate::milter::Filter>(
+async fn serve_on_worker<P: Policy>(
     listener: ResilientListener,
-    filter: Arc<F>,
+    filter: Arc<Snapshots<P>>,
     max_connections: usize,
     idle_timeout: std::time::Duration,
     shutdown: impl std::future::Future + Send + 'static,
@@ -153,10 +132,10 @@ async fn serve_on_worker<F: crate::milter::Filter>(
 
 /// Starts `count` more threads serving `listener`'s socket with `filter`, each on its own event
 /// loop. Each reports how its serving ended on `done`; each stops when `stop` turns true.
-fn spawn_serving_threads<F: crate::milter::Filter>(
+fn spawn_serving_threads<P: Policy>(
     count: usize,
     listener: &ResilientListener,
-    filter: &Arc<F>,
+    filter: &Arc<Snapshots<P>>,
     service: &ServiceSettings,
     stop: &tokio::sync::watch::Receiver<bool>,
     done: &tokio::sync::mpsc::UnboundedSender<std::io::Result<()>>,
@@ -209,7 +188,7 @@ pub fn drop_privileges(spec: &str) -> Result<(), String> {
     Ok(())
 }
 
-async fn run<D: Daemon>(
+async fn run<D: Policy>(
     config_path: PathBuf,
     config: D::Config,
     version: &'static str,
@@ -231,7 +210,7 @@ async fn run<D: Daemon>(
             return ExitCode::from(EX_OSERR);
         }
     }
-    if let (Some(user), crate::socketspec::SocketSpec::Unix(path)) = (&service.user, &bound) {
+    if let (Some(user), chassis::socketspec::SocketSpec::Unix(path)) = (&service.user, &bound) {
         // The socket stays usable by the daemon's group after the switch.
         if let Ok(Some(u)) = nix::unistd::User::from_name(user.split(':').next().unwrap_or(user)) {
             let _ = nix::unistd::chown(path, Some(u.uid), Some(u.gid));
@@ -244,7 +223,7 @@ async fn run<D: Daemon>(
         }
     }
     if let Some(addr) = service.metrics_listen {
-        match crate::metrics::serve(addr).await {
+        match chassis::metrics::serve(addr).await {
             Ok(a) => tracing::info!("metrics on http://{a}/metrics"),
             Err(e) => {
                 tracing::error!("cannot serve metrics on {addr}: {e}");
@@ -253,7 +232,7 @@ async fn run<D: Daemon>(
         }
     }
     let filter = match D::build(config) {
-        Ok(f) => Arc::new(f),
+        Ok(f) => Arc::new(Snapshots::new(f)),
         Err(e) => {
             tracing::error!("{e}");
             return ExitCode::from(EX_CONFIG);
@@ -281,30 +260,43 @@ async fn run<D: Daemon>(
             };
             loop {
                 tokio::select! { _ = hup.recv() => {}, _ = usr1.recv() => {} }
-                let outcome = match D::load(&config_path) {
+                // Reading files and building resolvers and stores blocks: done off the
+                // serving loops, and only the finished snapshot is swapped in.
+                let path = config_path.clone();
+                let running = running.clone();
+                let built = tokio::task::spawn_blocking(move || match D::load(&path) {
                     Err(e) => Err(e.to_string()),
                     Ok(cfg) => {
                         let changed = running.changed_restart_only(D::service(&cfg));
                         if !changed.is_empty() {
                             tracing::warn!("reload: {} changed; this needs a restart and is ignored until then", changed.join(", "));
                         }
-                        D::reload(&filter, cfg)
+                        D::build(cfg)
                     }
+                })
+                .await;
+                let outcome = match built {
+                    Ok(Ok(policy)) => {
+                        filter.replace(policy);
+                        Ok(())
+                    }
+                    Ok(Err(e)) => Err(e),
+                    Err(e) => Err(format!("reload task failed: {e}")),
                 };
                 match outcome {
                     Ok(()) => {
-                        crate::metrics::metrics()
+                        chassis::metrics::metrics()
                             .reloads
-                            .get_or_create(&crate::metrics::OutcomeLabel {
+                            .get_or_create(&chassis::metrics::OutcomeLabel {
                                 outcome: "ok".into(),
                             })
                             .inc();
                         tracing::info!("configuration reloaded from {}", config_path.display());
                     }
                     Err(e) => {
-                        crate::metrics::metrics()
+                        chassis::metrics::metrics()
                             .reloads
-                            .get_or_create(&crate::metrics::OutcomeLabel {
+                            .get_or_create(&chassis::metrics::OutcomeLabel {
                                 outcome: "failed".into(),
                             })
                             .inc();
@@ -391,7 +383,7 @@ async fn run<D: Daemon>(
     finish::<D>(result, &service, version)
 }
 
-fn finish<D: Daemon>(
+fn finish<D: Policy>(
     result: std::io::Result<()>,
     service: &ServiceSettings,
     version: &str,

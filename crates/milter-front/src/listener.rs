@@ -3,7 +3,7 @@
 //! logs the error, backs off and tries again. Accepted TCP connections get TCP_NODELAY so a
 //! reply is never held back by Nagle's algorithm waiting for the MTA's delayed ACK.
 
-use crate::socketspec::SocketSpec;
+use chassis::socketspec::SocketSpec;
 use indymilter::{EitherStream, Listener};
 use std::future::Future;
 use std::io;

@@ -38,13 +38,13 @@ pub fn sender(cfg: &Config, headers: &[HeaderField]) -> Option<Mailbox> {
 
 /// Why the origin is trusted to have its mail signed, or `None` when it is not.
 pub fn origin_trusted(cfg: &Config, env: &Envelope) -> Option<String> {
-    if let Some(d) = env.macro_value("daemon_name") {
+    if let Some(d) = env.listener.as_deref() {
         if cfg.mta.iter().any(|m| m.eq_ignore_ascii_case(d)) {
             return Some(format!("MTA name {d}"));
         }
     }
     for rule in &cfg.macro_list {
-        if let Some(v) = env.macro_value(&rule.name) {
+        if let Some(v) = env.attribute(&rule.name) {
             if rule.values.is_empty() || rule.values.iter().any(|want| want == v) {
                 return Some(format!("macro {}={v}", rule.name));
             }

@@ -1,0 +1,121 @@
+//! What a daemon's policy is, as every front end sees it. A front end (milter today, the
+//! OpenSMTPD filter protocol next) fills an [`Envelope`], streams headers and body into a
+//! [`MessageBuilder`](crate::message::MessageBuilder), asks the policy for a [`BodyPlan`] at end
+//! of headers and for a [`Verdict`] at end of message, and applies it in its own protocol.
+//! Nothing here names a protocol: a policy crate depends on this crate only, so the compiler
+//! keeps protocol vocabulary out of it.
+
+use crate::configfile::ConfigError;
+use crate::envelope::Envelope;
+use crate::message::{BodyPlan, HeaderField, Limits, Message};
+use crate::service::ServiceSettings;
+use crate::verdict::Verdict;
+use std::future::Future;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// What to do with a new connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConnectDecision {
+    /// Look at the messages of this connection.
+    Continue,
+    /// Leave the whole connection alone (PeerList, IgnoreHosts); the string is logged.
+    Ignore(String),
+}
+
+/// The decision made at end of headers: what the front end must do with the body, and what the
+/// policy wants to remember for end of message (so it decides once, not twice).
+pub struct HeadersPlan<T> {
+    pub body: BodyPlan,
+    pub carry: T,
+}
+
+/// One daemon's policy. A value of this type is one configuration snapshot with the live
+/// resources built from it (resolver, caches, stores); a reload builds a new one and sessions
+/// in flight keep theirs.
+pub trait Policy: Sized + Send + Sync + 'static {
+    /// The daemon's name, for logs and usage text.
+    const NAME: &'static str;
+    /// Where the configuration is read from by default.
+    const DEFAULT_CONFIG: &'static str;
+    /// The validated configuration model.
+    type Config: Send + Sync + 'static;
+    /// What the end-of-headers decision hands to the end-of-message evaluation.
+    type Carry: Send + 'static;
+
+    /// Loads and validates a configuration file (TOML or the legacy `.conf` format).
+    fn load(path: &Path) -> Result<Self::Config, ConfigError>;
+    /// Converts a legacy `.conf` file to the equivalent TOML text.
+    fn convert(path: &Path) -> Result<String, ConfigError>;
+    /// One line for `-n`: what was loaded.
+    fn describe(cfg: &Self::Config) -> String;
+    /// The process settings of a configuration (socket, user, logging, limits).
+    fn service(cfg: &Self::Config) -> &ServiceSettings;
+    /// Builds the live policy (resolver, stores) from a configuration. May block on file I/O.
+    fn build(cfg: Self::Config) -> Result<Self, String>;
+
+    /// Per-message buffering limits.
+    fn limits(&self) -> Limits;
+
+    /// Names of MTA-provided session attributes the operator's rules refer to (OpenDKIM's
+    /// MacroList), beyond the typed envelope fields every front end fills.
+    fn wanted_attributes(&self) -> Vec<String> {
+        Vec::new()
+    }
+
+    /// Whether this configuration ever looks at a message body; when it does not, a front end
+    /// may ask the MTA not to send bodies at all.
+    fn needs_body(&self) -> bool {
+        true
+    }
+
+    /// Decides whether to look at this connection at all.
+    fn on_connect(&self, env: &Envelope) -> ConnectDecision;
+
+    /// At end of headers: what the body is needed for, and what to carry to end of message.
+    fn plan(
+        &self,
+        env: &Envelope,
+        headers: &[HeaderField],
+        header_block: &[u8],
+    ) -> HeadersPlan<Self::Carry>;
+
+    /// The decision for one complete message. `carry` is what [`plan`](Self::plan) returned;
+    /// `None` when the front end never reached end of headers (a message without any).
+    fn evaluate(
+        self: Arc<Self>,
+        env: Envelope,
+        msg: Message,
+        carry: Option<Self::Carry>,
+    ) -> impl Future<Output = Verdict> + Send;
+
+    /// Upper bound for `evaluate`; past it the message is tempfailed and the evaluation is
+    /// cancelled, so nothing it would have recorded is recorded.
+    fn deadline(&self) -> Duration;
+}
+
+/// The current policy snapshot of a daemon, swapped whole on reload: sessions take an `Arc`
+/// when they start and keep it to the end, so a reload never changes a message half-way.
+pub struct Snapshots<P> {
+    current: std::sync::RwLock<Arc<P>>,
+}
+
+impl<P> Snapshots<P> {
+    pub fn new(value: P) -> Self {
+        Self {
+            current: std::sync::RwLock::new(Arc::new(value)),
+        }
+    }
+
+    pub fn current(&self) -> Arc<P> {
+        self.current
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    pub fn replace(&self, value: P) {
+        *self.current.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(value);
+    }
+}

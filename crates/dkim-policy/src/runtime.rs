@@ -1,0 +1,124 @@
+//! What a session works with: the validated configuration plus the live resources built from
+//! it (resolver, key cache). One `Runtime` is shared by every session that started under it; a
+//! reload builds a new one and sessions in flight keep theirs. It is dkim-milter's
+//! [`Policy`]: every front end drives it the same way.
+
+use crate::config::Config;
+use crate::policy::decide::{decide, Decision};
+use chassis::configfile::ConfigError;
+use chassis::envelope::Envelope;
+use chassis::message::{BodyPlan, HeaderField, Limits, Message};
+use chassis::policy::{ConnectDecision, HeadersPlan, Policy};
+use chassis::resources::Resources;
+use chassis::service::ServiceSettings;
+use chassis::verdict::Verdict;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub struct Runtime {
+    pub config: Config,
+    /// Resolver, host name and parsed-key cache, as both daemons build them.
+    pub res: Resources,
+}
+
+impl Runtime {
+    pub fn new(config: Config) -> Result<Runtime, String> {
+        let res = Resources::new(&config.resolver)?;
+        Ok(Runtime { config, res })
+    }
+}
+
+impl Policy for Runtime {
+    const NAME: &'static str = "dkim-milter";
+    const DEFAULT_CONFIG: &'static str = "/etc/dkim-milter.toml";
+    type Config = Config;
+    /// The sign/verify/skip decision, made once at end of headers.
+    type Carry = Decision;
+
+    fn load(path: &Path) -> Result<Config, ConfigError> {
+        Config::load(path)
+    }
+
+    fn convert(path: &Path) -> Result<String, ConfigError> {
+        crate::legacy::convert_file(path).map(|c| c.toml)
+    }
+
+    fn describe(cfg: &Config) -> String {
+        format!(
+            "{} key(s), {} signing rule(s)",
+            cfg.keys.len(),
+            cfg.signing_table.rules.len()
+        )
+    }
+
+    fn service(cfg: &Config) -> &ServiceSettings {
+        &cfg.service
+    }
+
+    fn build(cfg: Config) -> Result<Self, String> {
+        Runtime::new(cfg)
+    }
+
+    fn limits(&self) -> Limits {
+        self.config.limits.clone()
+    }
+
+    fn wanted_attributes(&self) -> Vec<String> {
+        self.config
+            .macro_list
+            .iter()
+            .map(|m| m.name.clone())
+            .collect()
+    }
+
+    fn on_connect(&self, env: &Envelope) -> ConnectDecision {
+        let name = (!env.client_name.is_empty()).then_some(env.client_name.as_str());
+        if self.config.peer_list.matches(env.client_ip, name) {
+            ConnectDecision::Ignore("listed in peer_list".into())
+        } else {
+            ConnectDecision::Continue
+        }
+    }
+
+    /// Signing needs the body (mail-auth's signer reads the whole message); verifying needs only
+    /// the body hashes of the signatures present, computed as the body arrives, so a message
+    /// that is only verified is never stored, whatever its size.
+    fn plan(
+        &self,
+        env: &Envelope,
+        headers: &[HeaderField],
+        header_block: &[u8],
+    ) -> HeadersPlan<Decision> {
+        let cfg = &self.config;
+        let decision = decide(cfg, env, headers);
+        let body = match &decision {
+            Decision::Sign { .. } => BodyPlan::default(),
+            Decision::Verify { .. } => BodyPlan {
+                keep_body: false,
+                hashes: chassis::dkimparse::body_specs(header_block, cfg.max_signatures_to_verify),
+            },
+            Decision::Skip(_) => BodyPlan {
+                keep_body: false,
+                hashes: Vec::new(),
+            },
+        };
+        HeadersPlan {
+            body,
+            carry: decision,
+        }
+    }
+
+    async fn evaluate(
+        self: Arc<Self>,
+        env: Envelope,
+        msg: Message,
+        carry: Option<Decision>,
+    ) -> Verdict {
+        crate::policy::evaluate::evaluate(&self, &env, &msg, carry).await
+    }
+
+    fn deadline(&self) -> Duration {
+        self.config.message_timeout + Duration::from_secs(2)
+    }
+}
