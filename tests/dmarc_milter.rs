@@ -737,3 +737,84 @@ async fn store_failure_tempfails() {
         .iter()
         .any(|l| l.contains("history store") && l.contains("cannot record message")));
 }
+
+/// Issue #15: an evaluation that outlives its deadline (every DNS lookup hangs, then the
+/// history database stays locked) ends in 451 and leaves no history row: the row is committed
+/// before the deadline or not at all. The retry, through a daemon whose DNS answers and
+/// sharing the same history file, is recorded once, and a second delivery attempt of the same
+/// message (new queue id, same envelope and Message-ID) does not add a second row.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deadline_cancels_the_record_and_a_retry_is_one_row() {
+    let hole = BlackholeDns::start().await.unwrap();
+    let key = TestKey::ed25519();
+    let good = TestDns::start(&zone(&key)).await.expect("dns");
+    let dir = tempfile::tempdir().unwrap();
+    let slow_dir = dir.path().join("slow");
+    std::fs::create_dir(&slow_dir).unwrap();
+    let history = dir.path().join("history.sqlite");
+    let history_line = format!("history = \"{}\"\n", history.display());
+    let slow_cfg = format!(
+        "{}[limits]\nmessage_timeout = 1\n",
+        base_config(hole.addr(), "")
+            .replace("history = \"history.sqlite\"\n", &history_line)
+            .replace("timeout = 1.0", "timeout = 4.0")
+    );
+    let slow = start_dmarc(&slow_dir, &slow_cfg, "inet:0@127.0.0.1").await;
+    let fast_cfg =
+        base_config(good.addr(), "").replace("history = \"history.sqlite\"\n", &history_line);
+    let fast = start_dmarc(dir.path(), &fast_cfg, "inet:0@127.0.0.1").await;
+
+    // Another writer holds the database for longer than the whole deadline.
+    let blocker = rusqlite::Connection::open(&history).unwrap();
+    blocker.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let raw = message("alice@example.com", "DEADLINE1");
+    let started = std::time::Instant::now();
+    let out = run(
+        &slow.endpoint(),
+        &tx(&raw, "DEADLINE1", GOOD_IP, "alice@example.com"),
+    )
+    .await
+    .unwrap();
+    let took = started.elapsed();
+    assert!(
+        matches!(&out.reply, Reply::ReplyCode(t) if t.starts_with("451")),
+        "{:?}",
+        out.reply
+    );
+    assert!(took < std::time::Duration::from_secs(5), "took {took:?}");
+    assert_eq!(
+        lines_with("DEADLINE1: history store").len(),
+        1,
+        "the failed record is logged"
+    );
+    // Past the deadline nothing may land, even once the database is free again.
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    blocker.execute_batch("ROLLBACK").unwrap();
+    let count = |conn: &rusqlite::Connection| -> i64 {
+        conn.query_row(
+            "SELECT COUNT(*) FROM messages WHERE header_from = 'example.com' AND envelope_from = 'example.com'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap()
+    };
+    assert_eq!(count(&blocker), 0, "a tempfailed message left a row");
+
+    // The MTA retries: a new queue id, the same message.
+    for qid in ["DEADLINE2", "DEADLINE3"] {
+        let out = run(
+            &fast.endpoint(),
+            &tx(&raw, qid, GOOD_IP, "alice@example.com"),
+        )
+        .await
+        .unwrap();
+        assert_eq!(out.reply, Reply::Accept, "{qid}");
+    }
+    assert_eq!(count(&blocker), 1, "the retried message is one row");
+    let row = history_row(&history, "DEADLINE2");
+    assert_eq!(row.get("dmarc_result"), Some("pass"));
+    assert_eq!(
+        lines_with("DEADLINE3: already recorded in the history").len(),
+        1
+    );
+}
