@@ -195,7 +195,20 @@ fuzz_target!(|data: &[u8]| {
             3 => env.rcpts.push(text(chunk)),
             4 => {
                 let (name, value) = split(b'=');
-                env.set_macro(&text(name), &text(value));
+                match text(name).as_str() {
+                    "i" => env.queue_id = Some(text(value)),
+                    "j" => env.mta_hostname = Some(text(value)),
+                    "daemon_name" => env.listener = Some(text(value)),
+                    "auth" => {
+                        env.auth = Some(chassis::envelope::Authenticated {
+                            user: text(value),
+                            mechanism: "PLAIN".into(),
+                        })
+                    }
+                    other => {
+                        env.attributes.insert(other.to_string(), text(value));
+                    }
+                }
             }
             5 => {
                 let (name, value) = split(b':');
@@ -210,18 +223,21 @@ fuzz_target!(|data: &[u8]| {
     };
     let verdict = h
         .tokio
-        .block_on(dkim_policy::policy::evaluate::evaluate(rt, &env, &msg));
+        .block_on(dkim_policy::policy::evaluate::evaluate(rt, &env, &msg, None));
     let _ = dkim_policy::policy::evaluate::authserv_id(rt, &env);
     for edit in &verdict.edits {
         match edit {
-            HeaderEdit::Delete { name, occurrence } => {
-                let count = msg.headers.iter().filter(|f| f.name_is(name)).count();
-                assert!(
-                    *occurrence >= 1 && *occurrence as usize <= count,
-                    "deletes {name} #{occurrence} of {count}"
-                );
+            HeaderEdit::RemoveAuthResults { authserv_ids } => {
+                let seen = msg.auth_results_seen();
+                for occurrence in chassis::forged::forged_occurrences(seen, authserv_ids) {
+                    assert!(
+                        occurrence >= 1 && occurrence as usize <= seen.len(),
+                        "deletes Authentication-Results #{occurrence} of {}",
+                        seen.len()
+                    );
+                }
             }
-            HeaderEdit::Insert { name, value, .. } => {
+            HeaderEdit::Prepend { name, value } => {
                 assert!(!name.is_empty() && !name.contains([':', '\r', '\n', ' ']));
                 for (i, line) in value.split('\n').enumerate() {
                     assert!(!line.contains('\r'), "bare CR in {name}: {value:?}");

@@ -737,6 +737,33 @@ where
     found
 }
 
+/// RFC 8601 result words, as both daemons report them (DKIM: pass, fail, neutral, policy,
+/// temperror, permerror; DMARC: pass, fail, none, temperror, permerror).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResultWord {
+    Pass,
+    Fail,
+    None,
+    Neutral,
+    Policy,
+    TempError,
+    PermError,
+}
+
+impl ResultWord {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ResultWord::Pass => "pass",
+            ResultWord::Fail => "fail",
+            ResultWord::None => "none",
+            ResultWord::Neutral => "neutral",
+            ResultWord::Policy => "policy",
+            ResultWord::TempError => "temperror",
+            ResultWord::PermError => "permerror",
+        }
+    }
+}
+
 /// Writes `results` as a one-line summary for logs, e.g.
 /// `dkim=pass header.d=example.com`; used by tests and debug output.
 pub fn summary(results: &AuthResults) -> String {

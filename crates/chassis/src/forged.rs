@@ -7,7 +7,7 @@
 use crate::authres::id_key;
 use crate::envelope::Envelope;
 use crate::message::{Message, SeenAuthResults};
-use crate::verdict::HeaderEdit;
+use crate::verdict::{Action, HeaderEdit, SmtpReply, Verdict};
 
 /// The 1-based occurrences (among Authentication-Results fields) claiming one of `ids`,
 /// highest first, so deleting them one by one is right whether or not the MTA renumbers after
@@ -33,6 +33,30 @@ pub fn forged_removal(msg: &Message, id: &str) -> Option<(HeaderEdit, usize)> {
     let ids = vec![id.to_string()];
     let n = forged_occurrences(msg.auth_results_seen(), &ids).len();
     (n > 0).then_some((HeaderEdit::RemoveAuthResults { authserv_ids: ids }, n))
+}
+
+/// The first step of every evaluation: the edit removing forged results claiming `id` (logged
+/// in OpenDKIM's words), or, when the header scan itself overflowed, the tempfail verdict (an
+/// author or a forgery could hide in what was not seen, so only "try again" is safe). `id` is
+/// `None` when headers with our id are a trusted upstream's, not forgeries.
+pub fn screen(msg: &Message, id: Option<&str>, qid: &str) -> Result<Vec<HeaderEdit>, Verdict> {
+    let mut edits = Vec::new();
+    if let Some(id) = id {
+        if let Some((edit, n)) = forged_removal(msg, id) {
+            tracing::info!(
+                "{qid}: removed {n} Authentication-Results header(s) claiming to be from {id}"
+            );
+            edits.push(edit);
+        }
+    }
+    if msg.scan.overflowed {
+        tracing::warn!("{qid}: too much header data to inspect; temporarily failing");
+        return Err(Verdict::new(
+            edits,
+            Action::Tempfail(SmtpReply::new("451", "4.7.0", "resource unavailable")),
+        ));
+    }
+    Ok(edits)
 }
 
 /// The authserv-id to write: configured, else the MTA's own host name, else this host's name

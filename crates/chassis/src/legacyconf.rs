@@ -168,6 +168,28 @@ pub fn load<T>(
     from_toml(path, &converted.toml).map_err(|e| relocate(e, &converted))
 }
 
+/// The options OpenDKIM and OpenDMARC share (socket, authserv-id, DNS timeout, logging, user,
+/// pid file, umask), converted the same way for both daemons. Returns false for any other
+/// option, which the daemon's own converter then handles.
+pub fn service_option(b: &mut TomlBuilder, e: &Entry) -> Result<bool, ConfigError> {
+    let text = || Value::String(e.value.clone());
+    match e.name.to_ascii_lowercase().as_str() {
+        "socket" => b.set(e, "socket", Value::String(socket_value(&e.value))),
+        "authservid" => b.set(e, "authserv_id", Value::String(authserv_id_value(&e.value))),
+        "dnstimeout" => b.set(e, "resolver.timeout", Value::Float(e.integer()? as f64)),
+        "syslog" => {
+            let d = if e.boolean()? { "syslog" } else { "stderr" };
+            b.set(e, "log.destination", Value::String(d.into()));
+        }
+        "syslogfacility" => b.set(e, "log.facility", text()),
+        "userid" => b.set(e, "user", text()),
+        "pidfile" => b.set(e, "pid_file", text()),
+        "umask" => b.set(e, "socket_mode", umask_to_mode(e)?),
+        _ => return Ok(false),
+    }
+    Ok(true)
+}
+
 /// A list of strings as a TOML array.
 pub fn strings(v: Vec<String>) -> Value {
     Value::Array(v.into_iter().map(Value::String).collect())

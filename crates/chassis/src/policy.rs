@@ -31,6 +31,66 @@ pub struct HeadersPlan<T> {
     pub carry: T,
 }
 
+/// A daemon's validated configuration model: TOML (or the legacy `.conf`, converted) in, typed
+/// settings out. The defaults give both daemons the same loading path.
+pub trait DaemonConfig: Sized + Send + Sync + 'static {
+    /// The daemon's name, for warnings while converting a legacy file.
+    const DAEMON: &'static str;
+    /// Parses TOML `text` as if read from `path` (relative paths resolve against its directory).
+    fn from_toml(path: &Path, text: &str) -> Result<Self, ConfigError>;
+    /// Converts a legacy `.conf` file (opendkim.conf, opendmarc.conf) to TOML.
+    fn convert_legacy(path: &Path) -> Result<crate::legacyconf::Converted, ConfigError>;
+    /// The process settings (socket, user, logging).
+    fn service(&self) -> &ServiceSettings;
+    /// Per-message buffering limits.
+    fn limits(&self) -> &Limits;
+
+    /// Reads, parses and validates `path`, TOML or legacy.
+    fn load(path: &Path) -> Result<Self, ConfigError> {
+        crate::legacyconf::load(path, Self::DAEMON, Self::convert_legacy, Self::from_toml)
+    }
+}
+
+/// Implements [`DaemonConfig`] for a configuration struct with `service: ServiceSettings` and
+/// `limits: Limits` fields and an inherent `from_toml`, and gives it an inherent `load`, so
+/// each daemon states only its name and its legacy converter.
+#[macro_export]
+macro_rules! daemon_config {
+    ($config:ty, $daemon:literal, $convert:path) => {
+        impl $crate::policy::DaemonConfig for $config {
+            const DAEMON: &'static str = $daemon;
+
+            fn from_toml(
+                path: &::std::path::Path,
+                text: &str,
+            ) -> Result<Self, $crate::configfile::ConfigError> {
+                <$config>::from_toml(path, text)
+            }
+
+            fn convert_legacy(
+                path: &::std::path::Path,
+            ) -> Result<$crate::legacyconf::Converted, $crate::configfile::ConfigError> {
+                $convert(path)
+            }
+
+            fn service(&self) -> &$crate::service::ServiceSettings {
+                &self.service
+            }
+
+            fn limits(&self) -> &$crate::message::Limits {
+                &self.limits
+            }
+        }
+
+        impl $config {
+            /// Reads, parses and validates `path` (TOML or the legacy format).
+            pub fn load(path: &::std::path::Path) -> Result<Self, $crate::configfile::ConfigError> {
+                <Self as $crate::policy::DaemonConfig>::load(path)
+            }
+        }
+    };
+}
+
 /// One daemon's policy. A value of this type is one configuration snapshot with the live
 /// resources built from it (resolver, caches, stores); a reload builds a new one and sessions
 /// in flight keep theirs.
@@ -40,23 +100,33 @@ pub trait Policy: Sized + Send + Sync + 'static {
     /// Where the configuration is read from by default.
     const DEFAULT_CONFIG: &'static str;
     /// The validated configuration model.
-    type Config: Send + Sync + 'static;
+    type Config: DaemonConfig;
     /// What the end-of-headers decision hands to the end-of-message evaluation.
     type Carry: Send + 'static;
 
     /// Loads and validates a configuration file (TOML or the legacy `.conf` format).
-    fn load(path: &Path) -> Result<Self::Config, ConfigError>;
+    fn load(path: &Path) -> Result<Self::Config, ConfigError> {
+        Self::Config::load(path)
+    }
     /// Converts a legacy `.conf` file to the equivalent TOML text.
-    fn convert(path: &Path) -> Result<String, ConfigError>;
+    fn convert(path: &Path) -> Result<String, ConfigError> {
+        Self::Config::convert_legacy(path).map(|c| c.toml)
+    }
     /// One line for `-n`: what was loaded.
     fn describe(cfg: &Self::Config) -> String;
     /// The process settings of a configuration (socket, user, logging, limits).
-    fn service(cfg: &Self::Config) -> &ServiceSettings;
+    fn service(cfg: &Self::Config) -> &ServiceSettings {
+        cfg.service()
+    }
     /// Builds the live policy (resolver, stores) from a configuration. May block on file I/O.
     fn build(cfg: Self::Config) -> Result<Self, String>;
+    /// The configuration this policy was built from.
+    fn config(&self) -> &Self::Config;
 
     /// Per-message buffering limits.
-    fn limits(&self) -> Limits;
+    fn limits(&self) -> Limits {
+        self.config().limits().clone()
+    }
 
     /// Names of MTA-provided session attributes the operator's rules refer to (OpenDKIM's
     /// MacroList), beyond the typed envelope fields every front end fills.

@@ -256,17 +256,9 @@ fn parse_macro_rule(s: &str) -> Result<MacroRule, String> {
     Ok(MacroRule { name, values })
 }
 
-impl Config {
-    /// Reads, parses and validates `path`, loading every key and table it names.
-    pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        chassis::legacyconf::load(
-            path,
-            "dkim-milter",
-            crate::legacy::convert_file,
-            Self::from_toml,
-        )
-    }
+chassis::daemon_config!(Config, "dkim-milter", crate::legacy::convert_file);
 
+impl Config {
     /// Parses TOML `text` as if read from `path` (relative paths resolve against its directory).
     pub fn from_toml(path: &Path, text: &str) -> Result<Config, ConfigError> {
         let raw: RawConfig = configfile::parse_toml(path, text)?;

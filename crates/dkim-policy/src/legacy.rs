@@ -128,15 +128,13 @@ pub fn convert(entries: &[Entry], source: &Path) -> Result<Converted, ConfigErro
     let mut ordered: Vec<&Entry> = entries.iter().filter(|e| e.is("On-Default")).collect();
     ordered.extend(entries.iter().filter(|e| !e.is("On-Default")));
     for e in ordered {
+        if legacyconf::service_option(&mut b, e)? {
+            continue;
+        }
         let name = e.name.to_ascii_lowercase();
         let int = |e: &Entry| e.integer().map(|n| Value::Integer(n as i64));
         let text = |e: &Entry| Value::String(e.value.clone());
         match name.as_str() {
-            "socket" => b.set(
-                e,
-                "socket",
-                Value::String(legacyconf::socket_value(&e.value)),
-            ),
             "mode" => b.set(e, "mode", text(e)),
             "canonicalization" => b.set(e, "canonicalization", text(e)),
             "domain" => {
@@ -165,11 +163,6 @@ pub fn convert(entries: &[Entry], source: &Path) -> Result<Converted, ConfigErro
             "maximumsignaturestoverify" => b.set(e, "max_signatures_to_verify", int(e)?),
             "multiplesignatures" => b.set(e, "multiple_signatures", Value::Boolean(e.boolean()?)),
             "requiresafekeys" => b.set(e, "require_safe_keys", Value::Boolean(e.boolean()?)),
-            "authservid" => b.set(
-                e,
-                "authserv_id",
-                Value::String(legacyconf::authserv_id_value(&e.value)),
-            ),
             "on-default" => {
                 let a = action(e)?;
                 for k in [
@@ -192,17 +185,8 @@ pub fn convert(entries: &[Entry], source: &Path) -> Result<Converted, ConfigErro
             "on-signatureerror" => b.set(e, "actions.signature_error", action(e)?),
             "on-security" => b.set(e, "actions.security", action(e)?),
             "nameservers" => b.set(e, "resolver.nameservers", strings(e.list())),
-            "dnstimeout" => b.set(e, "resolver.timeout", Value::Float(e.integer()? as f64)),
-            "syslog" => {
-                let d = if e.boolean()? { "syslog" } else { "stderr" };
-                b.set(e, "log.destination", Value::String(d.into()));
-            }
-            "syslogfacility" => b.set(e, "log.facility", text(e)),
             "syslogsuccess" => b.set(e, "log.success", Value::Boolean(e.boolean()?)),
             "logwhy" => b.set(e, "log.why", Value::Boolean(e.boolean()?)),
-            "userid" => b.set(e, "user", text(e)),
-            "pidfile" => b.set(e, "pid_file", text(e)),
-            "umask" => b.set(e, "socket_mode", legacyconf::umask_to_mode(e)?),
             "maximumheaders" => b.set(e, "limits.max_header_bytes", int(e)?),
             "temporarydirectory" => b.set(e, "limits.temp_dir", text(e)),
             _ if is_unsupported(&e.name) => b.unsupported(e, "dkim-milter", ""),

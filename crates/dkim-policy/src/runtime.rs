@@ -5,14 +5,11 @@
 
 use crate::config::Config;
 use crate::policy::decide::{decide, Decision};
-use chassis::configfile::ConfigError;
 use chassis::envelope::Envelope;
-use chassis::message::{BodyPlan, HeaderField, Limits, Message};
+use chassis::message::{BodyPlan, HeaderField, Message};
 use chassis::policy::{ConnectDecision, HeadersPlan, Policy};
 use chassis::resources::Resources;
-use chassis::service::ServiceSettings;
 use chassis::verdict::Verdict;
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -36,14 +33,6 @@ impl Policy for Runtime {
     /// The sign/verify/skip decision, made once at end of headers.
     type Carry = Decision;
 
-    fn load(path: &Path) -> Result<Config, ConfigError> {
-        Config::load(path)
-    }
-
-    fn convert(path: &Path) -> Result<String, ConfigError> {
-        crate::legacy::convert_file(path).map(|c| c.toml)
-    }
-
     fn describe(cfg: &Config) -> String {
         format!(
             "{} key(s), {} signing rule(s)",
@@ -52,16 +41,12 @@ impl Policy for Runtime {
         )
     }
 
-    fn service(cfg: &Config) -> &ServiceSettings {
-        &cfg.service
-    }
-
     fn build(cfg: Config) -> Result<Self, String> {
         Runtime::new(cfg)
     }
 
-    fn limits(&self) -> Limits {
-        self.config.limits.clone()
+    fn config(&self) -> &Config {
+        &self.config
     }
 
     fn wanted_attributes(&self) -> Vec<String> {

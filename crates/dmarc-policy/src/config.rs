@@ -124,17 +124,9 @@ pub struct Config {
     pub message_timeout: Duration,
 }
 
-impl Config {
-    /// Reads, parses and validates `path`.
-    pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        chassis::legacyconf::load(
-            path,
-            "dmarc-milter",
-            crate::legacy::convert_file,
-            Self::from_toml,
-        )
-    }
+chassis::daemon_config!(Config, "dmarc-milter", crate::legacy::convert_file);
 
+impl Config {
     /// Parses TOML `text` as if read from `path` (relative paths resolve against its directory).
     pub fn from_toml(path: &Path, text: &str) -> Result<Config, ConfigError> {
         let raw: RawConfig = configfile::parse_toml(path, text)?;

@@ -50,20 +50,13 @@ fn unsupported(name: &str) -> Option<&'static str> {
 pub fn convert(entries: &[Entry], source: &Path) -> Result<Converted, ConfigError> {
     let mut b = TomlBuilder::default();
     for e in entries {
+        if legacyconf::service_option(&mut b, e)? {
+            continue;
+        }
         let name = e.name.to_ascii_lowercase();
         let text = |e: &Entry| Value::String(e.value.clone());
         let flag = |e: &Entry| e.boolean().map(Value::Boolean);
         match name.as_str() {
-            "socket" => b.set(
-                e,
-                "socket",
-                Value::String(legacyconf::socket_value(&e.value)),
-            ),
-            "authservid" => b.set(
-                e,
-                "authserv_id",
-                Value::String(legacyconf::authserv_id_value(&e.value)),
-            ),
             "trustedauthservids" => b.set(e, "trusted_authserv_ids", strings(e.list())),
             "ignorehosts" => b.set(e, "ignore_hosts", text(e)),
             "ignoreauthenticatedclients" => b.set(e, "ignore_authenticated_clients", flag(e)?),
@@ -78,15 +71,6 @@ pub fn convert(entries: &[Entry], source: &Path) -> Result<Converted, ConfigErro
                 let v = if e.boolean()? { "quarantine" } else { "accept" };
                 b.set(e, "actions.quarantine", Value::String(v.into()));
             }
-            "dnstimeout" => b.set(e, "resolver.timeout", Value::Float(e.integer()? as f64)),
-            "syslog" => {
-                let d = if e.boolean()? { "syslog" } else { "stderr" };
-                b.set(e, "log.destination", Value::String(d.into()));
-            }
-            "syslogfacility" => b.set(e, "log.facility", text(e)),
-            "userid" => b.set(e, "user", text(e)),
-            "pidfile" => b.set(e, "pid_file", text(e)),
-            "umask" => b.set(e, "socket_mode", legacyconf::umask_to_mode(e)?),
             _ => match unsupported(&e.name) {
                 Some(advice) => b.unsupported(e, "dmarc-milter", advice),
                 None => return Err(e.error("unrecognized parameter")),

@@ -5,14 +5,11 @@
 
 use crate::config::Config;
 use crate::history::Store;
-use chassis::configfile::ConfigError;
 use chassis::envelope::Envelope;
-use chassis::message::{BodyPlan, HeaderField, Limits, Message};
+use chassis::message::{BodyPlan, HeaderField, Message};
 use chassis::policy::{ConnectDecision, HeadersPlan, Policy};
 use chassis::resources::Resources;
-use chassis::service::ServiceSettings;
 use chassis::verdict::Verdict;
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -50,14 +47,6 @@ impl Policy for Runtime {
     type Config = Config;
     type Carry = ();
 
-    fn load(path: &Path) -> Result<Config, ConfigError> {
-        Config::load(path)
-    }
-
-    fn convert(path: &Path) -> Result<String, ConfigError> {
-        crate::legacy::convert_file(path).map(|c| c.toml)
-    }
-
     fn describe(cfg: &Config) -> String {
         let history = match &cfg.history {
             Some(p) => format!("history {}", p.display()),
@@ -71,16 +60,12 @@ impl Policy for Runtime {
         format!("{dkim}; {history}")
     }
 
-    fn service(cfg: &Config) -> &ServiceSettings {
-        &cfg.service
-    }
-
     fn build(cfg: Config) -> Result<Self, String> {
         Runtime::new(cfg)
     }
 
-    fn limits(&self) -> Limits {
-        self.config.limits.clone()
+    fn config(&self) -> &Config {
+        &self.config
     }
 
     /// With trusted upstream results DKIM is not verified here: no body is needed at all.

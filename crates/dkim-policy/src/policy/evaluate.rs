@@ -7,7 +7,7 @@ use super::verify::{verify, Failure, Outcome, SignatureResult, VerifyReport};
 use crate::runtime::Runtime;
 use chassis::authres::{AuthResults, ResInfo};
 use chassis::envelope::Envelope;
-use chassis::forged::forged_removal;
+use chassis::forged::screen;
 use chassis::message::Message;
 use chassis::verdict::{Action, ActionKind, HeaderEdit, SmtpReply, Verdict};
 use std::time::Duration;
@@ -38,22 +38,10 @@ pub async fn evaluate(
     let cfg = &rt.config;
     let qid = env.queue_id();
     let id = authserv_id(rt, env);
-    let mut edits = Vec::new();
-    if let Some((edit, n)) = forged_removal(msg, &id) {
-        tracing::info!(
-            "{qid}: removed {n} Authentication-Results header(s) claiming to be from {id}"
-        );
-        edits.push(edit);
-    }
-    if msg.scan.overflowed {
-        // Too many fields to even note: what we cannot see we cannot clean, so no answer but
-        // "try again" is safe, whatever the security action says.
-        tracing::warn!("{qid}: too much header data to inspect; temporarily failing");
-        return Verdict::new(
-            edits,
-            Action::Tempfail(SmtpReply::new("451", "4.7.0", "resource unavailable")),
-        );
-    }
+    let mut edits = match screen(msg, Some(&id), qid) {
+        Ok(edits) => edits,
+        Err(refused) => return refused,
+    };
     if msg.headers_truncated {
         tracing::warn!(
             "{qid}: too much header data (limits: {} bytes, {} fields)",

@@ -11,28 +11,7 @@ use mail_auth::{DkimResult, DnsError, Error, MessageAuthenticator};
 use std::time::Duration;
 
 /// RFC 8601 DKIM result words.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
-    Pass,
-    Fail,
-    Neutral,
-    Policy,
-    TempError,
-    PermError,
-}
-
-impl Outcome {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Outcome::Pass => "pass",
-            Outcome::Fail => "fail",
-            Outcome::Neutral => "neutral",
-            Outcome::Policy => "policy",
-            Outcome::TempError => "temperror",
-            Outcome::PermError => "permerror",
-        }
-    }
-}
+pub use chassis::authres::ResultWord as Outcome;
 
 /// What drives the configured On-* action for a failed signature.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -162,7 +141,7 @@ fn b_prefix(sig: &Signature) -> String {
 }
 
 fn classify(result: &DkimResult) -> (Outcome, Failure, Option<String>) {
-    use Outcome::*;
+    use Outcome::{Fail, Neutral, Pass, PermError, TempError};
     match result {
         DkimResult::Pass => (Pass, Failure::None, None),
         DkimResult::Neutral(Error::Dkim(DkimError::FailedBodyHashMatch)) => (

@@ -13,26 +13,7 @@ use mail_auth::{
 use std::sync::Arc;
 
 /// RFC 8601 / RFC 9989 result words.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
-    Pass,
-    Fail,
-    None,
-    TempError,
-    PermError,
-}
-
-impl Outcome {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Outcome::Pass => "pass",
-            Outcome::Fail => "fail",
-            Outcome::None => "none",
-            Outcome::TempError => "temperror",
-            Outcome::PermError => "permerror",
-        }
-    }
-}
+pub use chassis::authres::ResultWord as Outcome;
 
 /// What DMARC found for one message.
 #[derive(Debug, Clone)]

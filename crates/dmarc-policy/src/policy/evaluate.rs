@@ -11,7 +11,7 @@ use crate::history::{DkimEntry, Record};
 use crate::runtime::Runtime;
 use chassis::authres::{AuthResults, ResInfo};
 use chassis::envelope::Envelope;
-use chassis::forged::forged_removal;
+use chassis::forged::screen;
 use chassis::message::{HeaderField, Message};
 use chassis::verdict::{Action, ActionKind, HeaderEdit, SmtpReply, Verdict};
 use mail_auth::dmarc::Policy;
@@ -83,28 +83,14 @@ pub async fn evaluate(rt: Arc<Runtime>, env: Envelope, msg: Message) -> Verdict 
         tracing::debug!("implicit authentication service: {id}");
     }
     // Headers from a trusted upstream that shares our id are its results, not forgeries.
-    let mut edits = Vec::new();
-    if !cfg
+    let ours = !cfg
         .trusted_authserv_ids
         .iter()
-        .any(|t| t.eq_ignore_ascii_case(&id))
-    {
-        if let Some((edit, n)) = forged_removal(&msg, &id) {
-            tracing::info!(
-                "{qid}: removed {n} Authentication-Results header(s) claiming to be from {id}"
-            );
-            edits.push(edit);
-        }
-    }
-    if msg.scan.overflowed {
-        // Too many fields to even note: an author or a forgery could hide in what we did not
-        // see, so no answer but "try again" is safe.
-        tracing::warn!("{qid}: too much header data to inspect; temporarily failing");
-        return Verdict::new(
-            edits,
-            Action::Tempfail(SmtpReply::new("451", "4.7.0", "resource unavailable")),
-        );
-    }
+        .any(|t| t.eq_ignore_ascii_case(&id));
+    let mut edits = match screen(&msg, ours.then_some(id.as_str()), &qid) {
+        Ok(edits) => edits,
+        Err(refused) => return refused,
+    };
     if cfg.ignore_authenticated_clients && env.is_authenticated() {
         tracing::info!("{qid}: ignoring authenticated client");
         return Verdict::new(edits, Action::Accept);
