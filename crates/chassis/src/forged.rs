@@ -39,7 +39,7 @@ pub fn forged_removal(msg: &Message, id: &str) -> Option<(HeaderEdit, usize)> {
 /// in OpenDKIM's words), or, when the header scan itself overflowed, the tempfail verdict (an
 /// author or a forgery could hide in what was not seen, so only "try again" is safe). `id` is
 /// `None` when headers with our id are a trusted upstream's, not forgeries.
-pub fn screen(msg: &Message, id: Option<&str>, qid: &str) -> Result<Vec<HeaderEdit>, Verdict> {
+pub fn screen(msg: &Message, id: Option<&str>, qid: &str) -> Result<Vec<HeaderEdit>, Box<Verdict>> {
     let mut edits = Vec::new();
     if let Some(id) = id {
         if let Some((edit, n)) = forged_removal(msg, id) {
@@ -51,10 +51,10 @@ pub fn screen(msg: &Message, id: Option<&str>, qid: &str) -> Result<Vec<HeaderEd
     }
     if msg.scan.overflowed {
         tracing::warn!("{qid}: too much header data to inspect; temporarily failing");
-        return Err(Verdict::new(
+        return Err(Box::new(Verdict::new(
             edits,
             Action::Tempfail(SmtpReply::new("451", "4.7.0", "resource unavailable")),
-        ));
+        )));
     }
     Ok(edits)
 }

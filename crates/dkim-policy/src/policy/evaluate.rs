@@ -40,7 +40,7 @@ pub async fn evaluate(
     let id = authserv_id(rt, env);
     let mut edits = match screen(msg, Some(&id), qid) {
         Ok(edits) => edits,
-        Err(refused) => return refused,
+        Err(refused) => return *refused,
     };
     if msg.headers_truncated {
         tracing::warn!(

@@ -89,7 +89,7 @@ pub async fn evaluate(rt: Arc<Runtime>, env: Envelope, msg: Message) -> Verdict 
         .any(|t| t.eq_ignore_ascii_case(&id));
     let mut edits = match screen(&msg, ours.then_some(id.as_str()), &qid) {
         Ok(edits) => edits,
-        Err(refused) => return refused,
+        Err(refused) => return *refused,
     };
     if cfg.ignore_authenticated_clients && env.is_authenticated() {
         tracing::info!("{qid}: ignoring authenticated client");
