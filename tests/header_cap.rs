@@ -235,3 +235,61 @@ async fn an_mta_without_change_header_is_refused() {
         assert_not_delivered(&tx, &out, "after a refused negotiation");
     }
 }
+
+/// A header change the MTA side does not take (here: the MTA resets the connection right after
+/// end of message, so the deletion cannot be written): the daemon logs that it could not
+/// remove the forged field and answers tempfail, never "accept without it", and keeps serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deletion_that_cannot_be_made_tempfails() {
+    use milter_client::consts::{ALL_PROTOCOL, SMFIC_BODYEOB};
+    use milter_client::MilterClient;
+    let (_d, _t, m) = dmarc_milter("").await;
+    let before = lines_with("cannot remove forged Authentication-Results header").len();
+    let mut refused = 0;
+    // Which side of the race the reset lands on is up to the kernel; a few tries make the
+    // "deletion failed" path certain to be taken at least once.
+    for attempt in 0..40 {
+        let stream = tokio::net::TcpStream::connect(m.addr).await.unwrap();
+        stream.set_linger(Some(std::time::Duration::ZERO)).unwrap();
+        let mut c = MilterClient::from_stream(stream);
+        c.negotiate(ALL_ACTIONS, ALL_PROTOCOL).await.unwrap();
+        let qid = format!("RESET{attempt}");
+        c.macros(b'M', &[("i", qid.as_str())]).await.unwrap();
+        c.connect_info(
+            "client.example.net",
+            Some(format!("{BAD_IP}:40000").parse().unwrap()),
+        )
+        .await
+        .unwrap();
+        c.helo("client.example.net").await.unwrap();
+        c.mail(&["<alice@example.com>"]).await.unwrap();
+        c.rcpt(&["<bob@example.org>"]).await.unwrap();
+        c.header("From", "alice@example.com").await.unwrap();
+        let (n, v) = forged_ar();
+        c.header(n, &v).await.unwrap();
+        c.eoh().await.unwrap();
+        c.body(b"body\r\n").await.unwrap();
+        c.macros(SMFIC_BODYEOB, &[("i", qid.as_str())])
+            .await
+            .unwrap();
+        c.send_command(SMFIC_BODYEOB, &[]).await.unwrap();
+        c.flush().await.unwrap();
+        // Give the milter time to read end of message, then reset under its answer.
+        tokio::time::sleep(std::time::Duration::from_millis(5 * attempt as u64)).await;
+        drop(c);
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        refused = lines_with("cannot remove forged Authentication-Results header").len() - before;
+        if refused > 0 {
+            break;
+        }
+    }
+    assert!(refused > 0, "the failed deletion was never observed");
+    let line = lines_with("cannot remove forged Authentication-Results header")
+        .pop()
+        .unwrap();
+    assert!(line.contains("; temporarily failing"), "{line}");
+    // Still serving.
+    let tx = transaction(Filler::Fields(1), &[forged_ar()], true, "AFTERRESET");
+    let out = run(&m.endpoint(), &tx).await.expect("milter session");
+    assert_not_delivered(&tx, &out, "after a reset");
+}
