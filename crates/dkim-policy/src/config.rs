@@ -197,6 +197,8 @@ pub struct Config {
     pub header_canon: Canonicalization,
     pub body_canon: Canonicalization,
     pub keys: HashMap<String, SigningKeyEntry>,
+    /// Keys of `%`-templated entries, loaded on first use (see [`keys::KeyFileCache`]).
+    pub templated_keys: keys::KeyFileCache,
     pub signing_table: SigningTable,
     pub multiple_signatures: bool,
     pub require_safe_keys: bool,
@@ -433,6 +435,7 @@ impl Config {
             header_canon,
             body_canon,
             keys,
+            templated_keys: keys::KeyFileCache::default(),
             signing_table,
             multiple_signatures: raw.multiple_signatures,
             require_safe_keys: raw.require_safe_keys,
@@ -473,7 +476,13 @@ impl Config {
             Some(k) => Ok((slot.entry.clone(), k.clone())),
             None => {
                 let entry = slot.entry.for_domain(sender_domain);
-                let key = load_entry_key(&entry, self.require_safe_keys, false)?;
+                let key = match &entry.source {
+                    KeySource::Path(p) => self
+                        .templated_keys
+                        .load(p, self.require_safe_keys)
+                        .map_err(|e| format!("key '{}': {e}", entry.name))?,
+                    KeySource::Inline(_) => load_entry_key(&entry, self.require_safe_keys, false)?,
+                };
                 Ok((entry, key))
             }
         }

@@ -203,3 +203,97 @@ mod tests {
         assert!(load_key_file(&path, true).is_ok());
     }
 }
+
+/// Keys of `%`-templated KeyTable entries (one file per sender domain), loaded on first use and
+/// kept by path, checked against the file's modification time and size on each use: a message
+/// costs one `stat`, not a read and a key parse, and a rotated file is picked up without a
+/// reload. Bounded; shared by every session of a configuration.
+#[derive(Clone)]
+pub struct KeyFileCache {
+    entries: moka::sync::Cache<std::path::PathBuf, (std::time::SystemTime, u64, SharedKey)>,
+}
+
+/// Templated key files kept loaded; a host signing for more domains re-reads the least used.
+const KEY_FILES_KEPT: u64 = 10_000;
+
+impl Default for KeyFileCache {
+    fn default() -> Self {
+        Self {
+            entries: moka::sync::Cache::new(KEY_FILES_KEPT),
+        }
+    }
+}
+
+impl std::fmt::Debug for KeyFileCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "KeyFileCache({} files)", self.entries.entry_count())
+    }
+}
+
+impl KeyFileCache {
+    /// The key in `path`, from the cache while the file is unchanged (same mtime and size),
+    /// otherwise loaded with [`load_key_file`] (permission check included) and kept.
+    pub fn load(&self, path: &Path, require_safe: bool) -> Result<SharedKey, String> {
+        let meta =
+            std::fs::metadata(path).map_err(|e| format!("key file {}: {e}", path.display()))?;
+        let stamp = (meta.modified().ok(), meta.len());
+        if let (Some(mtime), Some((at, len, key))) = (stamp.0, self.entries.get(path)) {
+            let safe = !require_safe || meta.mode() & 0o077 == 0;
+            if at == mtime && len == stamp.1 && safe {
+                return Ok(key);
+            }
+        }
+        let key = load_key_file(path, require_safe)?;
+        if let Some(mtime) = stamp.0 {
+            self.entries
+                .insert(path.to_path_buf(), (mtime, stamp.1, key.clone()));
+        }
+        Ok(key)
+    }
+
+    /// Files held now.
+    pub fn len(&self) -> u64 {
+        self.entries.run_pending_tasks();
+        self.entries.entry_count()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod key_file_cache_tests {
+    use super::*;
+
+    /// Loaded once, served from the cache while unchanged, re-read when the file changes, and
+    /// the permission check still applies to a cached key.
+    #[test]
+    fn templated_keys_are_cached_by_path_and_mtime() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("example.com.private");
+        let write = |kind| {
+            let key = crate::keygen::generate(kind).unwrap();
+            let _ = std::fs::remove_file(&path);
+            crate::keygen::write_private(&path, &key.private_pem).unwrap();
+        };
+        write(crate::keygen::KeyKind::Ed25519);
+        let cache = KeyFileCache::default();
+        let first = cache.load(&path, true).unwrap();
+        assert!(first.is_ed25519());
+        assert_eq!(cache.len(), 1);
+        // Same file: the cached key (the same allocation) comes back.
+        let again = cache.load(&path, true).unwrap();
+        assert!(Arc::ptr_eq(&first.key, &again.key));
+        // Rotated to an RSA key: size and mtime change, the new key is read.
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        write(crate::keygen::KeyKind::Rsa(2048));
+        let rotated = cache.load(&path, true).unwrap();
+        assert!(!rotated.is_ed25519());
+        // A cached key whose file became group-readable is refused like an uncached one.
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640)).unwrap();
+        let e = cache.load(&path, true).unwrap_err();
+        assert!(e.contains("accessible by group or other"), "{e}");
+    }
+}
