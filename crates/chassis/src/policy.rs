@@ -24,6 +24,23 @@ pub enum ConnectDecision {
     Ignore(String),
 }
 
+impl ConnectDecision {
+    /// `Ignore` when the client is on `list` (by address or by the name the MTA reported),
+    /// naming the list in the log line; `Continue` otherwise.
+    pub fn unless_listed(
+        list: &crate::hostlist::HostList,
+        list_name: &str,
+        env: &Envelope,
+    ) -> Self {
+        let name = (!env.client_name.is_empty()).then_some(env.client_name.as_str());
+        if list.matches(env.client_ip, name) {
+            ConnectDecision::Ignore(format!("listed in {list_name}"))
+        } else {
+            ConnectDecision::Continue
+        }
+    }
+}
+
 /// The decision made at end of headers: what the front end must do with the body, and what the
 /// policy wants to remember for end of message (so it decides once, not twice).
 pub struct HeadersPlan<T> {

@@ -58,12 +58,7 @@ impl Policy for Runtime {
     }
 
     fn on_connect(&self, env: &Envelope) -> ConnectDecision {
-        let name = (!env.client_name.is_empty()).then_some(env.client_name.as_str());
-        if self.config.peer_list.matches(env.client_ip, name) {
-            ConnectDecision::Ignore("listed in peer_list".into())
-        } else {
-            ConnectDecision::Continue
-        }
+        ConnectDecision::unless_listed(&self.config.peer_list, "peer_list", env)
     }
 
     /// Signing needs the body (mail-auth's signer reads the whole message); verifying needs only

@@ -74,12 +74,7 @@ impl Policy for Runtime {
     }
 
     fn on_connect(&self, env: &Envelope) -> ConnectDecision {
-        let name = (!env.client_name.is_empty()).then_some(env.client_name.as_str());
-        if self.config.ignore_hosts.matches(env.client_ip, name) {
-            ConnectDecision::Ignore("listed in ignore_hosts".into())
-        } else {
-            ConnectDecision::Continue
-        }
+        ConnectDecision::unless_listed(&self.config.ignore_hosts, "ignore_hosts", env)
     }
 
     /// Nothing here reads the body except DKIM body hashing, so the body is hashed as it
