@@ -967,7 +967,7 @@ async fn garbage_signatures_get_a_defined_result() {
         (
             "garbage tags",
             " garbage;;; ===; v=; ;=;".into(),
-            neutral("Unsupported version in DKIM Signature"),
+            neutral("unsupported version"),
         ),
         ("empty", String::new(), unparseable.clone()),
         (
@@ -983,17 +983,17 @@ async fn garbage_signatures_get_a_defined_result() {
         (
             "unknown a=",
             with_tag(&folded, "a", "a=rsa-sha512"),
-            neutral("Unsupported algorithm in DKIM Signature"),
+            neutral("unsupported algorithm"),
         ),
         (
             "unknown c=",
             with_tag(&folded, "c", "c=fancy/relaxed"),
-            neutral("Unsupported canonicalization method in DKIM Signature"),
+            neutral("unsupported canonicalization"),
         ),
         (
             "v=2",
             with_tag(&folded, "v", "v=2"),
-            neutral("Unsupported version in DKIM Signature"),
+            neutral("unsupported version"),
         ),
         ("empty d=", with_tag(&folded, "d", "d="), unparseable.clone()),
         ("empty h=", with_tag(&folded, "h", "h="), unparseable.clone()),

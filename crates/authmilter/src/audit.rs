@@ -4,9 +4,9 @@
 use crate::dns::{bare, Answer, Dns};
 use crate::report::{Finding, Report, Status};
 use crate::testkey;
-use mail_auth::common::parse::TxtRecordParser;
-use mail_auth::spf::{Macro, Mechanism, Qualifier, Spf};
-use mail_auth::SpfResult;
+use chassis::mailauth::common::TxtRecordParser;
+use chassis::mailauth::spf::{Macro, Mechanism, Qualifier, Spf};
+use chassis::mailauth::SpfResult;
 use std::collections::HashSet;
 use std::future::Future;
 use std::net::IpAddr;
@@ -444,7 +444,7 @@ async fn check_spf(
     for (host, ip) in mx_addresses {
         let result = dns
             .authenticator()
-            .verify_spf(mail_auth::spf::verify::SpfParameters::verify_mail_from(
+            .verify_spf(chassis::mailauth::spf::SpfParameters::verify_mail_from(
                 *ip,
                 host,
                 "authmilter-audit.invalid",
@@ -596,7 +596,7 @@ async fn check_dmarc(dns: &Dns, domain: &str, out: &mut Vec<Finding>) {
             return;
         }
     };
-    if let Err(e) = mail_auth::dmarc::Dmarc::parse(record.as_bytes()) {
+    if let Err(e) = chassis::mailauth::dmarc::Dmarc::parse(record.as_bytes()) {
         out.push(Finding::fail(
             "dmarc.record",
             &name,
@@ -710,7 +710,7 @@ async fn check_mta_sts(dns: &Dns, domain: &str, out: &mut Vec<Finding>) {
             "publish exactly one TXT record starting with v=STSv1",
         )),
         Answer::Found(v) => {
-            match mail_auth::mta_sts::MtaSts::parse(v[0].as_bytes()) {
+            match chassis::mailauth::mta_sts::MtaSts::parse(v[0].as_bytes()) {
                 Ok(sts) if !sts.id.is_empty() => out.push(Finding::ok(
                     "mta_sts.record",
                     &name,
@@ -762,7 +762,7 @@ async fn check_tls_rpt(dns: &Dns, domain: &str, out: &mut Vec<Finding>) {
             format!("{} TLS-RPT records", v.len()),
             "publish exactly one TXT record starting with v=TLSRPTv1",
         )),
-        Answer::Found(v) => match mail_auth::mta_sts::TlsRpt::parse(v[0].as_bytes()) {
+        Answer::Found(v) => match chassis::mailauth::mta_sts::TlsRpt::parse(v[0].as_bytes()) {
             Ok(r) => out.push(Finding::ok(
                 "tls_rpt.record",
                 &name,

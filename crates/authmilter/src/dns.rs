@@ -2,8 +2,8 @@
 //! from "the lookup failed" (a check must not report a missing record when DNS was down).
 
 use chassis::dns::ResolverSettings;
-use mail_auth::hickory_resolver::proto::rr::{Name, RData, RecordType};
-use mail_auth::MessageAuthenticator;
+use chassis::mailauth::hickory_resolver::proto::rr::{Name, RData, RecordType};
+use chassis::mailauth::MessageAuthenticator;
 use std::net::IpAddr;
 use std::str::FromStr;
 
@@ -66,7 +66,7 @@ pub fn bare(name: &str) -> String {
     name.trim_end_matches('.').to_ascii_lowercase()
 }
 
-fn classify(e: &mail_auth::hickory_resolver::net::NetError) -> Option<String> {
+fn classify(e: &chassis::mailauth::hickory_resolver::net::NetError) -> Option<String> {
     if e.is_no_records_found() {
         None
     } else {

@@ -7,11 +7,11 @@ use crate::report::{Finding, Report};
 use aws_lc_rs::encoding::AsDer;
 use aws_lc_rs::signature::KeyPair;
 use base64::Engine;
+use chassis::mailauth::common::DomainKey;
+use chassis::mailauth::common::TxtRecordParser;
 use dkim_policy::config::Config;
 use dkim_policy::policy::verify::key_facts;
 use dkim_policy::tables::KeySource;
-use mail_auth::common::parse::TxtRecordParser;
-use mail_auth::common::verify::DomainKey;
 use std::path::Path;
 
 /// One key to check.

@@ -2,9 +2,9 @@
 //! `TestDns`): a correct domain, one broken variant per finding, and the key life cycle
 //! genkey -> publish -> testkey -> sign -> verify.
 
-use mail_auth::common::headers::HeaderWriter;
-use mail_auth::dkim::DkimSigner;
-use mail_auth::{AuthenticatedMessage, DkimResult};
+use chassis::mailauth::common::HeaderWriter;
+use chassis::mailauth::dkim::DkimSigner;
+use chassis::mailauth::{AuthenticatedMessage, DkimResult};
 use serde_json::Value;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::Path;

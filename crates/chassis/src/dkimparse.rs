@@ -4,10 +4,10 @@
 //! the body. Here only the header block goes through its parser; the signature list is capped;
 //! then just the kept signatures' body hashes are computed. Both daemons verify through this.
 
-use mail_auth::common::crypto::{HashAlgorithm, HashContext, HashImpl, Sha1, Sha256};
-use mail_auth::dkim::canonicalize::BodyHasher;
-use mail_auth::dkim::Canonicalization;
-use mail_auth::{AuthenticatedMessage, Error};
+use crate::mailauth::crypto::{HashAlgorithm, HashContext, HashImpl, Sha1, Sha256};
+use crate::mailauth::dkim::BodyHasher;
+use crate::mailauth::dkim::Canonicalization;
+use crate::mailauth::{AuthenticatedMessage, Error};
 
 /// One body hash a signature needs: body canonicalization, hash algorithm and `l=` (0 = the
 /// whole body).

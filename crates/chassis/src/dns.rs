@@ -2,10 +2,10 @@
 //! Milter timeouts are tight (Postfix waits 300 s at end of message, 30 s per command), so the
 //! defaults here are shorter than hickory's 5 s x 2.
 
-use mail_auth::hickory_resolver::config::{
+use crate::mailauth::hickory_resolver::config::{
     ConnectionConfig, NameServerConfig, ResolverConfig, ResolverOpts,
 };
-use mail_auth::MessageAuthenticator;
+use crate::mailauth::MessageAuthenticator;
 use serde::Deserialize;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
@@ -59,7 +59,7 @@ impl ResolverSettings {
         opts.cache_size = self.cache_size;
         if servers.is_empty() {
             let (config, mut sys_opts) =
-                mail_auth::hickory_resolver::system_conf::read_system_conf()
+                crate::mailauth::hickory_resolver::system_conf::read_system_conf()
                     .map_err(|e| format!("cannot read the system resolver configuration: {e}"))?;
             sys_opts.timeout = opts.timeout;
             sys_opts.attempts = opts.attempts;

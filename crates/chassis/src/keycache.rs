@@ -8,7 +8,7 @@
 //! lock, and evicting by frequency and recency, so a flood of attacker-chosen selectors cannot
 //! flush the keys that real mail keeps using.
 
-use mail_auth::{ResolverCache, Txt};
+use crate::mailauth::{ResolverCache, Txt};
 use moka::sync::Cache;
 use moka::Expiry;
 use std::borrow::Borrow;
@@ -100,8 +100,8 @@ impl ResolverCache<Box<str>, Txt> for TxtCache {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use mail_auth::common::parse::TxtRecordParser;
-    use mail_auth::common::verify::DomainKey;
+    use crate::mailauth::common::DomainKey;
+    use crate::mailauth::common::TxtRecordParser;
     use std::sync::Arc;
     use std::time::Duration;
 

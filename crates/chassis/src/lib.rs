@@ -18,6 +18,7 @@ pub mod hostlist;
 pub mod keycache;
 pub mod legacyconf;
 pub mod logging;
+pub mod mailauth;
 pub mod message;
 pub mod metrics;
 pub mod policy;

@@ -4,7 +4,7 @@
 
 use crate::dns::ResolverSettings;
 use crate::keycache::TxtCache;
-use mail_auth::MessageAuthenticator;
+use crate::mailauth::MessageAuthenticator;
 
 /// Distinct key records kept parsed; far more selectors than a busy MX sees within a TTL.
 const KEY_CACHE_ENTRIES: u64 = 10_000;

@@ -2,8 +2,8 @@
 //! comes from the key itself, so no global SignatureAlgorithm setting is needed.
 
 use base64::Engine;
-use mail_auth::common::crypto::{Algorithm, DkimKey, Ed25519Key, RsaKey, Sha256, SigningKey};
-use mail_auth::common::headers::Writable;
+use chassis::mailauth::common::Writable;
+use chassis::mailauth::crypto::{Algorithm, DkimKey, Ed25519Key, RsaKey, Sha256, SigningKey};
 use rustls_pki_types::{pem::PemObject, PrivateKeyDer, PrivatePkcs1KeyDer, PrivatePkcs8KeyDer};
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
@@ -50,7 +50,7 @@ impl SharedKey {
 impl SigningKey for SharedKey {
     type Hasher = Sha256;
 
-    fn sign(&self, input: impl Writable) -> mail_auth::Result<Vec<u8>> {
+    fn sign(&self, input: impl Writable) -> chassis::mailauth::Result<Vec<u8>> {
         self.key.sign(input)
     }
 

@@ -5,9 +5,9 @@
 use crate::config::Config;
 use crate::tables::SigningMatch;
 use chassis::address::Mailbox;
+use chassis::mailauth::common::HeaderWriter;
+use chassis::mailauth::dkim::DkimSigner;
 use chassis::message::HeaderField;
-use mail_auth::common::headers::HeaderWriter;
-use mail_auth::dkim::DkimSigner;
 
 /// A signature ready to insert.
 #[derive(Debug, Clone, PartialEq, Eq)]

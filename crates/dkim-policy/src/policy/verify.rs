@@ -5,22 +5,16 @@
 
 use crate::config::Config;
 use base64::Engine;
-use mail_auth::common::crypto::Algorithm;
-use mail_auth::dkim::{DkimError, Signature};
-use mail_auth::{DkimResult, DnsError, Error, MessageAuthenticator};
+use chassis::mailauth::crypto::Algorithm;
+use chassis::mailauth::dkim::Signature;
+use chassis::mailauth::{DkimResult, MessageAuthenticator};
 use std::time::Duration;
 
 /// RFC 8601 DKIM result words.
 pub use chassis::authres::ResultWord as Outcome;
 
 /// What drives the configured On-* action for a failed signature.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Failure {
-    BadSignature,
-    KeyNotFound,
-    DnsError,
-    None,
-}
+pub use chassis::mailauth::DkimFailure as Failure;
 
 /// The verdict on one signature.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -140,64 +134,6 @@ fn b_prefix(sig: &Signature) -> String {
     b.chars().take(8).collect()
 }
 
-fn classify(result: &DkimResult) -> (Outcome, Failure, Option<String>) {
-    use Outcome::{Fail, Neutral, Pass, PermError, TempError};
-    match result {
-        DkimResult::Pass => (Pass, Failure::None, None),
-        DkimResult::Neutral(Error::Dkim(DkimError::FailedBodyHashMatch)) => (
-            Fail,
-            Failure::BadSignature,
-            Some("body hash did not verify".into()),
-        ),
-        DkimResult::Neutral(Error::Dkim(DkimError::SignatureExpired)) => (
-            Neutral,
-            Failure::BadSignature,
-            Some("signature expired".into()),
-        ),
-        DkimResult::Neutral(e) => (
-            Neutral,
-            Failure::BadSignature,
-            Some(format!("bad signature data: {e}")),
-        ),
-        DkimResult::Fail(Error::Dkim(DkimError::FailedAuidMatch)) => (
-            Fail,
-            Failure::BadSignature,
-            Some("identity does not match the key's domain rules".into()),
-        ),
-        DkimResult::Fail(Error::Crypto(
-            mail_auth::common::crypto::CryptoError::IncompatibleAlgorithms,
-        )) => (
-            PermError,
-            Failure::BadSignature,
-            Some("key type does not match signature algorithm".into()),
-        ),
-        DkimResult::Fail(_) => (
-            Fail,
-            Failure::BadSignature,
-            Some("signature verification failed".into()),
-        ),
-        DkimResult::PermError(Error::Dns(DnsError::RecordNotFound(_))) => (
-            PermError,
-            Failure::KeyNotFound,
-            Some("no key for signature".into()),
-        ),
-        DkimResult::PermError(Error::Dkim(DkimError::RevokedPublicKey)) => {
-            (PermError, Failure::BadSignature, Some("key revoked".into()))
-        }
-        DkimResult::PermError(e) => (
-            PermError,
-            Failure::KeyNotFound,
-            Some(format!("key syntax error: {e}")),
-        ),
-        DkimResult::TempError(_) => (
-            TempError,
-            Failure::DnsError,
-            Some("key retrieval failed".into()),
-        ),
-        DkimResult::None => (Neutral, Failure::None, None),
-    }
-}
-
 /// Applies local policy on top of the cryptographic result: RFC 8301 (rsa-sha1 and keys under
 /// the configured minimum are not acceptable).
 fn apply_policy(cfg: &Config, r: &mut SignatureResult, sig: &Signature) {
@@ -243,12 +179,12 @@ fn is_dns_name(name: &str) -> bool {
 /// by name, for [`key_facts`].
 async fn prefetch_keys(
     auth: &MessageAuthenticator,
-    msg: &mail_auth::AuthenticatedMessage<'_>,
+    msg: &chassis::mailauth::AuthenticatedMessage<'_>,
 ) -> Vec<(String, Vec<u8>)> {
     let mut names: Vec<String> = Vec::new();
     for h in &msg.dkim_headers {
         let sig = &h.header;
-        let ha = mail_auth::common::crypto::HashAlgorithm::from(sig.a);
+        let ha = chassis::mailauth::crypto::HashAlgorithm::from(sig.a);
         let body_ok = msg
             .body_hashes
             .iter()
@@ -293,7 +229,7 @@ pub async fn verify(
     let verified = tokio::time::timeout(budget, async {
         let prefetched = prefetch_keys(auth, msg).await;
         let outputs = auth
-            .verify_dkim(mail_auth::Parameters::new(msg).with_txt_cache(keys))
+            .verify_dkim(chassis::mailauth::Parameters::new(msg).with_txt_cache(keys))
             .await;
         (prefetched, outputs)
     })
@@ -331,7 +267,8 @@ pub async fn verify(
         }
     };
     for out in outputs {
-        let (outcome, failure, reason) = classify(out.result());
+        let judged = chassis::mailauth::judge_dkim(out.result());
+        let (outcome, failure, reason) = (judged.word, judged.failure, judged.reason);
         let mut r = SignatureResult {
             outcome,
             failure,

@@ -10,21 +10,16 @@
 
 use crate::history::DkimEntry;
 use chassis::authres;
+use chassis::mailauth::dkim::Signature;
+use chassis::mailauth::{DkimOutput, DkimResult, DnsError, Error};
 use chassis::message::HeaderField;
-use mail_auth::dkim::{DkimError, Signature};
-use mail_auth::{DkimOutput, DkimResult, DnsError, Error};
 
-/// RFC 8601 word for a mail-auth DKIM result. A body-hash mismatch (mail-auth's `neutral`) is
-/// a `fail`, as RFC 6376 §6.1.3 and every other verifier say.
+/// RFC 8601 word for a mail-auth DKIM result, read as dkim-milter reads it (one mapping for
+/// both daemons, in the mail-auth adapter); a result without a signature is `none`.
 pub fn result_word(r: &DkimResult) -> &'static str {
     match r {
-        DkimResult::Pass => "pass",
-        DkimResult::Neutral(Error::Dkim(DkimError::FailedBodyHashMatch)) => "fail",
-        DkimResult::Neutral(_) => "neutral",
-        DkimResult::Fail(_) => "fail",
-        DkimResult::PermError(_) => "permerror",
-        DkimResult::TempError(_) => "temperror",
         DkimResult::None => "none",
+        r => chassis::mailauth::judge_dkim(r).word.as_str(),
     }
 }
 

@@ -4,10 +4,10 @@
 //! dropped and mail-auth ignores, but records still carry and we still honour).
 
 use crate::history::Published;
-use mail_auth::common::cache::NoCache;
-use mail_auth::dmarc::verify::DmarcParameters;
-use mail_auth::dmarc::{Alignment, Dmarc, Policy, Psd};
-use mail_auth::{
+use chassis::mailauth::common::NoCache;
+use chassis::mailauth::dmarc::DmarcParameters;
+use chassis::mailauth::dmarc::{Alignment, Dmarc, Policy, Psd};
+use chassis::mailauth::{
     AuthenticatedMessage, DkimOutput, DmarcResult, MessageAuthenticator, SpfOutput, SpfResult, Txt,
 };
 use std::sync::Arc;

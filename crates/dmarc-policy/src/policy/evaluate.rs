@@ -12,10 +12,10 @@ use crate::runtime::Runtime;
 use chassis::authres::{AuthResults, ResInfo};
 use chassis::envelope::Envelope;
 use chassis::forged::screen;
+use chassis::mailauth::dmarc::Policy;
+use chassis::mailauth::SpfResult;
 use chassis::message::{HeaderField, Message};
 use chassis::verdict::{Action, ActionKind, HeaderEdit, SmtpReply, Verdict};
-use mail_auth::dmarc::Policy;
-use mail_auth::SpfResult;
 
 /// DKIM signatures verified per message (as dkim-milter's default cap).
 pub const MAX_DKIM_SIGNATURES: usize = 10;
@@ -425,7 +425,7 @@ async fn assess(
             let outs = rt
                 .res
                 .auth
-                .verify_dkim(mail_auth::Parameters::new(&am).with_txt_cache(&rt.res.keys))
+                .verify_dkim(chassis::mailauth::Parameters::new(&am).with_txt_cache(&rt.res.keys))
                 .await;
             let check = dmarc::check(
                 &rt.res.auth,

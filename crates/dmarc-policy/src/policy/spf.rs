@@ -10,8 +10,8 @@
 //! that would have stopped at the third void lookup is thus reported exactly as the RFC says; it
 //! only costs the remaining lookups of that one check.
 
-use mail_auth::spf::verify::SpfParameters;
-use mail_auth::{MessageAuthenticator, Parameters, ResolverCache, SpfResult};
+use chassis::mailauth::spf::SpfParameters;
+use chassis::mailauth::{MessageAuthenticator, Parameters, ResolverCache, SpfResult};
 use std::borrow::Borrow;
 use std::hash::Hash;
 use std::marker::PhantomData;
