@@ -46,6 +46,12 @@ if [ ! -x "$sendmail_root/usr/libexec/sendmail/sendmail" ]; then
   rm -rf "$tmp"
 fi
 
+# Unused dependencies: cargo-machete (pinned, built from crates.io once per machine).
+if ! cargo machete --version 2>/dev/null | grep -q '0.9.2'; then
+  cargo install cargo-machete --version 0.9.2 --locked
+fi
+cargo machete
+
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
 cargo test --workspace
