@@ -6,6 +6,7 @@
 //! ([`corpus`]); our own daemons run in-process ([`daemons`]) with their log lines captured
 //! ([`logcapture`]). All traffic stays on 127.0.0.0/8 or ::1, and every wait is bounded.
 
+pub mod binary;
 pub mod corpus;
 pub mod daemons;
 pub mod dns;

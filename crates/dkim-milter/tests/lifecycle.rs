@@ -4,114 +4,12 @@
 
 use dkim_policy::keygen::{generate, write_private, KeyKind};
 use milter_client::{run, Endpoint, MilterClient, Modification, Reply, Transaction};
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::process::Command;
 use std::time::{Duration, Instant};
+use testkit::binary::{check_config, repo_root, verify_systemd_unit, Daemon};
 
 const BIN: &str = env!("CARGO_BIN_EXE_dkim-milter");
-
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-/// The binary running in the background, its stderr collected line by line.
-struct Daemon {
-    child: Child,
-    lines: Arc<Mutex<Vec<String>>>,
-}
-
-impl Daemon {
-    fn start(config: &Path) -> Daemon {
-        let mut child = Command::new(BIN)
-            .arg("-c")
-            .arg(config)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start dkim-milter");
-        let lines = Arc::new(Mutex::new(Vec::new()));
-        let sink = lines.clone();
-        let stderr = child.stderr.take().unwrap();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                eprintln!("[dkim-milter] {line}");
-                sink.lock().unwrap().push(line);
-            }
-        });
-        Daemon { child, lines }
-    }
-
-    /// Waits (bounded) for a stderr line containing `needle` and returns it.
-    fn wait_for(&self, needle: &str) -> String {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Some(l) = self
-                .lines
-                .lock()
-                .unwrap()
-                .iter()
-                .find(|l| l.contains(needle))
-            {
-                return l.clone();
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no log line containing {needle:?}; got {:?}",
-                self.lines.lock().unwrap()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn count(&self, needle: &str) -> usize {
-        self.lines
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|l| l.contains(needle))
-            .count()
-    }
-
-    /// The TCP endpoint from the "listening on inet:PORT@127.0.0.1" line.
-    fn endpoint(&self) -> Endpoint {
-        let line = self.wait_for("listening on ");
-        let spec = line
-            .split("listening on ")
-            .nth(1)
-            .unwrap()
-            .split(';')
-            .next()
-            .unwrap()
-            .trim()
-            .to_string();
-        spec.parse()
-            .unwrap_or_else(|e| panic!("bad endpoint {spec}: {e:?}"))
-    }
-
-    fn signal(&self, sig: nix::sys::signal::Signal) {
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.child.id() as i32), sig).unwrap();
-    }
-
-    fn wait_exit(&mut self) -> i32 {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status.code().unwrap_or(-1);
-            }
-            assert!(Instant::now() < deadline, "daemon did not exit");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// A directory with two Ed25519 keys (selectors one and two) and tables using `one`.
 fn keys_dir() -> tempfile::TempDir {
@@ -180,11 +78,7 @@ fn shipped_example_passes_check() {
         )
         .unwrap();
     }
-    let out = Command::new(BIN)
-        .args(["-n", "-c"])
-        .arg(etc.join("dkim-milter.toml"))
-        .output()
-        .unwrap();
+    let out = check_config(BIN, &etc.join("dkim-milter.toml"));
     assert!(
         out.status.success(),
         "{}",
@@ -211,11 +105,7 @@ fn check_names_a_bad_keytable_line_and_exits_78() {
     )
     .unwrap();
     let cfg = write_config(dir.path(), "");
-    let out = Command::new(BIN)
-        .args(["-n", "-c"])
-        .arg(&cfg)
-        .output()
-        .unwrap();
+    let out = check_config(BIN, &cfg);
     assert_eq!(out.status.code(), Some(78));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -246,11 +136,7 @@ fn opendkim_conf_loads_and_converts_to_equivalent_toml() {
         ),
     )
     .unwrap();
-    let out = Command::new(BIN)
-        .args(["-n", "-c"])
-        .arg(&conf)
-        .output()
-        .unwrap();
+    let out = check_config(BIN, &conf);
     assert!(
         out.status.success(),
         "{}",
@@ -288,11 +174,7 @@ fn opendkim_conf_loads_and_converts_to_equivalent_toml() {
     assert_eq!(ka, kb);
     // An unknown option is an error with file and line.
     std::fs::write(&conf, "Mode sv\nNoSuchOption 1\n").unwrap();
-    let out = Command::new(BIN)
-        .args(["-n", "-c"])
-        .arg(&conf)
-        .output()
-        .unwrap();
+    let out = check_config(BIN, &conf);
     assert_eq!(out.status.code(), Some(78));
     assert!(String::from_utf8_lossy(&out.stderr)
         .contains("opendkim.conf:2: key 'NoSuchOption': unrecognized parameter"));
@@ -302,7 +184,7 @@ fn opendkim_conf_loads_and_converts_to_equivalent_toml() {
 async fn reload_applies_to_new_messages_only_and_bad_reload_keeps_old() {
     let dir = keys_dir();
     let cfg = write_config(dir.path(), "");
-    let d = Daemon::start(&cfg);
+    let d = Daemon::start(BIN, &cfg);
     let ep = d.endpoint();
     let out = run(&ep, &internal_tx()).await.unwrap();
     assert_eq!(selector_signed(&out.modifications).as_deref(), Some("one"));
@@ -379,7 +261,7 @@ async fn reload_applies_to_new_messages_only_and_bad_reload_keeps_old() {
 async fn sigterm_lets_a_session_in_flight_finish() {
     let dir = keys_dir();
     let cfg = write_config(dir.path(), "[limits]\nshutdown_grace = 10");
-    let mut d = Daemon::start(&cfg);
+    let mut d = Daemon::start(BIN, &cfg);
     let ep = d.endpoint();
     let tx = internal_tx();
     let mut c = MilterClient::connect(&ep).await.unwrap();
@@ -443,16 +325,16 @@ async fn unix_socket_mode_pid_file_and_privilege_drop() {
     // nobody must be able to traverse to the socket's directory.
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    let mut d = Daemon::start(&cfg);
+    let mut d = Daemon::start(BIN, &cfg);
     d.wait_for("listening on unix:");
     assert_eq!(
         std::fs::metadata(&sock).unwrap().permissions().mode() & 0o777,
         0o660
     );
     let pid_text = std::fs::read_to_string(&pid).unwrap();
-    assert_eq!(pid_text.trim(), d.child.id().to_string());
+    assert_eq!(pid_text.trim(), d.pid().to_string());
     if running_as_root {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", d.child.id())).unwrap();
+        let status = std::fs::read_to_string(format!("/proc/{}/status", d.pid())).unwrap();
         let uid_line = status
             .lines()
             .find(|l| l.starts_with("Uid:"))
@@ -490,7 +372,7 @@ async fn json_logs_and_metrics() {
         dir.path(),
         "metrics_listen = \"127.0.0.1:0\"\n[log]\ndestination = \"json\"",
     );
-    let d = Daemon::start(&cfg);
+    let d = Daemon::start(BIN, &cfg);
     let metrics_line = d.wait_for("metrics on http://");
     let addr = metrics_line
         .split("http://")
@@ -524,7 +406,7 @@ async fn json_logs_and_metrics() {
     );
     assert!(after.contains("authmilter_signatures_added_total{domain=\"example.com\",selector=\"one\",algorithm=\"ed25519-sha256\"} 1"), "{after}");
     d.wait_for("QJSON1");
-    let lines = d.lines.lock().unwrap().clone();
+    let lines = d.lines();
     let mut verdicts = 0;
     for l in &lines {
         let v: serde_json::Value =
@@ -547,33 +429,7 @@ async fn json_logs_and_metrics() {
 
 #[test]
 fn systemd_unit_verifies() {
-    if Command::new("systemd-analyze")
-        .arg("--version")
-        .output()
-        .is_err()
-    {
-        assert!(
-            std::env::var("CI").is_err(),
-            "systemd-analyze is needed in CI"
-        );
-        eprintln!("!!!!! systemd-analyze not installed: the unit file was not verified !!!!!");
-        return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let unit = std::fs::read_to_string(repo_root().join("systemd/dkim-milter.service")).unwrap();
-    // Point the unit at the binary under test; everything else is checked as shipped.
-    let path = dir.path().join("dkim-milter.service");
-    std::fs::write(&path, unit.replace("/usr/bin/dkim-milter", BIN)).unwrap();
-    let out = Command::new("systemd-analyze")
-        .arg("verify")
-        .arg(&path)
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success() && err.trim().is_empty(),
-        "systemd-analyze verify: {err}"
-    );
+    verify_systemd_unit("dkim-milter", BIN);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -581,7 +437,7 @@ async fn key_with_wrong_permissions_then_sighup_keeps_the_old_config() {
     use std::os::unix::fs::PermissionsExt;
     let dir = keys_dir();
     let cfg = write_config(dir.path(), "");
-    let d = Daemon::start(&cfg);
+    let d = Daemon::start(BIN, &cfg);
     let ep = d.endpoint();
     assert_eq!(
         selector_signed(&run(&ep, &internal_tx()).await.unwrap().modifications).as_deref(),
@@ -610,7 +466,7 @@ async fn a_silent_client_is_disconnected_after_the_idle_timeout() {
     use tokio::io::AsyncReadExt;
     let dir = keys_dir();
     let cfg = write_config(dir.path(), "[limits]\nidle_timeout = 1");
-    let d = Daemon::start(&cfg);
+    let d = Daemon::start(BIN, &cfg);
     let ep = d.endpoint();
     let Endpoint::Tcp(addr) = ep.clone() else {
         panic!("tcp expected")

@@ -9,99 +9,17 @@
 //! The unwritable cases need root (`chattr +i`, `mount -t tmpfs`); without it they say so on
 //! stderr and pass without checking anything.
 
-use milter_client::{run, Endpoint, Reply, Transaction};
+use milter_client::{run, Reply, Transaction};
 use rusqlite::{Connection, OpenFlags};
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use testkit::binary::Daemon;
 
 const BIN: &str = env!("CARGO_BIN_EXE_dmarc-milter");
-
-/// The binary running in the background, its stderr collected line by line.
-struct Daemon {
-    child: Child,
-    lines: Arc<Mutex<Vec<String>>>,
-}
-
-impl Daemon {
-    fn start(config: &Path) -> Daemon {
-        let mut child = Command::new(BIN)
-            .arg("-c")
-            .arg(config)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start dmarc-milter");
-        let lines = Arc::new(Mutex::new(Vec::new()));
-        let sink = lines.clone();
-        let stderr = child.stderr.take().unwrap();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                eprintln!("[dmarc-milter] {line}");
-                sink.lock().unwrap().push(line);
-            }
-        });
-        Daemon { child, lines }
-    }
-
-    /// Waits (bounded) for a stderr line containing `needle` and returns it.
-    fn wait_for(&self, needle: &str) -> String {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Some(l) = self
-                .lines
-                .lock()
-                .unwrap()
-                .iter()
-                .find(|l| l.contains(needle))
-            {
-                return l.clone();
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no log line containing {needle:?}; got {:?}",
-                self.lines.lock().unwrap()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// The TCP endpoint from the "listening on inet:PORT@127.0.0.1" line.
-    fn endpoint(&self) -> Endpoint {
-        let line = self.wait_for("listening on ");
-        let spec = line
-            .split("listening on ")
-            .nth(1)
-            .unwrap()
-            .split(';')
-            .next()
-            .unwrap()
-            .trim()
-            .to_string();
-        spec.parse()
-            .unwrap_or_else(|e| panic!("bad endpoint {spec}: {e:?}"))
-    }
-
-    fn kill9(&mut self) {
-        nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(self.child.id() as i32),
-            nix::sys::signal::Signal::SIGKILL,
-        )
-        .unwrap();
-        let status = self.child.wait().unwrap();
-        assert!(!status.success(), "{status}");
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// A name server on loopback answering NXDOMAIN to every query (the query echoed back with QR,
 /// RA and RCODE 3): the DMARC lookup finds no record at once, so messages go through quickly.
@@ -243,7 +161,7 @@ async fn immutable_history_tempfails_with_a_log_line_and_recovers_without_restar
     let dir = tempfile::tempdir().unwrap();
     let history = dir.path().join("history.sqlite");
     let cfg = write_config(dir.path(), &history, "");
-    let d = Daemon::start(&cfg);
+    let d = Daemon::start(BIN, &cfg);
     let ep = d.endpoint();
 
     let out = run(&ep, &tx("IMM1")).await.unwrap();
@@ -290,7 +208,7 @@ async fn disk_full(actions: &str, expect_failed: fn(&Reply) -> bool) {
     };
     let history = mnt.0.join("history.sqlite");
     let cfg = write_config(dir.path(), &history, actions);
-    let d = Daemon::start(&cfg);
+    let d = Daemon::start(BIN, &cfg);
     let ep = d.endpoint();
 
     let out = run(&ep, &tx("FULL1")).await.unwrap();
@@ -350,7 +268,7 @@ async fn kill_9_under_load_loses_no_accepted_message() {
     let dir = tempfile::tempdir().unwrap();
     let history = dir.path().join("history.sqlite");
     let cfg = write_config(dir.path(), &history, "");
-    let mut d = Daemon::start(&cfg);
+    let mut d = Daemon::start(BIN, &cfg);
     let ep = d.endpoint();
 
     let next = Arc::new(AtomicUsize::new(0));
@@ -425,7 +343,7 @@ async fn kill_9_under_load_loses_no_accepted_message() {
     );
 
     // Restart on the same database: it opens (WAL recovery) and keeps recording.
-    let d = Daemon::start(&cfg);
+    let d = Daemon::start(BIN, &cfg);
     let ep = d.endpoint();
     let out = run(&ep, &tx("AFTER")).await.unwrap();
     assert!(accepted(&out.reply), "{:?}", out.reply);

@@ -3,25 +3,17 @@
 //! drop and metrics come from the shared chassis lifecycle and are exercised in dkim-milter's
 //! lifecycle tests with the same code.)
 
-use std::path::{Path, PathBuf};
 use std::process::Command;
+use testkit::binary::{check_config, repo_root, verify_systemd_unit};
 
 const BIN: &str = env!("CARGO_BIN_EXE_dmarc-milter");
-
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
 
 #[test]
 fn shipped_example_passes_check() {
     let tmp = tempfile::tempdir().unwrap();
     let cfg = tmp.path().join("dmarc-milter.toml");
     std::fs::copy(repo_root().join("etc/dmarc-milter.toml"), &cfg).unwrap();
-    let out = Command::new(BIN)
-        .args(["-n", "-c"])
-        .arg(&cfg)
-        .output()
-        .unwrap();
+    let out = check_config(BIN, &cfg);
     assert!(
         out.status.success(),
         "{}",
@@ -54,11 +46,7 @@ fn opendmarc_conf_loads_and_converts_to_equivalent_toml() {
         ),
     )
     .unwrap();
-    let out = Command::new(BIN)
-        .args(["-n", "-c"])
-        .arg(&conf)
-        .output()
-        .unwrap();
+    let out = check_config(BIN, &conf);
     assert!(
         out.status.success(),
         "{}",
@@ -104,11 +92,7 @@ fn opendmarc_conf_loads_and_converts_to_equivalent_toml() {
     assert_eq!(a.service, b.service);
     assert_eq!(a.service.socket_mode, Some(0o775));
     std::fs::write(&conf, "Socket inet:8893@127.0.0.1\nNoSuchOption yes\n").unwrap();
-    let out = Command::new(BIN)
-        .args(["-n", "-c"])
-        .arg(&conf)
-        .output()
-        .unwrap();
+    let out = check_config(BIN, &conf);
     assert_eq!(out.status.code(), Some(78));
     assert!(String::from_utf8_lossy(&out.stderr)
         .contains("opendmarc.conf:2: key 'NoSuchOption': unrecognized parameter"));
@@ -116,30 +100,5 @@ fn opendmarc_conf_loads_and_converts_to_equivalent_toml() {
 
 #[test]
 fn systemd_unit_verifies() {
-    if Command::new("systemd-analyze")
-        .arg("--version")
-        .output()
-        .is_err()
-    {
-        assert!(
-            std::env::var("CI").is_err(),
-            "systemd-analyze is needed in CI"
-        );
-        eprintln!("!!!!! systemd-analyze not installed: the unit file was not verified !!!!!");
-        return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let unit = std::fs::read_to_string(repo_root().join("systemd/dmarc-milter.service")).unwrap();
-    let path = dir.path().join("dmarc-milter.service");
-    std::fs::write(&path, unit.replace("/usr/bin/dmarc-milter", BIN)).unwrap();
-    let out = Command::new("systemd-analyze")
-        .arg("verify")
-        .arg(&path)
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success() && err.trim().is_empty(),
-        "systemd-analyze verify: {err}"
-    );
+    verify_systemd_unit("dmarc-milter", BIN);
 }
