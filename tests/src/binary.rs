@@ -169,3 +169,37 @@ pub fn verify_systemd_unit(name: &str, bin: &str) {
         "systemd-analyze verify: {err}"
     );
 }
+
+/// The legacy-format path an operator migrating from OpenDKIM/OpenDMARC takes: `bin -n -c conf`
+/// succeeds and warns with `warning` (an option we do not support), then `bin convert conf`
+/// prints TOML, written beside `conf` as `converted.toml`, whose path is returned so the test
+/// can load both and compare.
+pub fn check_then_convert(bin: &str, conf: &Path, warning: &str) -> PathBuf {
+    let out = check_config(bin, conf);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains(warning), "no {warning:?} in: {stderr}");
+    let out = Command::new(bin)
+        .arg("convert")
+        .arg(conf)
+        .output()
+        .unwrap_or_else(|e| panic!("run {bin}: {e}"));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let converted = conf.with_file_name("converted.toml");
+    std::fs::write(&converted, &out.stdout).unwrap();
+    converted
+}
+
+/// `conf` rewritten as `text` must fail the check with exit 78 (EX_CONFIG) and a message
+/// containing `expected` (file, line and key).
+pub fn check_fails_with(bin: &str, conf: &Path, text: &str, expected: &str) {
+    std::fs::write(conf, text).unwrap();
+    let out = check_config(bin, conf);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(78), "{stderr}");
+    assert!(stderr.contains(expected), "no {expected:?} in: {stderr}");
+}

@@ -7,7 +7,9 @@ use milter_client::{run, Endpoint, MilterClient, Modification, Reply, Transactio
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
-use testkit::binary::{check_config, repo_root, verify_systemd_unit, Daemon};
+use testkit::binary::{
+    check_config, check_fails_with, check_then_convert, repo_root, verify_systemd_unit, Daemon,
+};
 
 const BIN: &str = env!("CARGO_BIN_EXE_dkim-milter");
 
@@ -136,21 +138,7 @@ fn opendkim_conf_loads_and_converts_to_equivalent_toml() {
         ),
     )
     .unwrap();
-    let out = check_config(BIN, &conf);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(String::from_utf8_lossy(&out.stderr).contains("TrustAnchorFile is not supported"));
-    let out = Command::new(BIN)
-        .arg("convert")
-        .arg(&conf)
-        .output()
-        .unwrap();
-    assert!(out.status.success());
-    let toml_path = dir.path().join("converted.toml");
-    std::fs::write(&toml_path, &out.stdout).unwrap();
+    let toml_path = check_then_convert(BIN, &conf, "TrustAnchorFile is not supported");
     let a = dkim_policy::config::Config::load(&conf).unwrap();
     let b = dkim_policy::config::Config::load(&toml_path).unwrap();
     assert_eq!(a.signing_table, b.signing_table);
@@ -173,11 +161,12 @@ fn opendkim_conf_loads_and_converts_to_equivalent_toml() {
     kb.sort();
     assert_eq!(ka, kb);
     // An unknown option is an error with file and line.
-    std::fs::write(&conf, "Mode sv\nNoSuchOption 1\n").unwrap();
-    let out = check_config(BIN, &conf);
-    assert_eq!(out.status.code(), Some(78));
-    assert!(String::from_utf8_lossy(&out.stderr)
-        .contains("opendkim.conf:2: key 'NoSuchOption': unrecognized parameter"));
+    check_fails_with(
+        BIN,
+        &conf,
+        "Mode sv\nNoSuchOption 1\n",
+        "opendkim.conf:2: key 'NoSuchOption': unrecognized parameter",
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -3,8 +3,9 @@
 //! drop and metrics come from the shared chassis lifecycle and are exercised in dkim-milter's
 //! lifecycle tests with the same code.)
 
-use std::process::Command;
-use testkit::binary::{check_config, repo_root, verify_systemd_unit};
+use testkit::binary::{
+    check_config, check_fails_with, check_then_convert, repo_root, verify_systemd_unit,
+};
 
 const BIN: &str = env!("CARGO_BIN_EXE_dmarc-milter");
 
@@ -46,21 +47,7 @@ fn opendmarc_conf_loads_and_converts_to_equivalent_toml() {
         ),
     )
     .unwrap();
-    let out = check_config(BIN, &conf);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(String::from_utf8_lossy(&out.stderr).contains("PublicSuffixList is not supported"));
-    let out = Command::new(BIN)
-        .arg("convert")
-        .arg(&conf)
-        .output()
-        .unwrap();
-    assert!(out.status.success());
-    let toml_path = dir.path().join("converted.toml");
-    std::fs::write(&toml_path, &out.stdout).unwrap();
+    let toml_path = check_then_convert(BIN, &conf, "PublicSuffixList is not supported");
     let a = dmarc_policy::config::Config::load(&conf).unwrap();
     let b = dmarc_policy::config::Config::load(&toml_path).unwrap();
     assert_eq!(a.trusted_authserv_ids, vec!["mx.example.net".to_string()]);
@@ -91,11 +78,12 @@ fn opendmarc_conf_loads_and_converts_to_equivalent_toml() {
     );
     assert_eq!(a.service, b.service);
     assert_eq!(a.service.socket_mode, Some(0o775));
-    std::fs::write(&conf, "Socket inet:8893@127.0.0.1\nNoSuchOption yes\n").unwrap();
-    let out = check_config(BIN, &conf);
-    assert_eq!(out.status.code(), Some(78));
-    assert!(String::from_utf8_lossy(&out.stderr)
-        .contains("opendmarc.conf:2: key 'NoSuchOption': unrecognized parameter"));
+    check_fails_with(
+        BIN,
+        &conf,
+        "Socket inet:8893@127.0.0.1\nNoSuchOption yes\n",
+        "opendmarc.conf:2: key 'NoSuchOption': unrecognized parameter",
+    );
 }
 
 #[test]
