@@ -220,3 +220,61 @@ mod tests {
         assert_eq!(parse_mode("999"), None);
     }
 }
+
+/// Declares a daemon's raw TOML model with the keys every daemon has added in front: `socket`
+/// (default given), `socket_mode`, `user`, `pid_file`, `metrics_listen`, `[resolver]`, `[log]`
+/// and `[limits]`, plus `service_parts()` to hand them to [`ServiceSettings::from_parts`].
+///
+/// A macro rather than `#[serde(flatten)]`: flatten cannot be combined with
+/// `deny_unknown_fields`, and a misspelt key must stay an error that names it.
+#[macro_export]
+macro_rules! raw_config_with_service_keys {
+    (
+        default_socket = $socket:literal;
+        $(#[$meta:meta])*
+        struct $name:ident { $($fields:tt)* }
+    ) => {
+        fn raw_config_default_socket() -> String {
+            $socket.into()
+        }
+
+        $(#[$meta])*
+        #[derive(Debug, serde::Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct $name {
+            #[serde(default = "raw_config_default_socket")]
+            socket: String,
+            #[serde(default)]
+            socket_mode: Option<String>,
+            #[serde(default)]
+            user: Option<String>,
+            #[serde(default)]
+            pid_file: Option<std::path::PathBuf>,
+            #[serde(default)]
+            metrics_listen: Option<String>,
+            #[serde(default)]
+            resolver: $crate::dns::ResolverSettings,
+            #[serde(default)]
+            log: $crate::logging::LogSettings,
+            #[serde(default)]
+            limits: $crate::service::LimitSettings,
+            $($fields)*
+        }
+
+        impl $name {
+            /// The service keys, for `ServiceSettings::from_parts` (user, pid file and log
+            /// settings are moved out).
+            fn service_parts(&mut self) -> $crate::service::ServiceParts<'_> {
+                $crate::service::ServiceParts {
+                    socket: &self.socket,
+                    socket_mode: self.socket_mode.as_deref(),
+                    user: self.user.take(),
+                    pid_file: self.pid_file.take(),
+                    metrics_listen: self.metrics_listen.as_deref(),
+                    log: std::mem::take(&mut self.log),
+                    limits: &self.limits,
+                }
+            }
+        }
+    };
+}

@@ -7,10 +7,9 @@ use crate::tables::{dataset_path, KeyEntry, KeySource, KeyTable, SigningTable};
 use chassis::configfile::{self, ConfigError};
 use chassis::dns::ResolverSettings;
 use chassis::hostlist::HostList;
-use chassis::logging::LogSettings;
 use chassis::mailauth::dkim::Canonicalization;
 use chassis::message::Limits;
-use chassis::service::{LimitSettings, ServiceParts, ServiceSettings};
+use chassis::service::ServiceSettings;
 use chassis::verdict::ActionKind;
 use serde::Deserialize;
 use std::collections::HashMap;
@@ -45,79 +44,61 @@ pub const DEFAULT_SIGN_HEADERS: &[&str] = &[
     "Content-Transfer-Encoding",
 ];
 
-/// The file as written (see etc/dkim-milter.toml for every key with comments).
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawConfig {
-    #[serde(default = "default_socket")]
-    socket: String,
-    #[serde(default)]
-    socket_mode: Option<String>,
-    #[serde(default)]
-    user: Option<String>,
-    #[serde(default)]
-    pid_file: Option<PathBuf>,
-    #[serde(default)]
-    metrics_listen: Option<String>,
-    #[serde(default)]
-    authserv_id: Option<String>,
-    #[serde(default = "default_mode")]
-    mode: String,
-    #[serde(default = "default_canon")]
-    canonicalization: String,
-    #[serde(default)]
-    domain: Option<String>,
-    #[serde(default)]
-    selector: Option<String>,
-    #[serde(default)]
-    key_file: Option<PathBuf>,
-    #[serde(default)]
-    key_table: Option<String>,
-    #[serde(default)]
-    signing_table: Option<String>,
-    #[serde(default = "yes")]
-    multiple_signatures: bool,
-    #[serde(default = "yes")]
-    require_safe_keys: bool,
-    #[serde(default)]
-    create_missing_keys: bool,
-    #[serde(default)]
-    internal_hosts: Option<HostList>,
-    #[serde(default)]
-    peer_list: Option<HostList>,
-    #[serde(default)]
-    external_ignore_list: Option<HostList>,
-    #[serde(default)]
-    mta: Vec<String>,
-    #[serde(default)]
-    macro_list: Vec<String>,
-    #[serde(default = "default_sender_headers")]
-    sender_headers: Vec<String>,
-    #[serde(default)]
-    sign_headers: Option<Vec<String>>,
-    #[serde(default = "default_oversign")]
-    oversign_headers: Vec<String>,
-    #[serde(default)]
-    signature_ttl: u64,
-    #[serde(default = "default_min_bits")]
-    minimum_key_bits: usize,
-    #[serde(default = "default_max_sigs")]
-    max_signatures_to_verify: usize,
-    #[serde(default)]
-    allow_sha1: bool,
-    #[serde(default)]
-    actions: RawActions,
-    #[serde(default)]
-    resolver: ResolverSettings,
-    #[serde(default)]
-    log: LogSettings,
-    #[serde(default)]
-    limits: LimitSettings,
+chassis::raw_config_with_service_keys! {
+    default_socket = "inet:8891@127.0.0.1";
+    /// The file as written (see etc/dkim-milter.toml for every key with comments).
+    struct RawConfig {
+        #[serde(default)]
+        authserv_id: Option<String>,
+        #[serde(default = "default_mode")]
+        mode: String,
+        #[serde(default = "default_canon")]
+        canonicalization: String,
+        #[serde(default)]
+        domain: Option<String>,
+        #[serde(default)]
+        selector: Option<String>,
+        #[serde(default)]
+        key_file: Option<PathBuf>,
+        #[serde(default)]
+        key_table: Option<String>,
+        #[serde(default)]
+        signing_table: Option<String>,
+        #[serde(default = "yes")]
+        multiple_signatures: bool,
+        #[serde(default = "yes")]
+        require_safe_keys: bool,
+        #[serde(default)]
+        create_missing_keys: bool,
+        #[serde(default)]
+        internal_hosts: Option<HostList>,
+        #[serde(default)]
+        peer_list: Option<HostList>,
+        #[serde(default)]
+        external_ignore_list: Option<HostList>,
+        #[serde(default)]
+        mta: Vec<String>,
+        #[serde(default)]
+        macro_list: Vec<String>,
+        #[serde(default = "default_sender_headers")]
+        sender_headers: Vec<String>,
+        #[serde(default)]
+        sign_headers: Option<Vec<String>>,
+        #[serde(default = "default_oversign")]
+        oversign_headers: Vec<String>,
+        #[serde(default)]
+        signature_ttl: u64,
+        #[serde(default = "default_min_bits")]
+        minimum_key_bits: usize,
+        #[serde(default = "default_max_sigs")]
+        max_signatures_to_verify: usize,
+        #[serde(default)]
+        allow_sha1: bool,
+        #[serde(default)]
+        actions: RawActions,
+    }
 }
 
-fn default_socket() -> String {
-    "inet:8891@127.0.0.1".into()
-}
 fn default_mode() -> String {
     "sv".into()
 }
@@ -263,7 +244,7 @@ chassis::daemon_config!(Config, "dkim-milter", crate::legacy::convert_file);
 impl Config {
     /// Parses TOML `text` as if read from `path` (relative paths resolve against its directory).
     pub fn from_toml(path: &Path, text: &str) -> Result<Config, ConfigError> {
-        let raw: RawConfig = configfile::parse_toml(path, text)?;
+        let mut raw: RawConfig = configfile::parse_toml(path, text)?;
         let err = |key: &str, msg: String| configfile::key_error(path, text, key, msg);
         let rel = |p: &Path| configfile::relative_to(path, p);
 
@@ -416,19 +397,7 @@ impl Config {
 
         Ok(Config {
             file: path.to_path_buf(),
-            service: ServiceSettings::from_parts(
-                ServiceParts {
-                    socket: &raw.socket,
-                    socket_mode: raw.socket_mode.as_deref(),
-                    user: raw.user,
-                    pid_file: raw.pid_file,
-                    metrics_listen: raw.metrics_listen.as_deref(),
-                    log: raw.log,
-                    limits: &raw.limits,
-                },
-                path,
-                text,
-            )?,
+            service: ServiceSettings::from_parts(raw.service_parts(), path, text)?,
             authserv_id: raw.authserv_id,
             sign: mode.contains('s'),
             verify: mode.contains('v'),

@@ -5,67 +5,48 @@
 use chassis::configfile::{self, ConfigError};
 use chassis::dns::ResolverSettings;
 use chassis::hostlist::HostList;
-use chassis::logging::LogSettings;
 use chassis::message::Limits;
-use chassis::service::{LimitSettings, ServiceParts, ServiceSettings};
+use chassis::service::ServiceSettings;
 use chassis::verdict::ActionKind;
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-/// The file as written (see etc/dmarc-milter.toml for every key with comments).
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawConfig {
-    #[serde(default = "default_socket")]
-    socket: String,
-    #[serde(default)]
-    socket_mode: Option<String>,
-    #[serde(default)]
-    user: Option<String>,
-    #[serde(default)]
-    pid_file: Option<PathBuf>,
-    #[serde(default)]
-    metrics_listen: Option<String>,
-    #[serde(default)]
-    authserv_id: Option<String>,
-    #[serde(default)]
-    trusted_authserv_ids: Vec<String>,
-    #[serde(default)]
-    ignore_hosts: Option<HostList>,
-    #[serde(default)]
-    ignore_authenticated_clients: bool,
-    #[serde(default)]
-    ignore_mail_from: Vec<String>,
-    #[serde(default = "yes")]
-    spf_self_validate: bool,
-    #[serde(default)]
-    spf_ignore_results: bool,
-    #[serde(default)]
-    reject_failures: bool,
-    #[serde(default)]
-    reject_multi_value_from: bool,
-    #[serde(default)]
-    required_headers: bool,
-    #[serde(default)]
-    software_header: bool,
-    #[serde(default)]
-    received_spf: bool,
-    #[serde(default)]
-    history: Option<PathBuf>,
-    #[serde(default)]
-    actions: Actions,
-    #[serde(default)]
-    resolver: ResolverSettings,
-    #[serde(default)]
-    log: LogSettings,
-    #[serde(default)]
-    limits: LimitSettings,
+chassis::raw_config_with_service_keys! {
+    default_socket = "inet:8893@127.0.0.1";
+    /// The file as written (see etc/dmarc-milter.toml for every key with comments).
+    struct RawConfig {
+        #[serde(default)]
+        authserv_id: Option<String>,
+        #[serde(default)]
+        trusted_authserv_ids: Vec<String>,
+        #[serde(default)]
+        ignore_hosts: Option<HostList>,
+        #[serde(default)]
+        ignore_authenticated_clients: bool,
+        #[serde(default)]
+        ignore_mail_from: Vec<String>,
+        #[serde(default = "yes")]
+        spf_self_validate: bool,
+        #[serde(default)]
+        spf_ignore_results: bool,
+        #[serde(default)]
+        reject_failures: bool,
+        #[serde(default)]
+        reject_multi_value_from: bool,
+        #[serde(default)]
+        required_headers: bool,
+        #[serde(default)]
+        software_header: bool,
+        #[serde(default)]
+        received_spf: bool,
+        #[serde(default)]
+        history: Option<PathBuf>,
+        #[serde(default)]
+        actions: Actions,
+    }
 }
 
-fn default_socket() -> String {
-    "inet:8893@127.0.0.1".into()
-}
 fn yes() -> bool {
     true
 }
@@ -129,7 +110,7 @@ chassis::daemon_config!(Config, "dmarc-milter", crate::legacy::convert_file);
 impl Config {
     /// Parses TOML `text` as if read from `path` (relative paths resolve against its directory).
     pub fn from_toml(path: &Path, text: &str) -> Result<Config, ConfigError> {
-        let raw: RawConfig = configfile::parse_toml(path, text)?;
+        let mut raw: RawConfig = configfile::parse_toml(path, text)?;
         let err = |key: &str, msg: String| configfile::key_error(path, text, key, msg);
         let rel = |p: &Path| configfile::relative_to(path, p);
 
@@ -177,19 +158,7 @@ impl Config {
             .collect();
         Ok(Config {
             file: path.to_path_buf(),
-            service: ServiceSettings::from_parts(
-                ServiceParts {
-                    socket: &raw.socket,
-                    socket_mode: raw.socket_mode.as_deref(),
-                    user: raw.user,
-                    pid_file: raw.pid_file,
-                    metrics_listen: raw.metrics_listen.as_deref(),
-                    log: raw.log,
-                    limits: &raw.limits,
-                },
-                path,
-                text,
-            )?,
+            service: ServiceSettings::from_parts(raw.service_parts(), path, text)?,
             authserv_id: raw.authserv_id.filter(|s| !s.trim().is_empty()),
             trusted_authserv_ids: raw
                 .trusted_authserv_ids
