@@ -70,7 +70,8 @@ pub trait DaemonConfig: Sized + Send + Sync + 'static {
 
 /// Implements [`DaemonConfig`] for a configuration struct with `service: ServiceSettings` and
 /// `limits: Limits` fields and an inherent `from_toml`, and gives it an inherent `load`, so
-/// each daemon states only its name and its legacy converter.
+/// each daemon states only its name and its legacy converter (`fn(&[Entry], &Path)`, given the
+/// file's entries as read, Include followed).
 #[macro_export]
 macro_rules! daemon_config {
     ($config:ty, $daemon:literal, $convert:path) => {
@@ -87,7 +88,7 @@ macro_rules! daemon_config {
             fn convert_legacy(
                 path: &::std::path::Path,
             ) -> Result<$crate::legacyconf::Converted, $crate::configfile::ConfigError> {
-                $convert(path)
+                $convert(&$crate::legacyconf::read(path)?, path)
             }
 
             fn service(&self) -> &$crate::service::ServiceSettings {

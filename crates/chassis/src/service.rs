@@ -183,44 +183,6 @@ pub fn parse_mode(s: &str) -> Option<u32> {
         .filter(|m| *m <= 0o7777)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn base() -> ServiceSettings {
-        ServiceSettings {
-            socket: "inet:8891@127.0.0.1".parse().unwrap(),
-            socket_mode: None,
-            user: None,
-            pid_file: None,
-            shutdown_grace: Duration::from_secs(30),
-            idle_timeout: Duration::from_secs(900),
-            max_connections: 10,
-            workers: 2,
-            log: LogSettings::default(),
-            metrics_listen: None,
-        }
-    }
-
-    #[test]
-    fn detects_restart_only_changes() {
-        let a = base();
-        let mut b = base();
-        assert!(a.changed_restart_only(&b).is_empty());
-        b.socket = "inet:8892@127.0.0.1".parse().unwrap();
-        b.user = Some("dkim".into());
-        b.shutdown_grace = Duration::from_secs(1);
-        assert_eq!(a.changed_restart_only(&b), vec!["socket", "user"]);
-    }
-
-    #[test]
-    fn modes() {
-        assert_eq!(parse_mode("0660"), Some(0o660));
-        assert_eq!(parse_mode("0o600"), Some(0o600));
-        assert_eq!(parse_mode("999"), None);
-    }
-}
-
 /// Declares a daemon's raw TOML model with the keys every daemon has added in front: `socket`
 /// (default given), `socket_mode`, `user`, `pid_file`, `metrics_listen`, `[resolver]`, `[log]`
 /// and `[limits]`, plus `service_parts()` to hand them to [`ServiceSettings::from_parts`].
@@ -277,4 +239,42 @@ macro_rules! raw_config_with_service_keys {
             }
         }
     };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn base() -> ServiceSettings {
+        ServiceSettings {
+            socket: "inet:8891@127.0.0.1".parse().unwrap(),
+            socket_mode: None,
+            user: None,
+            pid_file: None,
+            shutdown_grace: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(900),
+            max_connections: 10,
+            workers: 2,
+            log: LogSettings::default(),
+            metrics_listen: None,
+        }
+    }
+
+    #[test]
+    fn detects_restart_only_changes() {
+        let a = base();
+        let mut b = base();
+        assert!(a.changed_restart_only(&b).is_empty());
+        b.socket = "inet:8892@127.0.0.1".parse().unwrap();
+        b.user = Some("dkim".into());
+        b.shutdown_grace = Duration::from_secs(1);
+        assert_eq!(a.changed_restart_only(&b), vec!["socket", "user"]);
+    }
+
+    #[test]
+    fn modes() {
+        assert_eq!(parse_mode("0660"), Some(0o660));
+        assert_eq!(parse_mode("0o600"), Some(0o600));
+        assert_eq!(parse_mode("999"), None);
+    }
 }

@@ -239,7 +239,7 @@ fn parse_macro_rule(s: &str) -> Result<MacroRule, String> {
     Ok(MacroRule { name, values })
 }
 
-chassis::daemon_config!(Config, "dkim-milter", crate::legacy::convert_file);
+chassis::daemon_config!(Config, "dkim-milter", crate::legacy::convert);
 
 impl Config {
     /// Parses TOML `text` as if read from `path` (relative paths resolve against its directory).

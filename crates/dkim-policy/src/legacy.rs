@@ -196,11 +196,6 @@ pub fn convert(entries: &[Entry], source: &Path) -> Result<Converted, ConfigErro
     b.finish(source, "dkim-milter")
 }
 
-/// Reads and converts an opendkim.conf (following Include).
-pub fn convert_file(path: &Path) -> Result<Converted, ConfigError> {
-    convert(&legacyconf::read(path)?, path)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

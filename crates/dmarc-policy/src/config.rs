@@ -105,7 +105,7 @@ pub struct Config {
     pub message_timeout: Duration,
 }
 
-chassis::daemon_config!(Config, "dmarc-milter", crate::legacy::convert_file);
+chassis::daemon_config!(Config, "dmarc-milter", crate::legacy::convert);
 
 impl Config {
     /// Parses TOML `text` as if read from `path` (relative paths resolve against its directory).

@@ -80,11 +80,6 @@ pub fn convert(entries: &[Entry], source: &Path) -> Result<Converted, ConfigErro
     b.finish(source, "dmarc-milter")
 }
 
-/// Reads and converts an opendmarc.conf.
-pub fn convert_file(path: &Path) -> Result<Converted, ConfigError> {
-    convert(&legacyconf::read(path)?, path)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
