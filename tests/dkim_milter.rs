@@ -698,3 +698,100 @@ async fn small_keys_get_policy() {
     );
     assert_eq!(out.reply, Reply::Accept);
 }
+
+/// RFC 8301 §3.2: signers MUST use at least 1024 bits. An operator migrating from OpenDKIM with
+/// a published 1024-bit key keeps signing with it (a warning at start says to rotate); both PEM
+/// forms load; dkimpy and Mail::DKIM verify what we sign. Under the floor, or under a raised
+/// `minimum_signing_key_bits`, the configuration is refused with the key named.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signs_with_a_1024_bit_key_rfc8301_and_refuses_smaller() {
+    let k = keys();
+    let small = TestKey::rsa_openssl(1024);
+    let zone = zone_for(&k).txt("small._domainkey.example.com", &small.dns_record());
+    let dns = TestDns::start(&zone).await.unwrap();
+    for pkcs1 in [true, false] {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let cfg = config(d, &k, dns.addr(), "*@example.com small\n", "");
+        small.write_pem(d, "small.pem", pkcs1);
+        let table = std::fs::read_to_string(d.join("KeyTable")).unwrap();
+        std::fs::write(
+            d.join("KeyTable"),
+            format!("{table}small example.com:small:small.pem\n"),
+        )
+        .unwrap();
+        let milter = start_dkim(d, &cfg, "inet:0@127.0.0.1").await;
+        let warned = lines_with("signing with a 1024-bit RSA key");
+        assert!(
+            warned.iter().any(|l| l.contains("key 'small' (")
+                && l.contains("small.pem")
+                && l.contains("rotate to a 2048-bit key")),
+            "{warned:?}"
+        );
+        let qid = if pkcs1 { "QSMALLS1" } else { "QSMALLS8" };
+        let tx = internal(&message("alice@example.com", qid), qid);
+        let out = run(&milter.endpoint(), &tx).await.unwrap();
+        assert_eq!(out.reply, Reply::Accept);
+        let sigs = inserted(&out, "DKIM-Signature");
+        assert_eq!(sigs.len(), 1, "{:?}", out.modifications);
+        assert!(sigs[0].contains("a=rsa-sha256") && sigs[0].contains("s=small"));
+        let msg = delivered(&tx, &out);
+        let (py, pl) = judge_both(&msg, dns.addr());
+        assert_eq!(py.results, vec!["pass"], "dkimpy: {}", py.raw_output);
+        assert_eq!(pl.results, vec!["pass"], "Mail::DKIM: {}", pl.raw_output);
+        assert_eq!(
+            lines_with(qid),
+            vec![format!(
+                "{qid}: DKIM-Signature field added (s=small, d=example.com)"
+            )]
+        );
+    }
+
+    // Raised minimum: the same key is refused, by name.
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let cfg = config(
+        d,
+        &k,
+        dns.addr(),
+        "*@example.com small\n",
+        "minimum_signing_key_bits = 2048",
+    );
+    small.write_pem(d, "small.pem", true);
+    let table = std::fs::read_to_string(d.join("KeyTable")).unwrap();
+    std::fs::write(
+        d.join("KeyTable"),
+        format!("{table}small example.com:small:small.pem\n"),
+    )
+    .unwrap();
+    std::fs::write(d.join("dkim-milter.toml"), &cfg).unwrap();
+    let err = dkim_policy::config::Config::load(&d.join("dkim-milter.toml"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("key 'small': RSA key has 1024 bits; at least 2048 are required to sign"),
+        "{err}"
+    );
+    // Below RFC 8301's floor: refused whatever the setting, and the setting cannot go lower.
+    let tiny = TestKey::rsa_openssl(768);
+    tiny.write_pem(d, "small.pem", true);
+    std::fs::write(d.join("dkim-milter.toml"), cfg.replace("2048", "1024")).unwrap();
+    let err = dkim_policy::config::Config::load(&d.join("dkim-milter.toml"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("key 'small': key file ")
+            && err.contains(
+                "small.pem: RSA key has 768 bits; RFC 8301 requires at least 1024 to sign"
+            ),
+        "{err}"
+    );
+    std::fs::write(d.join("dkim-milter.toml"), cfg.replace("2048", "512")).unwrap();
+    let err = dkim_policy::config::Config::load(&d.join("dkim-milter.toml"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("minimum_signing_key_bits") && err.contains("must be at least 1024"),
+        "{err}"
+    );
+}

@@ -90,6 +90,8 @@ chassis::raw_config_with_service_keys! {
         signature_ttl: u64,
         #[serde(default = "default_min_bits")]
         minimum_key_bits: usize,
+        #[serde(default = "default_min_bits")]
+        minimum_signing_key_bits: usize,
         #[serde(default = "default_max_sigs")]
         max_signatures_to_verify: usize,
         #[serde(default)]
@@ -193,6 +195,9 @@ pub struct Config {
     pub oversign_headers: Vec<String>,
     pub signature_ttl: u64,
     pub minimum_key_bits: usize,
+    /// Smallest RSA key we sign with (at least 1024, RFC 8301); keys under 2048 bits sign with
+    /// a warning at load.
+    pub minimum_signing_key_bits: usize,
     pub max_signatures_to_verify: usize,
     pub allow_sha1: bool,
     pub actions: Actions,
@@ -247,6 +252,12 @@ impl Config {
         let mut raw: RawConfig = configfile::parse_toml(path, text)?;
         let err = |key: &str, msg: String| configfile::key_error(path, text, key, msg);
         let rel = |p: &Path| configfile::relative_to(path, p);
+        if raw.minimum_signing_key_bits < keys::RSA_FLOOR_BITS {
+            return Err(err(
+                "minimum_signing_key_bits",
+                format!("must be at least {} (RFC 8301 §3.2)", keys::RSA_FLOOR_BITS),
+            ));
+        }
 
         let mode = raw.mode.to_ascii_lowercase();
         if mode.is_empty() || !mode.chars().all(|c| c == 's' || c == 'v') {
@@ -358,18 +369,22 @@ impl Config {
                 None
             } else {
                 Some(
-                    load_entry_key(entry, raw.require_safe_keys, raw.create_missing_keys).map_err(
-                        |m| {
-                            err(
-                                if raw.key_table.is_some() {
-                                    "key_table"
-                                } else {
-                                    "key_file"
-                                },
-                                m,
-                            )
-                        },
-                    )?,
+                    load_entry_key(
+                        entry,
+                        raw.require_safe_keys,
+                        raw.create_missing_keys,
+                        raw.minimum_signing_key_bits,
+                    )
+                    .map_err(|m| {
+                        err(
+                            if raw.key_table.is_some() {
+                                "key_table"
+                            } else {
+                                "key_file"
+                            },
+                            m,
+                        )
+                    })?,
                 )
             };
             keys.insert(
@@ -422,6 +437,7 @@ impl Config {
             oversign_headers: raw.oversign_headers,
             signature_ttl: raw.signature_ttl,
             minimum_key_bits: raw.minimum_key_bits,
+            minimum_signing_key_bits: raw.minimum_signing_key_bits,
             max_signatures_to_verify: raw.max_signatures_to_verify,
             allow_sha1: raw.allow_sha1,
             actions: raw.actions,
@@ -448,9 +464,20 @@ impl Config {
                 let key = match &entry.source {
                     KeySource::Path(p) => self
                         .templated_keys
-                        .load(p, self.require_safe_keys)
+                        .load(p, self.require_safe_keys, |k| {
+                            keys::check_signing_size(
+                                k,
+                                &format!("key '{}' ({})", entry.name, p.display()),
+                                self.minimum_signing_key_bits,
+                            )
+                        })
                         .map_err(|e| format!("key '{}': {e}", entry.name))?,
-                    KeySource::Inline(_) => load_entry_key(&entry, self.require_safe_keys, false)?,
+                    KeySource::Inline(_) => load_entry_key(
+                        &entry,
+                        self.require_safe_keys,
+                        false,
+                        self.minimum_signing_key_bits,
+                    )?,
                 };
                 Ok((entry, key))
             }
@@ -458,24 +485,34 @@ impl Config {
     }
 }
 
+/// Loads (or, with `create_missing`, first creates) the key of one KeyTable entry and checks
+/// its size against `minimum_bits` (see [`keys::check_signing_size`]).
 fn load_entry_key(
     entry: &KeyEntry,
     require_safe: bool,
     create_missing: bool,
+    minimum_bits: usize,
 ) -> Result<SharedKey, String> {
-    match &entry.source {
-        KeySource::Inline(data) => {
-            keys::parse_key(data.as_bytes()).map_err(|e| format!("key '{}': {e}", entry.name))
-        }
+    let named = |e: String| format!("key '{}': {e}", entry.name);
+    let (key, what) = match &entry.source {
+        KeySource::Inline(data) => (
+            keys::parse_key(data.as_bytes()).map_err(named)?,
+            format!("key '{}' (inline)", entry.name),
+        ),
         KeySource::Path(p) => {
             if create_missing && !p.exists() {
                 crate::keygen::create_key_file(p, &entry.domain, &entry.selector).map_err(|e| {
                     format!("key '{}': cannot create {}: {e}", entry.name, p.display())
                 })?;
             }
-            keys::load_key_file(p, require_safe).map_err(|e| format!("key '{}': {e}", entry.name))
+            (
+                keys::load_key_file(p, require_safe).map_err(named)?,
+                format!("key '{}' ({})", entry.name, p.display()),
+            )
         }
-    }
+    };
+    keys::check_signing_size(&key, &what, minimum_bits).map_err(named)?;
+    Ok(key)
 }
 
 #[cfg(test)]

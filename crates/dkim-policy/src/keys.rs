@@ -1,6 +1,7 @@
 //! Private signing keys: PEM (PKCS#1 or PKCS#8) or bare base64 DER, RSA or Ed25519. The algorithm
 //! comes from the key itself, so no global SignatureAlgorithm setting is needed.
 
+use crate::smallrsa::SmallRsaKey;
 use base64::Engine;
 use chassis::mailauth::common::Writable;
 use chassis::mailauth::crypto::{Algorithm, DkimKey, Ed25519Key, RsaKey, Sha256, SigningKey};
@@ -9,14 +10,25 @@ use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::sync::Arc;
 
-/// Smallest RSA key we sign with (RFC 8301 says 1024 is the floor; our crypto backend and
-/// current practice say 2048).
-pub const MIN_SIGNING_RSA_BITS: usize = 2048;
+/// The smallest RSA key anybody may sign with (RFC 8301 §3.2); `minimum_signing_key_bits` may
+/// raise it, never lower it.
+pub const RSA_FLOOR_BITS: usize = 1024;
+
+/// Current practice for RSA signing keys: smaller keys (down to the floor) still sign, with a
+/// warning that names the key and says to rotate.
+pub const RSA_ADVISED_BITS: usize = 2048;
+
+/// The key behind a [`SharedKey`]: mail-auth's for Ed25519 and RSA of 2048 bits or more, ours
+/// ([`crate::smallrsa`]) for RSA keys between the floor and 2048 bits.
+enum Signer {
+    Lib(DkimKey),
+    SmallRsa(SmallRsaKey),
+}
 
 /// A loaded signing key, shareable between concurrent sessions.
 #[derive(Clone)]
 pub struct SharedKey {
-    key: Arc<DkimKey>,
+    key: Arc<Signer>,
     /// RSA modulus size or 256 for Ed25519: reported in logs and by the tools.
     pub bits: usize,
 }
@@ -34,7 +46,7 @@ impl std::fmt::Debug for SharedKey {
 
 impl SharedKey {
     pub fn is_ed25519(&self) -> bool {
-        matches!(*self.key, DkimKey::Ed25519(_))
+        matches!(*self.key, Signer::Lib(DkimKey::Ed25519(_)))
     }
 
     /// `rsa-sha256` or `ed25519-sha256`.
@@ -51,12 +63,49 @@ impl SigningKey for SharedKey {
     type Hasher = Sha256;
 
     fn sign(&self, input: impl Writable) -> chassis::mailauth::Result<Vec<u8>> {
-        self.key.sign(input)
+        match &*self.key {
+            Signer::Lib(k) => k.sign(input),
+            Signer::SmallRsa(k) => {
+                let mut data = Vec::with_capacity(512);
+                input.write(&mut data);
+                k.sign_sha256(&data).map_err(|e| {
+                    chassis::mailauth::Error::Crypto(
+                        chassis::mailauth::crypto::CryptoError::Library(e),
+                    )
+                })
+            }
+        }
     }
 
     fn algorithm(&self) -> Algorithm {
-        self.key.algorithm()
+        match &*self.key {
+            Signer::Lib(k) => k.algorithm(),
+            Signer::SmallRsa(_) => Algorithm::RsaSha256,
+        }
     }
+}
+
+/// Checks an RSA signing key against the configured minimum (at least [`RSA_FLOOR_BITS`]):
+/// smaller keys are refused; keys under [`RSA_ADVISED_BITS`] are accepted with a warning naming
+/// `what` (the KeyTable entry and file) and the advice to rotate.
+pub fn check_signing_size(key: &SharedKey, what: &str, minimum: usize) -> Result<(), String> {
+    if key.is_ed25519() {
+        return Ok(());
+    }
+    let minimum = minimum.max(RSA_FLOOR_BITS);
+    if key.bits < minimum {
+        return Err(format!(
+            "RSA key has {} bits; at least {minimum} are required to sign (minimum_signing_key_bits)",
+            key.bits
+        ));
+    }
+    if key.bits < RSA_ADVISED_BITS {
+        tracing::warn!(
+            "{what}: signing with a {}-bit RSA key; RFC 8301 allows it, but rotate to a {RSA_ADVISED_BITS}-bit key (authmilter genkey) and publish it under a new selector",
+            key.bits
+        );
+    }
+    Ok(())
 }
 
 /// Reads a key file, refusing files other users can read when `require_safe` is set
@@ -97,7 +146,7 @@ pub fn parse_key(data: &[u8]) -> Result<SharedKey, String> {
         PrivateKeyDer::Pkcs8(k) => {
             if let Ok(ed) = Ed25519Key::from_pkcs8_maybe_unchecked_der(k.secret_pkcs8_der()) {
                 return Ok(SharedKey {
-                    key: Arc::new(DkimKey::Ed25519(ed)),
+                    key: Arc::new(Signer::Lib(DkimKey::Ed25519(ed))),
                     bits: 256,
                 });
             }
@@ -115,23 +164,34 @@ fn rsa_key(der: PrivateKeyDer<'_>) -> Result<SharedKey, String> {
     };
     let bits = match pair {
         Ok(p) => p.public_modulus_len() * 8,
-        Err(e) => {
-            let msg = e.to_string();
-            if msg.contains("TooSmall") || msg.to_ascii_lowercase().contains("small") {
-                return Err(format!("RSA key too small to sign with: at least {MIN_SIGNING_RSA_BITS} bits are required"));
-            }
-            return Err(format!("not a usable RSA or Ed25519 private key ({msg})"));
+        // aws-lc-rs signs with 2048 bits and more only; smaller keys go to our own signer.
+        Err(e) if e.to_string().to_ascii_lowercase().contains("small") => {
+            return small_rsa_key(&der)
         }
+        Err(e) => return Err(format!("not a usable RSA or Ed25519 private key ({e})")),
     };
-    if bits < MIN_SIGNING_RSA_BITS {
-        return Err(format!(
-            "RSA key has {bits} bits; at least {MIN_SIGNING_RSA_BITS} are required to sign"
-        ));
-    }
     let key =
         RsaKey::<Sha256>::from_key_der(der).map_err(|e| format!("cannot load RSA key: {e}"))?;
     Ok(SharedKey {
-        key: Arc::new(DkimKey::Rsa(key)),
+        key: Arc::new(Signer::Lib(DkimKey::Rsa(key))),
+        bits,
+    })
+}
+
+fn small_rsa_key(der: &PrivateKeyDer<'_>) -> Result<SharedKey, String> {
+    let key = match der {
+        PrivateKeyDer::Pkcs1(k) => SmallRsaKey::from_pkcs1_der(k.secret_pkcs1_der()),
+        PrivateKeyDer::Pkcs8(k) => SmallRsaKey::from_pkcs8_der(k.secret_pkcs8_der()),
+        _ => Err("unsupported key format".into()),
+    }?;
+    let bits = key.bits();
+    if bits < RSA_FLOOR_BITS {
+        return Err(format!(
+            "RSA key has {bits} bits; RFC 8301 requires at least {RSA_FLOOR_BITS} to sign"
+        ));
+    }
+    Ok(SharedKey {
+        key: Arc::new(Signer::SmallRsa(key)),
         bits,
     })
 }
@@ -233,7 +293,14 @@ impl std::fmt::Debug for KeyFileCache {
 impl KeyFileCache {
     /// The key in `path`, from the cache while the file is unchanged (same mtime and size),
     /// otherwise loaded with [`load_key_file`] (permission check included) and kept.
-    pub fn load(&self, path: &Path, require_safe: bool) -> Result<SharedKey, String> {
+    /// `check` runs on a key read from disk (not on one served from the cache), so a warning it
+    /// logs appears once per file version, not once per message.
+    pub fn load(
+        &self,
+        path: &Path,
+        require_safe: bool,
+        check: impl FnOnce(&SharedKey) -> Result<(), String>,
+    ) -> Result<SharedKey, String> {
         let meta =
             std::fs::metadata(path).map_err(|e| format!("key file {}: {e}", path.display()))?;
         let stamp = (meta.modified().ok(), meta.len());
@@ -244,6 +311,7 @@ impl KeyFileCache {
             }
         }
         let key = load_key_file(path, require_safe)?;
+        check(&key)?;
         if let Some(mtime) = stamp.0 {
             self.entries
                 .insert(path.to_path_buf(), (mtime, stamp.1, key.clone()));
@@ -279,21 +347,21 @@ mod key_file_cache_tests {
         };
         write(crate::keygen::KeyKind::Ed25519);
         let cache = KeyFileCache::default();
-        let first = cache.load(&path, true).unwrap();
+        let first = cache.load(&path, true, |_| Ok(())).unwrap();
         assert!(first.is_ed25519());
         assert_eq!(cache.len(), 1);
         // Same file: the cached key (the same allocation) comes back.
-        let again = cache.load(&path, true).unwrap();
+        let again = cache.load(&path, true, |_| Ok(())).unwrap();
         assert!(Arc::ptr_eq(&first.key, &again.key));
         // Rotated to an RSA key: size and mtime change, the new key is read.
         std::thread::sleep(std::time::Duration::from_millis(20));
         write(crate::keygen::KeyKind::Rsa(2048));
-        let rotated = cache.load(&path, true).unwrap();
+        let rotated = cache.load(&path, true, |_| Ok(())).unwrap();
         assert!(!rotated.is_ed25519());
         // A cached key whose file became group-readable is refused like an uncached one.
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640)).unwrap();
-        let e = cache.load(&path, true).unwrap_err();
+        let e = cache.load(&path, true, |_| Ok(())).unwrap_err();
         assert!(e.contains("accessible by group or other"), "{e}");
     }
 }

@@ -9,4 +9,5 @@ pub mod keys;
 pub mod legacy;
 pub mod policy;
 pub mod runtime;
+pub mod smallrsa;
 pub mod tables;
