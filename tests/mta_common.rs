@@ -71,17 +71,8 @@ pub fn zone_for(k: &Keys) -> Zone {
 }
 
 pub fn send(addr: std::net::SocketAddr, from: &str, msg: &[u8]) -> Reply {
-    blocking(|| {
-        smtp::send(
-            addr,
-            HELO,
-            from,
-            &["bob@test.example"],
-            msg,
-            None,
-        )
-    })
-    .expect("SMTP session")
+    blocking(|| smtp::send(addr, HELO, from, &["bob@test.example"], msg, None))
+        .expect("SMTP session")
 }
 
 pub fn message(from: &str, subject: &str) -> Vec<u8> {
@@ -183,8 +174,8 @@ pub async fn start_milter<P: Policy>(
         }
         Socket::Unix => {
             let path = dir.join(format!("{name}.sock"));
-            let m = testkit::daemons::start::<P>(dir, cfg, &format!("unix:{}", path.display()))
-                .await;
+            let m =
+                testkit::daemons::start::<P>(dir, cfg, &format!("unix:{}", path.display())).await;
             kind.prepare_unix_socket(&path)
                 .unwrap_or_else(|e| panic!("open {} to {}: {e}", path.display(), kind.name()));
             (m, kind.milter_unix(&path))

@@ -543,10 +543,7 @@ async fn shipped_example_configurations_pass_signed_aligned_mail(kind: MtaKind) 
     else {
         return;
     };
-    let reply = r.send_submission(
-        "user@example.com",
-        &message("user@example.com", "shipped"),
-    );
+    let reply = r.send_submission("user@example.com", &message("user@example.com", "shipped"));
     let qid = queued(&reply);
     let msg = r.delivered_id(&qid);
     let sigs = fields(&msg, "DKIM-Signature");

@@ -523,7 +523,10 @@ mod tests {
         assert_eq!(MtaKind::Postfix.milter_inet(addr), "inet:127.0.0.1:8891");
         assert_eq!(MtaKind::Sendmail.milter_inet(addr), "inet:8891@127.0.0.1");
         for kind in MtaKind::ALL {
-            assert_eq!(kind.milter_unix(Path::new("/run/x.sock")), "unix:/run/x.sock");
+            assert_eq!(
+                kind.milter_unix(Path::new("/run/x.sock")),
+                "unix:/run/x.sock"
+            );
         }
     }
 

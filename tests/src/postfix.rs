@@ -274,7 +274,6 @@ fn master_cf(d: &Path, smtp_port: u16, submission_port: u16, opts: &PostfixOptio
     )
 }
 
-
 impl Postfix {
     /// Starts an instance with `opts` and waits (at most [`crate::mta::START_TIMEOUT`]) until
     /// its master reports "daemon started", which it logs after binding its listeners. Fails
@@ -305,12 +304,7 @@ impl Postfix {
         fs::write(d.join("etc/main.cf"), main_cf(&d, opts))?;
         fs::write(
             d.join("etc/master.cf"),
-            master_cf(
-                &d,
-                inst.smtp_port(),
-                inst.submission_port(),
-                opts,
-            ),
+            master_cf(&d, inst.smtp_port(), inst.submission_port(), opts),
         )?;
 
         let stdout = fs::File::create(d.join("stdout.log"))?;
@@ -379,8 +373,7 @@ impl Postfix {
             |_, exited| {
                 // Still running: kill the master (our grandchild, pid from its pid file); the
                 // postfix-script process we started is killed by the caller.
-                if let (false, Ok(pid)) = (exited, read_lossy(&master_pid).trim().parse::<u32>())
-                {
+                if let (false, Ok(pid)) = (exited, read_lossy(&master_pid).trim().parse::<u32>()) {
                     let _ = Command::new("kill")
                         .arg("-KILL")
                         .arg(pid.to_string())
@@ -411,10 +404,12 @@ impl Mta for Postfix {
     /// The queue files in every queue Postfix keeps messages in (hashed subdirectories
     /// included).
     fn queue_files(&self) -> Vec<String> {
-        ["maildrop", "incoming", "active", "deferred", "hold", "corrupt"]
-            .iter()
-            .flat_map(|q| files_below(&self.inst.dir().join("spool").join(q)))
-            .collect()
+        [
+            "maildrop", "incoming", "active", "deferred", "hold", "corrupt",
+        ]
+        .iter()
+        .flat_map(|q| files_below(&self.inst.dir().join("spool").join(q)))
+        .collect()
     }
 
     /// Postfix logs `QID: milter-reject: END-OF-MESSAGE from ...: 5.7.0 ...; from=<...>
@@ -451,7 +446,6 @@ impl Drop for Postfix {
 #[cfg(test)]
 mod tests {
     use super::*;
-
 
     /// What only Postfix shows (the shared start/deliver/stop check is in crate::mta): mail from
     /// a local client keeps its header as sent (no Date: added, `local_header_rewrite_clients`

@@ -297,7 +297,11 @@ impl Sendmail {
 
     /// What the daemon (and the namespace set-up) wrote to stderr and stdout.
     pub fn stderr_log(&self) -> String {
-        format!("{}{}", self.inst.read("stderr.log"), self.inst.read("stdout.log"))
+        format!(
+            "{}{}",
+            self.inst.read("stderr.log"),
+            self.inst.read("stdout.log")
+        )
     }
 
     /// The configuration's version (`$Z`, the `DZ` line cf.m4 writes into sendmail.cf).
@@ -375,4 +379,3 @@ impl Drop for Sendmail {
         self.stop();
     }
 }
-
