@@ -291,24 +291,36 @@ async fn inbound_opendkim_signed_mail_passes(kind: MtaKind) {
     }
 }
 
-/// Inbound tampered mail: with the default action it is delivered with `dkim=fail`.
-async fn inbound_tampered_mail_fails(kind: MtaKind) {
+/// A rig (`extra` added to dkim-milter's TOML) and the reply to a message signed by the real
+/// OpenDKIM (RSA, selector od) and then changed in the body, sent inbound; with the signed,
+/// untouched message. None (after a loud message) when a judge or the MTA is missing.
+async fn send_tampered(
+    kind: MtaKind,
+    extra: &str,
+    subject: &str,
+) -> Option<(Rig<Keys>, Vec<u8>, Reply)> {
     if !require_judge("opendkim") || !require_judge("miltertest") {
-        return;
+        return None;
     }
-    let Some(r) = rig(kind, "", Socket::Inet, originating()).await else {
-        return;
-    };
+    let r = rig(kind, extra, Socket::Inet, originating()).await?;
     let signed = blocking(|| {
         opendkim_signed(
             r.dir.path(),
             &r.keys.od_rsa,
             "od",
-            &message("alice@sender.example", "tampered"),
+            &message("alice@sender.example", subject),
         )
     });
     let tampered = text(&signed).replace("Hello Bob", "Hello Eve").into_bytes();
     let reply = r.send_inbound("alice@sender.example", &tampered);
+    Some((r, signed, reply))
+}
+
+/// Inbound tampered mail: with the default action it is delivered with `dkim=fail`.
+async fn inbound_tampered_mail_fails(kind: MtaKind) {
+    let Some((r, _, reply)) = send_tampered(kind, "", "tampered").await else {
+        return;
+    };
     assert_eq!(reply.code, 250, "{reply}");
     let (qid, msg) = r.delivered(1).remove(0);
     let b8 = header_b(&fields(&msg, "DKIM-Signature")[0]);
@@ -337,23 +349,10 @@ fn bad_body_hash(qid: &str) -> String {
 /// With `bad_signature = "reject"` the SMTP client gets 550 5.7.0 at the end of DATA and
 /// nothing is delivered or left queued; a good message sent right after is delivered alone.
 async fn inbound_tampered_mail_is_rejected_with_reject_action(kind: MtaKind) {
-    if !require_judge("opendkim") || !require_judge("miltertest") {
-        return;
-    }
     let extra = "[actions]\nbad_signature = \"reject\"";
-    let Some(r) = rig(kind, extra, Socket::Inet, originating()).await else {
+    let Some((r, signed, reply)) = send_tampered(kind, extra, "reject").await else {
         return;
     };
-    let signed = blocking(|| {
-        opendkim_signed(
-            r.dir.path(),
-            &r.keys.od_rsa,
-            "od",
-            &message("alice@sender.example", "reject"),
-        )
-    });
-    let tampered = text(&signed).replace("Hello Bob", "Hello Eve").into_bytes();
-    let reply = r.send_inbound("alice@sender.example", &tampered);
     assert_eq!(
         reply,
         Reply {

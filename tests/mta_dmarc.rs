@@ -17,9 +17,6 @@
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 use std::path::Path;
 
-use mail_auth::common::crypto::Ed25519Key;
-use mail_auth::common::headers::HeaderWriter;
-use mail_auth::dkim::DkimSigner;
 use testkit::daemons::RunningMilter;
 use testkit::dns::{TestDns, Zone};
 use testkit::keys::TestKey;
@@ -82,16 +79,7 @@ fn zone(k: &DmarcKeys) -> Zone {
 
 /// Signs `raw` with `key` as `d=signed.example; s=sel` (Ed25519), as an outside signer would.
 fn sign(raw: &[u8], key: &TestKey) -> Vec<u8> {
-    let k = Ed25519Key::from_pkcs8_maybe_unchecked_der(&key.pkcs8_der()).expect("key");
-    let sig = DkimSigner::from_key(k)
-        .domain("signed.example")
-        .selector(SELECTOR)
-        .headers(["From", "To", "Subject", "Date", "Message-ID"])
-        .sign(raw)
-        .expect("sign");
-    let mut out = sig.to_header().into_bytes();
-    out.extend_from_slice(raw);
-    out
+    key.sign_ed25519(raw, "signed.example", SELECTOR)
 }
 
 fn resolver(dns: &TestDns) -> String {
@@ -179,6 +167,12 @@ fn closed_port() -> SocketAddr {
 /// dmarc-milter's history row for `qid`, from `file` in the rig's directory.
 fn history_in<K>(r: &Rig<K>, file: &str, qid: &str) -> History {
     history(&r.dir.path().join(file), qid)
+}
+
+/// (dmarc_result, disposition) of dmarc-milter's history row for `qid` (history.sqlite).
+fn outcome<K>(r: &Rig<K>, qid: &str) -> (String, String) {
+    let h = history_in(r, "history.sqlite", qid);
+    (h.dmarc_result, h.disposition)
 }
 
 /// The queue ids of the history rows (history.sqlite) with this disposition, in insertion
@@ -303,11 +297,7 @@ async fn aligned_passes_and_unaligned_fails_without_rejection(kind: MtaKind) {
             format!("{qid}: aligned.example pass"),
         ]
     );
-    let h = history_in(&r, "history.sqlite", &qid);
-    assert_eq!(
-        (h.dmarc_result.as_str(), h.disposition.as_str()),
-        ("pass", "none")
-    );
+    assert_eq!(outcome(&r, &qid), ("pass".into(), "none".into()));
 
     // Unaligned: SPF passes, but for other.example; From is reject.example (p=reject).
     let reply = r.send_inbound(
@@ -326,11 +316,7 @@ async fn aligned_passes_and_unaligned_fails_without_rejection(kind: MtaKind) {
         text(&msg)
     );
     assert_eq!(logged(&qid), unaligned_logged(&qid));
-    let h = history_in(&r, "history.sqlite", &qid);
-    assert_eq!(
-        (h.dmarc_result.as_str(), h.disposition.as_str()),
-        ("fail", "none")
-    );
+    assert_eq!(outcome(&r, &qid), ("fail".into(), "none".into()));
 }
 
 /// With `reject_failures = true` (dmarc-milter on a unix socket): unaligned mail from a p=reject
@@ -368,11 +354,7 @@ async fn unaligned_mail_is_rejected_with_reject_failures(kind: MtaKind) {
         assert_eq!(&rejection.qid, qid, "{}", rejection.line);
     }
     assert_eq!(logged(qid), unaligned_logged(qid));
-    let h = history_in(&r, "history.sqlite", qid);
-    assert_eq!(
-        (h.dmarc_result.as_str(), h.disposition.as_str()),
-        ("fail", "reject")
-    );
+    assert_eq!(outcome(&r, qid), ("fail".into(), "reject".into()));
 
     let reply = r.send_inbound(
         "bounce@aligned.example",

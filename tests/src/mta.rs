@@ -278,7 +278,7 @@ impl Instance {
     /// can traverse it) with `out/` and the sink script `sink.sh`, and two distinct free
     /// loopback ports for the plain and submission services. The child is set with
     /// [`Instance::spawned`] once the configuration is written.
-    pub(crate) fn prepare(prefix: &str) -> io::Result<Instance> {
+    fn prepare(prefix: &str) -> io::Result<Instance> {
         let dir = tempfile::Builder::new().prefix(prefix).tempdir()?;
         let d = dir.path();
         fs::set_permissions(d, fs::Permissions::from_mode(0o755))?;
@@ -418,21 +418,22 @@ impl Instance {
     }
 }
 
-/// Runs `start_once` up to three times while it fails with AddrInUse: the free ports an
-/// instance picks can be taken by someone else before the MTA binds them.
+/// Runs `start_once` on a fresh [`Instance::prepare`]d instance (directory `prefix...`), up to
+/// three times while it fails with AddrInUse: the free ports an instance picks can be taken by
+/// someone else before the MTA binds them.
 pub(crate) fn start_retrying<T>(
-    name: &str,
-    mut start_once: impl FnMut() -> io::Result<T>,
+    prefix: &str,
+    mut start_once: impl FnMut(Instance) -> io::Result<T>,
 ) -> io::Result<T> {
     let mut last = None;
     for _ in 0..3 {
-        match start_once() {
+        match start_once(Instance::prepare(prefix)?) {
             Ok(v) => return Ok(v),
             Err(e) if e.kind() == io::ErrorKind::AddrInUse => last = Some(e),
             Err(e) => return Err(e),
         }
     }
-    Err(last.unwrap_or_else(|| io::Error::other(format!("{name} did not start"))))
+    Err(last.unwrap_or_else(|| io::Error::other(format!("{prefix} did not start"))))
 }
 
 fn free_port() -> io::Result<u16> {
@@ -500,8 +501,22 @@ pub fn header_fields(message: &[u8]) -> Vec<(String, String)> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+
+    /// Sends `msg` from a@example.com to b@example.org through `addr`, greeting as
+    /// client.test: the plain message the harness self-tests deliver.
+    pub(crate) fn send_plain(addr: SocketAddr, msg: &[u8]) -> Reply {
+        crate::smtp::send(
+            addr,
+            "client.test",
+            "a@example.com",
+            &["b@example.org"],
+            msg,
+            None,
+        )
+        .expect("smtp")
+    }
 
     #[test]
     fn crlf_and_headers() {
@@ -542,15 +557,7 @@ mod tests {
             let mta = start(kind, Vec::new(), &MtaOptions::default()).expect("MTA starts");
             let msg = b"From: a@example.com\r\nTo: b@example.org\r\nSubject: plain\r\nDate: Wed, 25 Nov 2026 12:00:00 +0000\r\nMessage-ID: <x@example.com>\r\n\r\n.dot\r\nhi\r\n";
             for addr in [mta.smtp_addr(), mta.submission_addr()] {
-                let r = crate::smtp::send(
-                    addr,
-                    "client.test",
-                    "a@example.com",
-                    &["b@example.org"],
-                    msg,
-                    None,
-                )
-                .expect("smtp");
+                let r = send_plain(addr, msg);
                 assert_eq!(r.code, 250, "{r}\n{}", mta.diagnostics());
                 assert!(r.queue_id().is_some(), "{r}");
             }

@@ -280,11 +280,10 @@ impl Postfix {
     /// with the instance's log when Postfix stops or logs a fatal error during start-up. A lost
     /// race for one of the two free ports is retried with other ports.
     pub fn start(opts: PostfixOptions) -> io::Result<Postfix> {
-        start_retrying("postfix", || Self::start_once(&opts))
+        start_retrying("postfix-test", |inst| Self::start_once(inst, &opts))
     }
 
-    fn start_once(opts: &PostfixOptions) -> io::Result<Postfix> {
-        let mut inst = Instance::prepare("postfix-test")?;
+    fn start_once(mut inst: Instance, opts: &PostfixOptions) -> io::Result<Postfix> {
         let d = inst.dir().to_path_buf();
         for sub in ["etc", "spool"] {
             fs::create_dir(d.join(sub))?;
@@ -457,15 +456,7 @@ mod tests {
         }
         let pf = Postfix::start(PostfixOptions::default()).expect("postfix starts");
         let msg = b"From: a@example.com\r\nTo: b@example.org\r\nSubject: plain\r\n\r\nhi\r\n";
-        let r = crate::smtp::send(
-            pf.submission_addr(),
-            "client.test",
-            "a@example.com",
-            &["b@example.org"],
-            msg,
-            None,
-        )
-        .expect("smtp");
+        let r = crate::mta::tests::send_plain(pf.submission_addr(), msg);
         assert_eq!(r.code, 250, "{r}\n{}", pf.maillog());
         let got = pf.wait_for_deliveries(1, Duration::from_secs(10));
         assert_eq!(got.len(), 1, "{}", pf.maillog());

@@ -222,11 +222,10 @@ impl Sendmail {
     /// Starts an instance and waits (at most [`crate::mta::START_TIMEOUT`]) until it listens,
     /// as shown by its pid file (written after the daemon sockets are open).
     pub fn start(opts: SendmailOptions) -> io::Result<Sendmail> {
-        start_retrying("sendmail", || Self::start_once(&opts))
+        start_retrying("sendmail-test", |inst| Self::start_once(inst, &opts))
     }
 
-    fn start_once(opts: &SendmailOptions) -> io::Result<Sendmail> {
-        let mut inst = Instance::prepare("sendmail-test")?;
+    fn start_once(mut inst: Instance, opts: &SendmailOptions) -> io::Result<Sendmail> {
         let d = inst.dir().to_path_buf();
         fs::create_dir(d.join("queue"))?;
         fs::set_permissions(d.join("queue"), fs::Permissions::from_mode(0o700))?;
