@@ -18,7 +18,7 @@ use std::io::{self, Read};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::Child;
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
 use tempfile::TempDir;
@@ -277,7 +277,7 @@ impl Instance {
     /// A new temporary directory named `prefix...` (mode 0755, so the MTA's unprivileged users
     /// can traverse it) with `out/` and the sink script `sink.sh`, and two distinct free
     /// loopback ports for the plain and submission services. The child is set with
-    /// [`Instance::spawned`] once the configuration is written.
+    /// [`Instance::spawn`] once the configuration is written.
     fn prepare(prefix: &str) -> io::Result<Instance> {
         let dir = tempfile::Builder::new().prefix(prefix).tempdir()?;
         let d = dir.path();
@@ -323,9 +323,24 @@ impl Instance {
         self.submission.port()
     }
 
-    /// Records the started MTA process.
-    pub(crate) fn spawned(&mut self, child: Child) {
+    /// Starts the MTA process `cmd` (stdin from /dev/null, stdout and stderr to `stdout.log`
+    /// and `stderr.log` in the instance directory, read back by [`Instance::output`]) and
+    /// keeps it as the instance's child, which [`Instance::stop`] reaps.
+    pub(crate) fn spawn(&mut self, mut cmd: Command) -> io::Result<()> {
+        let stdout = fs::File::create(self.dir().join("stdout.log"))?;
+        let stderr = fs::File::create(self.dir().join("stderr.log"))?;
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(stdout)
+            .stderr(stderr)
+            .spawn()?;
         self.child = Some(child);
+        Ok(())
+    }
+
+    /// What the MTA process wrote to stderr, then stdout.
+    pub fn output(&self) -> String {
+        format!("{}{}", self.read("stderr.log"), self.read("stdout.log"))
     }
 
     /// Waits (at most [`START_TIMEOUT`]) until `check` says Ready. Fails when the child exits

@@ -24,7 +24,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use crate::judges::{in_ci, run_bounded};
@@ -306,19 +306,11 @@ impl Postfix {
             master_cf(&d, inst.smtp_port(), inst.submission_port(), opts),
         )?;
 
-        let stdout = fs::File::create(d.join("stdout.log"))?;
-        let stderr = fs::File::create(d.join("stderr.log"))?;
         // start-fg: the master stays a child of postfix-script, which stays our child, so drop
         // can reap it.
-        let child = Command::new(POSTFIX)
-            .arg("-c")
-            .arg(d.join("etc"))
-            .arg("start-fg")
-            .stdin(Stdio::null())
-            .stdout(stdout)
-            .stderr(stderr)
-            .spawn()?;
-        inst.spawned(child);
+        let mut cmd = Command::new(POSTFIX);
+        cmd.arg("-c").arg(d.join("etc")).arg("start-fg");
+        inst.spawn(cmd)?;
         let mut me = Postfix { inst };
         me.inst.wait_started(
             "postfix",
@@ -332,7 +324,7 @@ impl Postfix {
                     Startup::Waiting
                 }
             },
-            |i| format!("{}\n{}", i.read("stderr.log"), i.read("maillog")),
+            |i| format!("{}\n{}", i.output(), i.read("maillog")),
         )?;
         Ok(me)
     }
@@ -352,9 +344,9 @@ impl Postfix {
         self.inst.read("maillog")
     }
 
-    /// What `postfix start-fg` wrote to stderr.
+    /// What `postfix start-fg` wrote to stderr and stdout.
     pub fn stderr_log(&self) -> String {
-        self.inst.read("stderr.log")
+        self.inst.output()
     }
 
     /// Stops the instance: `postfix stop` (bounded), then kills what is left, and reaps the

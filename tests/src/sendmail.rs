@@ -31,7 +31,7 @@
 use std::fs;
 use std::io;
 use std::net::SocketAddr;
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -227,8 +227,8 @@ impl Sendmail {
 
     fn start_once(mut inst: Instance, opts: &SendmailOptions) -> io::Result<Sendmail> {
         let d = inst.dir().to_path_buf();
-        fs::create_dir(d.join("queue"))?;
-        fs::set_permissions(d.join("queue"), fs::Permissions::from_mode(0o700))?;
+        // Mode 0700 from the start, like a real /var/spool/mqueue.
+        fs::DirBuilder::new().mode(0o700).create(d.join("queue"))?;
         fs::write(d.join("service.switch"), "hosts files\naliases files\n")?;
         fs::write(
             d.join("hosts"),
@@ -261,19 +261,11 @@ impl Sendmail {
         fs::write(&script, run_script(&d, &sendmail_binary()))?;
         fs::set_permissions(&script, fs::Permissions::from_mode(0o755))?;
 
-        let stdout = fs::File::create(d.join("stdout.log"))?;
-        let stderr = fs::File::create(d.join("stderr.log"))?;
-        let child = Command::new("unshare")
-            .arg("-u")
-            .arg("-m")
-            .arg(&script)
-            .stdin(Stdio::null())
-            .stdout(stdout)
-            .stderr(stderr)
-            // Its own process group, so drop can stop every process of the instance.
-            .process_group(0)
-            .spawn()?;
-        inst.spawned(child);
+        let mut cmd = Command::new("unshare");
+        cmd.arg("-u").arg("-m").arg(&script);
+        // Its own process group, so drop can stop every process of the instance.
+        cmd.process_group(0);
+        inst.spawn(cmd)?;
         let mut me = Sendmail { inst };
         me.inst.wait_started(
             "sendmail",
@@ -284,7 +276,7 @@ impl Sendmail {
                     Startup::Ready
                 }
             },
-            |i| format!("{}{}", i.read("stderr.log"), i.read("stdout.log")),
+            |i| i.output(),
         )?;
         Ok(me)
     }
@@ -296,11 +288,7 @@ impl Sendmail {
 
     /// What the daemon (and the namespace set-up) wrote to stderr and stdout.
     pub fn stderr_log(&self) -> String {
-        format!(
-            "{}{}",
-            self.inst.read("stderr.log"),
-            self.inst.read("stdout.log")
-        )
+        self.inst.output()
     }
 
     /// The configuration's version (`$Z`, the `DZ` line cf.m4 writes into sendmail.cf).
