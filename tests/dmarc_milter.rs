@@ -1,9 +1,6 @@
 //! dmarc-milter end to end: a real DNS server on loopback, dmarc-milter on a loopback socket,
 //! our milter client playing the MTA, and the SQLite history read back after each case.
 
-use mail_auth::common::crypto::Ed25519Key;
-use mail_auth::common::headers::HeaderWriter;
-use mail_auth::dkim::DkimSigner;
 use milter_client::consts::SMFIP_NOBODY;
 use milter_client::{run, Modification, Outcome, Reply, Transaction};
 use std::net::{Ipv4Addr, SocketAddr};
@@ -101,16 +98,7 @@ fn message(from: &str, qid: &str) -> Vec<u8> {
 
 /// Signs `raw` with the test key as `d=domain; s=ed`.
 fn sign(raw: &[u8], key: &TestKey, domain: &str) -> Vec<u8> {
-    let k = Ed25519Key::from_pkcs8_maybe_unchecked_der(&key.pkcs8_der()).expect("key");
-    let sig = DkimSigner::from_key(k)
-        .domain(domain)
-        .selector("ed")
-        .headers(["From", "To", "Subject", "Date", "Message-ID"])
-        .sign(raw)
-        .expect("sign");
-    let mut out = sig.to_header().into_bytes();
-    out.extend_from_slice(raw);
-    out
+    key.sign_ed25519(raw, domain, "ed")
 }
 
 fn tx(raw: &[u8], qid: &str, ip: &str, mail_from: &str) -> Transaction {

@@ -27,9 +27,10 @@ if [ "${#missing[@]}" -gt 0 ]; then
   apt-get install -y -q --no-install-recommends "${missing[@]}"
 fi
 
-# Sendmail for tests/sendmail_dkim.rs: Debian's sendmail-bin conflicts with postfix (both are a
-# mail-transport-agent), so it is unpacked, not installed, and the tests run it from there
-# (testkit::sendmail; its libraries come with libwrap0 above, its m4 kit with sendmail-cf).
+# Sendmail for the sendmail::* tests of tests/mta_dkim.rs and mta_dmarc.rs: Debian's sendmail-bin
+# conflicts with postfix (both are a mail-transport-agent), so it is unpacked, not installed, and
+# the tests run it from there (testkit::sendmail; its libraries come with libwrap0 above, its m4
+# kit with sendmail-cf).
 sendmail_root=/opt/authmilter-tests/sendmail-bin
 if [ ! -x "$sendmail_root/usr/libexec/sendmail/sendmail" ]; then
   if [ "$(id -u)" -ne 0 ]; then

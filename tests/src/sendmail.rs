@@ -29,26 +29,23 @@
 //! delivered bytes and our own log lines.
 
 use std::fs;
-use std::io::{self, Read};
-use std::net::{Ipv4Addr, SocketAddr, TcpListener};
-use std::os::unix::fs::PermissionsExt;
+use std::io;
+use std::net::SocketAddr;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant, SystemTime};
-
-use tempfile::TempDir;
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
 use crate::judges::{in_ci, run_bounded};
+use crate::mta::{files_below, start_retrying, Instance, Mta, MtaKind, Rejection, Startup};
 
 /// Where tests/run.sh unpacks Debian's sendmail-bin package.
 pub const SENDMAIL_ROOT: &str = "/opt/authmilter-tests/sendmail-bin";
 /// Debian's m4 configuration kit (package sendmail-cf).
 pub const CF_M4: &str = "/usr/share/sendmail/cf/m4/cf.m4";
-/// How long start-up may take (measured: well under a second).
-pub const START_TIMEOUT: Duration = Duration::from_secs(20);
 /// The instance's host name, `$j`, and what our milters are told to use as authserv-id.
-pub const HOSTNAME: &str = "mx.test.example";
+pub const HOSTNAME: &str = crate::mta::HOSTNAME;
 /// The daemon name (`{daemon_name}`) of the submission port.
 pub const SUBMISSION_NAME: &str = "MSA";
 
@@ -145,21 +142,8 @@ impl SendmailOptions {
 
 /// A running Sendmail; killed (with its process group) and reaped on drop.
 pub struct Sendmail {
-    dir: TempDir,
-    child: Option<Child>,
-    smtp: SocketAddr,
-    submission: SocketAddr,
+    inst: Instance,
 }
-
-fn free_port() -> io::Result<u16> {
-    Ok(TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?
-        .local_addr()?
-        .port())
-}
-
-const SINK: &str = "#!/bin/sh\n\
-umask 022\n\
-cat > \"$1/.$2.tmp\" && exec mv \"$1/.$2.tmp\" \"$1/$2.eml\"\n";
 
 fn mc(d: &Path, smtp_port: u16, submission_port: u16, opts: &SendmailOptions) -> String {
     let dir = d.display();
@@ -235,29 +219,16 @@ fn run_script(d: &Path, bin: &Path) -> String {
 }
 
 impl Sendmail {
-    /// Starts an instance and waits (at most [`START_TIMEOUT`]) until it listens, as shown by
-    /// its pid file (written after the daemon sockets are open).
+    /// Starts an instance and waits (at most [`crate::mta::START_TIMEOUT`]) until it listens,
+    /// as shown by its pid file (written after the daemon sockets are open).
     pub fn start(opts: SendmailOptions) -> io::Result<Sendmail> {
-        let mut last = None;
-        for _ in 0..3 {
-            match Self::start_once(&opts) {
-                Ok(s) => return Ok(s),
-                Err(e) if e.kind() == io::ErrorKind::AddrInUse => last = Some(e),
-                Err(e) => return Err(e),
-            }
-        }
-        Err(last.unwrap_or_else(|| io::Error::other("sendmail did not start")))
+        start_retrying("sendmail-test", |inst| Self::start_once(inst, &opts))
     }
 
-    fn start_once(opts: &SendmailOptions) -> io::Result<Sendmail> {
-        let dir = tempfile::Builder::new().prefix("sendmail-test").tempdir()?;
-        let d = dir.path();
-        fs::set_permissions(d, fs::Permissions::from_mode(0o755))?;
-        fs::create_dir(d.join("queue"))?;
-        fs::set_permissions(d.join("queue"), fs::Permissions::from_mode(0o700))?;
-        fs::create_dir(d.join("out"))?;
-        fs::write(d.join("sink.sh"), SINK)?;
-        fs::set_permissions(d.join("sink.sh"), fs::Permissions::from_mode(0o755))?;
+    fn start_once(mut inst: Instance, opts: &SendmailOptions) -> io::Result<Sendmail> {
+        let d = inst.dir().to_path_buf();
+        // Mode 0700 from the start, like a real /var/spool/mqueue.
+        fs::DirBuilder::new().mode(0o700).create(d.join("queue"))?;
         fs::write(d.join("service.switch"), "hosts files\naliases files\n")?;
         fs::write(
             d.join("hosts"),
@@ -271,14 +242,9 @@ impl Sendmail {
         fs::write(d.join("helpfile"), "")?;
         fs::write(d.join("local-host-names"), "")?;
 
-        let smtp_port = free_port()?;
-        let mut submission_port = free_port()?;
-        while submission_port == smtp_port {
-            submission_port = free_port()?;
-        }
         fs::write(
             d.join("sendmail.mc"),
-            mc(d, smtp_port, submission_port, opts),
+            mc(&d, inst.smtp_port(), inst.submission_port(), opts),
         )?;
         let m4 = Command::new("m4")
             .arg(d.join("sendmail.mc"))
@@ -292,231 +258,111 @@ impl Sendmail {
         }
         fs::write(d.join("sendmail.cf"), &m4.stdout)?;
         let script = d.join("run.sh");
-        fs::write(&script, run_script(d, &sendmail_binary()))?;
+        fs::write(&script, run_script(&d, &sendmail_binary()))?;
         fs::set_permissions(&script, fs::Permissions::from_mode(0o755))?;
 
-        let stdout = fs::File::create(d.join("stdout.log"))?;
-        let stderr = fs::File::create(d.join("stderr.log"))?;
-        let child = Command::new("unshare")
-            .arg("-u")
-            .arg("-m")
-            .arg(&script)
-            .stdin(Stdio::null())
-            .stdout(stdout)
-            .stderr(stderr)
-            // Its own process group, so drop can stop every process of the instance.
-            .process_group(0)
-            .spawn()?;
-        let mut me = Sendmail {
-            dir,
-            child: Some(child),
-            smtp: SocketAddr::from((Ipv4Addr::LOCALHOST, smtp_port)),
-            submission: SocketAddr::from((Ipv4Addr::LOCALHOST, submission_port)),
-        };
-        me.wait_ready()?;
-        Ok(me)
-    }
-
-    fn wait_ready(&mut self) -> io::Result<()> {
-        let deadline = Instant::now() + START_TIMEOUT;
-        loop {
-            let exited = match self.child.as_mut() {
-                Some(c) => c.try_wait()?,
-                None => None,
-            };
-            if let Some(status) = exited {
-                let err = self.stderr_log();
-                let kind = if err.contains("Address already in use") {
-                    io::ErrorKind::AddrInUse
+        let mut cmd = Command::new("unshare");
+        cmd.arg("-u").arg("-m").arg(&script);
+        // Its own process group, so drop can stop every process of the instance.
+        cmd.process_group(0);
+        inst.spawn(cmd)?;
+        let mut me = Sendmail { inst };
+        me.inst.wait_started(
+            "sendmail",
+            |i| {
+                if i.read("sendmail.pid").trim().is_empty() {
+                    Startup::Waiting
                 } else {
-                    io::ErrorKind::Other
-                };
-                return Err(io::Error::new(
-                    kind,
-                    format!("sendmail exited during start-up ({status}): {err}"),
-                ));
-            }
-            if !read_lossy(&self.dir.path().join("sendmail.pid"))
-                .trim()
-                .is_empty()
-            {
-                return Ok(());
-            }
-            if Instant::now() >= deadline {
-                return Err(io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    format!(
-                        "sendmail did not start within {START_TIMEOUT:?}: {}",
-                        self.stderr_log()
-                    ),
-                ));
-            }
-            std::thread::sleep(Duration::from_millis(25));
-        }
-    }
-
-    /// The plain SMTP daemon (`{daemon_name}` = MTA).
-    pub fn smtp_addr(&self) -> SocketAddr {
-        self.smtp
-    }
-
-    /// The submission daemon (`{daemon_name}` = [`SUBMISSION_NAME`]).
-    pub fn submission_addr(&self) -> SocketAddr {
-        self.submission
+                    Startup::Ready
+                }
+            },
+            |i| i.output(),
+        )?;
+        Ok(me)
     }
 
     /// The instance's directory (sendmail.mc/.cf, queue/, out/).
     pub fn dir(&self) -> &Path {
-        self.dir.path()
+        self.inst.dir()
     }
 
     /// What the daemon (and the namespace set-up) wrote to stderr and stdout.
     pub fn stderr_log(&self) -> String {
+        self.inst.output()
+    }
+
+    /// The configuration's version (`$Z`, the `DZ` line cf.m4 writes into sendmail.cf).
+    fn cf_version(&self) -> String {
+        self.inst
+            .read("sendmail.cf")
+            .lines()
+            .find_map(|l| l.strip_prefix("DZ"))
+            .unwrap_or_default()
+            .to_owned()
+    }
+
+    /// Stops the instance: SIGTERM to its process group, up to 5 s for the daemon to exit,
+    /// then SIGKILL to the group (children it forked for connections may outlive it), and
+    /// reaps.
+    pub fn stop(&mut self) {
+        let signal_group = |signal: &str, child: &std::process::Child| {
+            let _ = Command::new("kill")
+                .args([signal, "--", &format!("-{}", child.id())])
+                .stderr(Stdio::null())
+                .status();
+        };
+        self.inst.stop(
+            |child| signal_group("-TERM", child),
+            Duration::from_secs(5),
+            |child, _| signal_group("-KILL", child),
+        );
+    }
+}
+
+impl Mta for Sendmail {
+    fn kind(&self) -> MtaKind {
+        MtaKind::Sendmail
+    }
+
+    fn instance(&self) -> &Instance {
+        &self.inst
+    }
+
+    fn diagnostics(&self) -> String {
         format!(
-            "{}{}",
-            read_lossy(&self.dir.path().join("stderr.log")),
-            read_lossy(&self.dir.path().join("stdout.log"))
+            "Sendmail queue: {:?}; Sendmail stderr: {}",
+            self.queue_files(),
+            self.stderr_log()
         )
     }
 
-    /// The names of the files left in the queue directory (messages not delivered).
-    pub fn queue_files(&self) -> Vec<String> {
-        let mut v: Vec<String> = fs::read_dir(self.dir.path().join("queue"))
-            .map(|r| {
-                r.flatten()
-                    .map(|e| e.file_name().to_string_lossy().into_owned())
-                    .collect()
-            })
-            .unwrap_or_default();
-        v.sort();
-        v
+    /// Sendmail logs only through syslog, which nothing reads in the test instance.
+    fn log(&self) -> Option<String> {
+        None
     }
 
-    /// Delivered messages so far, oldest first, as (queue id, message in CRLF form).
-    pub fn deliveries(&self) -> Vec<(String, Vec<u8>)> {
-        let mut found: Vec<(SystemTime, String, PathBuf)> = Vec::new();
-        if let Ok(entries) = fs::read_dir(self.dir.path().join("out")) {
-            for e in entries.flatten() {
-                let name = e.file_name().to_string_lossy().into_owned();
-                if let Some(qid) = name.strip_suffix(".eml").filter(|_| !name.starts_with('.')) {
-                    let mtime = e
-                        .metadata()
-                        .and_then(|m| m.modified())
-                        .unwrap_or(SystemTime::UNIX_EPOCH);
-                    found.push((mtime, qid.to_owned(), e.path()));
-                }
-            }
-        }
-        found.sort();
-        found
-            .into_iter()
-            .filter_map(|(_, qid, path)| {
-                fs::read(path)
-                    .ok()
-                    .map(|b| (qid, crate::postfix::to_crlf(&b)))
-            })
-            .collect()
+    fn queue_files(&self) -> Vec<String> {
+        files_below(&self.inst.dir().join("queue"))
     }
 
-    /// Waits until at least `n` messages were delivered or `timeout` passed; returns what was
-    /// delivered by then.
-    pub fn wait_for_deliveries(&self, n: usize, timeout: Duration) -> Vec<(String, Vec<u8>)> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let got = self.deliveries();
-            if got.len() >= n || Instant::now() >= deadline {
-                return got;
-            }
-            std::thread::sleep(Duration::from_millis(25));
-        }
+    /// No log to read (see [`Mta::log`]), and the 5xx reply to a rejected message names no
+    /// queue id.
+    fn rejection(&self, _timeout: Duration) -> Option<Rejection> {
+        None
     }
 
-    /// Stops the instance: SIGTERM to its process group, SIGKILL after 5 s, then reaps.
-    pub fn stop(&mut self) {
-        let Some(mut child) = self.child.take() else {
-            return;
-        };
-        let group = format!("-{}", child.id());
-        let _ = Command::new("kill")
-            .args(["-TERM", "--", &group])
-            .stderr(Stdio::null())
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = child.try_wait() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(25));
-        }
-        let _ = Command::new("kill")
-            .args(["-KILL", "--", &group])
-            .stderr(Stdio::null())
-            .status();
-        let _ = child.kill();
-        let _ = child.wait();
+    /// Debian's cf.m4 `_REC_HDR_` and `_REC_BY_`: `from HELO (CLIENT [ADDR]) by $j ($v/$Z) with
+    /// ESMTP id $i`. The client's name comes from the instance's /etc/hosts (127.0.0.1 is
+    /// [`HOSTNAME`]); `$v` (the binary's version) is taken to be the configuration's `$Z`, as
+    /// sendmail-bin and sendmail-cf are built from one source package.
+    fn received_start(&self, helo: &str, qid: &str) -> String {
+        let v = self.cf_version();
+        format!("from {helo} ({HOSTNAME} [127.0.0.1]) by {HOSTNAME} ({v}/{v}) with ESMTP id {qid}")
     }
 }
 
 impl Drop for Sendmail {
     fn drop(&mut self) {
         self.stop();
-    }
-}
-
-fn read_lossy(path: &Path) -> String {
-    let mut buf = Vec::new();
-    if let Ok(mut f) = fs::File::open(path) {
-        let _ = f.read_to_end(&mut buf);
-    }
-    String::from_utf8_lossy(&buf).into_owned()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn milter_syntax() {
-        assert_eq!(
-            milter_inet("127.0.0.1:8891".parse().unwrap()),
-            "inet:8891@127.0.0.1"
-        );
-        assert_eq!(milter_unix(Path::new("/run/x.sock")), "unix:/run/x.sock");
-    }
-
-    /// An instance starts, accepts mail on both ports, delivers it with its own Received on
-    /// top, and is gone after drop.
-    #[test]
-    fn starts_delivers_and_stops() {
-        if !require_sendmail() {
-            return;
-        }
-        let sm = Sendmail::start(SendmailOptions::default()).expect("sendmail starts");
-        let msg = b"From: a@example.com\r\nTo: b@example.org\r\nSubject: plain\r\nDate: Wed, 25 Nov 2026 12:00:00 +0000\r\nMessage-ID: <x@example.com>\r\n\r\n.dot\r\nhi\r\n";
-        for addr in [sm.smtp_addr(), sm.submission_addr()] {
-            let r = crate::smtp::send(
-                addr,
-                "client.test",
-                "a@example.com",
-                &["b@example.org"],
-                msg,
-                None,
-            )
-            .expect("smtp");
-            assert_eq!(r.code, 250, "{r}\n{}", sm.stderr_log());
-        }
-        let got = sm.wait_for_deliveries(2, Duration::from_secs(10));
-        assert_eq!(got.len(), 2, "{}", sm.stderr_log());
-        for (qid, m) in &got {
-            let text = String::from_utf8_lossy(m);
-            assert!(text.starts_with("Received: from "), "{text}");
-            assert!(text.contains(&format!("with ESMTP id {qid}")), "{text}");
-            assert!(text.ends_with("\r\n.dot\r\nhi\r\n"), "{text}");
-        }
-        let addr = sm.smtp_addr();
-        let dir = sm.dir().to_path_buf();
-        drop(sm);
-        assert!(std::net::TcpStream::connect(addr).is_err());
-        assert!(!dir.exists());
     }
 }

@@ -1,4 +1,4 @@
-//! A tiny blocking SMTP client for tests that talk to a real MTA ([`crate::postfix`]).
+//! A tiny blocking SMTP client for tests that talk to a real MTA ([`crate::mta`]).
 //!
 //! It sends one message per connection (EHLO, optional AUTH PLAIN, MAIL, RCPT..., DATA) and
 //! returns the reply that decided the transaction: the reply to the end of DATA, or the first
@@ -30,12 +30,17 @@ impl Reply {
         (200..400).contains(&self.code)
     }
 
-    /// The queue id from Postfix's "250 2.0.0 Ok: queued as QUEUEID".
+    /// The queue id from a positive reply to the end of DATA: Postfix's "250 2.0.0 Ok: queued
+    /// as QUEUEID" or Sendmail's "250 2.0.0 QUEUEID Message accepted for delivery".
     pub fn queue_id(&self) -> Option<&str> {
-        self.text
-            .split("queued as ")
-            .nth(1)
-            .and_then(|r| r.split_whitespace().next())
+        if let Some(rest) = self.text.split("queued as ").nth(1) {
+            return rest.split_whitespace().next();
+        }
+        let words: Vec<&str> = self.text.split_whitespace().collect();
+        match words[..] {
+            [_, qid, "Message", "accepted", "for", "delivery", ..] => Some(qid),
+            _ => None,
+        }
     }
 }
 
@@ -105,7 +110,7 @@ impl Conn {
 /// The DATA payload of `data`: every bare LF made CRLF, a final CRLF added if missing, lines
 /// starting with "." dot-stuffed, and the terminating ".\r\n" appended.
 pub fn data_payload(data: &[u8]) -> Vec<u8> {
-    let crlf = crate::postfix::to_crlf(data);
+    let crlf = crate::mta::to_crlf(data);
     let mut out = Vec::with_capacity(crlf.len() + 16);
     let mut at_line_start = true;
     for &b in &crlf {
@@ -202,5 +207,15 @@ mod tests {
         };
         assert_eq!(r.queue_id(), Some("4F1A2B3C4D"));
         assert_eq!(r.to_string(), "250 2.0.0 Ok: queued as 4F1A2B3C4D");
+        let r = Reply {
+            code: 250,
+            text: "2.0.0 5AP0x1Ab012345 Message accepted for delivery".into(),
+        };
+        assert_eq!(r.queue_id(), Some("5AP0x1Ab012345"));
+        let r = Reply {
+            code: 250,
+            text: "2.0.0 Ok".into(),
+        };
+        assert_eq!(r.queue_id(), None);
     }
 }
