@@ -41,6 +41,11 @@ fn zone_for(k: &Keys) -> Zone {
             "wrong._domainkey.example.com",
             &TestKey::rsa(2048).dns_record(),
         )
+        // Valid base64 that decodes to no RSA public key.
+        .txt(
+            "broken._domainkey.example.com",
+            "v=DKIM1; k=rsa; p=AAAAAAAAAAAAAAAAAAAAAAAA",
+        )
         .txt("example.com", "v=spf1 -all")
 }
 
@@ -407,6 +412,26 @@ async fn wrong_key_fails_and_missing_key_is_permerror() {
             .any(|l| l.starts_with("QW02: key retrieval failed (s=nokey, d=example.com)")),
         "{:?}",
         lines_with("QW02")
+    );
+
+    // RFC 6376 §6.1.2 step 7: a p= that does not decode to a public key is a key problem,
+    // permerror, not a failed signature.
+    let broken = String::from_utf8(nokey)
+        .unwrap()
+        .replace("s=nokey", "s=broken")
+        .into_bytes();
+    let out = run(&s.milter.endpoint(), &external(&broken, "QW03"))
+        .await
+        .unwrap();
+    let ar = auth_results(&out);
+    assert!(
+        ar.contains("dkim=permerror reason=\"key syntax error: public key cannot be decoded\""),
+        "{ar}"
+    );
+    assert_eq!(
+        out.reply,
+        Reply::Accept,
+        "On-KeyNotFound defaults to accept"
     );
 }
 

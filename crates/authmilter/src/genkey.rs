@@ -1,8 +1,8 @@
 //! `authmilter genkey`: opendkim-genkey's job on top of dkim-milter's key generator.
 //!
-//! RSA sizes: 2048 (default), 3072 and 4096. 1024-bit RSA is refused on purpose: dkim-milter will
-//! not sign with a key under 2048 bits (its crypto library, aws-lc, refuses smaller RSA keys and
-//! RFC 8301 calls 1024 the bare minimum), so a 1024-bit key would be a key nobody here can use.
+//! RSA sizes: 2048 (default), 3072 and 4096. 1024-bit RSA is not generated on purpose: RFC 8301
+//! calls 1024 the bare minimum, and dkim-milter signs with such keys only so that operators can
+//! migrate keys they already publish (with a warning to rotate). A new key should not start there.
 
 use dkim_policy::keygen::{self, KeyKind};
 use std::path::{Path, PathBuf};
@@ -58,8 +58,8 @@ pub fn key_kind(kind: &str, bits: Option<usize>) -> Result<KeyKind, String> {
         "rsa" => match bits.unwrap_or(2048) {
             b @ (2048 | 3072 | 4096) => Ok(KeyKind::Rsa(b)),
             b if (1024..2048).contains(&b) => Err(format!(
-                "RSA-{b} is not generated: dkim-milter signs only with RSA keys of at least 2048 bits \
-                 (aws-lc refuses smaller ones); use --bits 2048, 3072 or 4096"
+                "RSA-{b} is not generated: new keys should have at least 2048 bits (dkim-milter \
+                 still signs with existing 1024-bit keys, with a warning); use --bits 2048, 3072 or 4096"
             )),
             b => Err(format!(
                 "unsupported RSA size {b}: use --bits 2048 (default), 3072 or 4096"

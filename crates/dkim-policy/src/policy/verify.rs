@@ -46,6 +46,9 @@ pub struct VerifyReport {
 pub struct KeyFacts {
     pub bits: Option<usize>,
     pub testing: bool,
+    /// `p=` holds a public key of the record's type (RSA DER, or 32 Ed25519 bytes). An empty
+    /// `p=` (revoked) counts as usable here: mail-auth reports revocation itself.
+    pub usable: bool,
 }
 
 /// Reads `k=`, `p=` and `t=` from a DKIM key record.
@@ -65,15 +68,22 @@ pub fn key_facts(record: &str) -> KeyFacts {
             _ => {}
         }
     }
-    let bits = match k.as_str() {
-        "ed25519" if !p.is_empty() => Some(256),
-        "rsa" => base64::engine::general_purpose::STANDARD
-            .decode(p.as_bytes())
-            .ok()
-            .and_then(|der| rsa_modulus_bits(&der)),
-        _ => None,
+    let decoded = base64::engine::general_purpose::STANDARD.decode(p.as_bytes());
+    let (bits, usable) = match (k.as_str(), &decoded) {
+        (_, _) if p.is_empty() => (None, true),
+        (_, Err(_)) => (None, false),
+        ("ed25519", Ok(raw)) => (Some(256), raw.len() == 32),
+        ("rsa", Ok(der)) => {
+            let bits = rsa_modulus_bits(der);
+            (bits, bits.is_some())
+        }
+        _ => (None, true),
     };
-    KeyFacts { bits, testing }
+    KeyFacts {
+        bits,
+        testing,
+        usable,
+    }
 }
 
 /// Reads one DER TLV: (tag, content, rest).
@@ -311,6 +321,13 @@ pub async fn verify(
                     let facts = key_facts(&String::from_utf8_lossy(&txt));
                     r.key_bits = facts.bits;
                     r.testing = facts.testing;
+                    if !facts.usable {
+                        // RFC 6376 §6.1.2 step 7: a public key that cannot be decoded is a key
+                        // problem (permerror), not a failed signature (mail-auth says fail).
+                        r.outcome = Outcome::PermError;
+                        r.failure = Failure::KeyNotFound;
+                        r.reason = Some("key syntax error: public key cannot be decoded".into());
+                    }
                 }
             }
             apply_policy(cfg, &mut r, sig);
@@ -351,6 +368,12 @@ mod tests {
         assert!(!ed.testing);
         assert_eq!(key_facts("v=DKIM1; p=").bits, None);
         assert_eq!(key_facts("garbage").bits, None);
+        // Usable keys; an empty p= is revocation (mail-auth's word), not a decoding problem.
+        assert!(f.usable && ed.usable && key_facts("v=DKIM1; p=").usable);
+        // Base64 that is no RSA key, an Ed25519 key of the wrong length, no base64 at all.
+        assert!(!key_facts("v=DKIM1; p=AAAAAAAA").usable);
+        assert!(!key_facts("v=DKIM1; k=ed25519; p=AAAAAAAA").usable);
+        assert!(!key_facts("v=DKIM1; p=!!notbase64").usable);
     }
 
     #[test]
