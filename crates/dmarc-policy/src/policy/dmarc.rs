@@ -3,12 +3,13 @@
 //! record was found at, the published tags as written, and RFC 7489 `pct=` (which DMARCbis
 //! dropped and mail-auth ignores, but records still carry and we still honour).
 
+use super::records;
 use crate::history::Published;
-use chassis::mailauth::common::NoCache;
 use chassis::mailauth::dmarc::DmarcParameters;
 use chassis::mailauth::dmarc::{Alignment, Dmarc, Policy, Psd};
 use chassis::mailauth::{
-    AuthenticatedMessage, DkimOutput, DmarcResult, MessageAuthenticator, SpfOutput, SpfResult, Txt,
+    AuthenticatedMessage, DkimOutput, DmarcResult, MessageAuthenticator, Parameters, SpfOutput,
+    SpfResult,
 };
 use std::sync::Arc;
 
@@ -27,6 +28,9 @@ pub struct DmarcCheck {
     pub published: Option<Published>,
     pub dkim_aligned: bool,
     pub spf_aligned: bool,
+    /// Why DMARC was not applied although a policy exists (several records, RFC 7489 §6.6.3),
+    /// for the log line and the A-R `reason`.
+    pub not_applied: Option<String>,
 }
 
 pub fn policy_word(p: Policy) -> &'static str {
@@ -81,30 +85,6 @@ fn published(record: &Dmarc, pct: Option<u8>) -> Published {
     }
 }
 
-/// The name the applied record was published at: the nearest ancestor of `from_domain`
-/// (itself included) whose record equals `record`. Lookups hit the resolver's cache: the tree
-/// walk just made them.
-async fn locate(auth: &MessageAuthenticator, from_domain: &str, record: &Dmarc) -> Option<String> {
-    let labels: Vec<&str> = from_domain.split('.').filter(|l| !l.is_empty()).collect();
-    let mut found = None;
-    for start in 0..labels.len() {
-        let name = labels[start..].join(".");
-        let key = format!("_dmarc.{name}.");
-        if let Ok(r) = auth
-            .txt_lookup::<Dmarc>(key, None::<&NoCache<Box<str>, Txt>>)
-            .await
-        {
-            if *r == *record {
-                if start == 0 {
-                    return Some(name);
-                }
-                found = Some(name);
-            }
-        }
-    }
-    found
-}
-
 /// Runs DMARC for a message whose single author domain is `from_domain`.
 /// `spf_domain` is the SPF-checked identity (MAIL FROM domain, or HELO for the null sender).
 pub async fn check(
@@ -115,9 +95,28 @@ pub async fn check(
     spf_result: SpfResult,
     from_domain: &str,
 ) -> DmarcCheck {
+    let found = records::discover(auth, from_domain).await;
+    if let Some((name, n)) = found.conflicting() {
+        return DmarcCheck {
+            outcome: Outcome::None,
+            policy: Policy::None,
+            record: None,
+            policy_domain: None,
+            published: None,
+            dkim_aligned: false,
+            spf_aligned: false,
+            not_applied: Some(format!(
+                "{n} DMARC records at _dmarc.{name}, DMARC not applied (RFC 7489 section 6.6.3)"
+            )),
+        };
+    }
+    let cache = found.cache();
     let spf = SpfOutput::new(spf_domain.to_string()).with_result(spf_result);
     let out = auth
-        .verify_dmarc(DmarcParameters::new(message, dkim, spf_domain, &spf))
+        .verify_dmarc(
+            Parameters::new(DmarcParameters::new(message, dkim, spf_domain, &spf))
+                .with_txt_cache(&cache),
+        )
         .await;
     let outcome = match out.result() {
         DmarcResult::Pass => Outcome::Pass,
@@ -129,15 +128,11 @@ pub async fn check(
     let record = out.dmarc_record_cloned();
     let (policy_domain, published) = match &record {
         Some(r) => {
-            let pd = locate(auth, from_domain, r).await;
-            let pct = match &pd {
-                Some(d) => auth
-                    .txt_raw_lookup(format!("_dmarc.{d}."))
-                    .await
-                    .ok()
-                    .and_then(|raw| pct_tag(&String::from_utf8_lossy(&raw))),
-                None => None,
-            };
+            let pd = found.located(r).map(str::to_string);
+            let pct = pd
+                .as_deref()
+                .and_then(|d| found.text_at(d))
+                .and_then(pct_tag);
             (pd, Some(published(r, pct)))
         }
         None => (None, None),
@@ -154,6 +149,7 @@ pub async fn check(
         published,
         dkim_aligned: *out.dkim_result() == DmarcResult::Pass,
         spf_aligned: *out.spf_result() == DmarcResult::Pass,
+        not_applied: None,
     }
 }
 

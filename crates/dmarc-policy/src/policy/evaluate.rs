@@ -439,6 +439,9 @@ async fn assess(
             (dkim::entries(&outs), true, check)
         }
     };
+    if let Some(why) = &check.not_applied {
+        tracing::info!("{qid}: {from_domain}: {why}");
+    }
     tracing::info!("{qid}: {from_domain} {}", check.outcome.as_str());
 
     let mut policy = check.policy;
@@ -502,6 +505,9 @@ async fn assess(
                 disposition
             }
         ));
+    }
+    if let Some(why) = &check.not_applied {
+        result = result.with_reason(why);
     }
     result = result.with_prop("header.from", &from_domain);
     Evaluation {

@@ -5,4 +5,5 @@ pub mod author;
 pub mod dkim;
 pub mod dmarc;
 pub mod evaluate;
+pub mod records;
 pub mod spf;
