@@ -64,6 +64,45 @@ fn zone(key: &TestKey) -> Zone {
         .txt("org.psdtld", "v=spf1 -all")
         .txt("own.psdtld", "v=spf1 -all")
         .txt("_dmarc.own.psdtld", "v=DMARC1; p=none")
+        .merge(&conformance_zone())
+}
+
+/// Records for the RFC 7489 / RFC 9989 record-discovery and organizational-domain cases.
+fn conformance_zone() -> Zone {
+    let spf = format!("v=spf1 ip4:{GOOD_IP} -all");
+    let exists = Ipv4Addr::new(192, 0, 2, 97);
+    Zone::new()
+        // Two DMARC records at the author domain.
+        .txt("multi.example", "v=spf1 -all")
+        .txt("_dmarc.multi.example", "v=DMARC1; p=reject")
+        .txt("_dmarc.multi.example", "v=DMARC1; p=none")
+        // A subdomain with its own record under it, and one without.
+        .txt("_dmarc.own.multi.example", "v=DMARC1; p=quarantine")
+        .a("own.multi.example", exists)
+        .a("bare.multi.example", exists)
+        // One DMARC record among other TXT records.
+        .txt("_dmarc.mixed.example", "v=spf1 -all")
+        .txt("_dmarc.mixed.example", "v=DMARC1; p=reject")
+        .txt("_dmarc.mixed.example", "some-site-verification=abc")
+        // Version value case, tag name case.
+        .txt("_dmarc.lower.example", "v=dmarc1; p=reject")
+        .txt("_dmarc.upper.example", "V=DMARC1; p=reject")
+        // A bare token breaks the record; below a valid parent, the parent's record applies.
+        .txt("_dmarc.token.example", "v=DMARC1; p=reject; reject")
+        .txt("_dmarc.bad.token2.example", "v=DMARC1; p=none; none")
+        .txt("_dmarc.token2.example", "v=DMARC1; p=reject")
+        .a("bad.token2.example", exists)
+        // Organizational domains.
+        .txt("_dmarc.sib.example", "v=DMARC1; p=reject")
+        .a("x.sib.example", exists)
+        .txt("y.sib.example", &spf)
+        .txt("_dmarc.par.example", "v=DMARC1; p=reject")
+        .txt("mail.par.example", &spf)
+        .txt("_dmarc.kid.lone.example", "v=DMARC1; p=reject")
+        .txt("lone.example", &spf)
+        .txt("_dmarc.tldx", "v=DMARC1; p=reject")
+        .a("one.tldx", exists)
+        .txt("two.tldx", &spf)
 }
 
 fn base_config(dns: SocketAddr, extra: &str) -> String {
@@ -514,7 +553,7 @@ async fn p_reject_with_and_without_reject_failures() {
 
 #[tokio::test]
 async fn multiple_and_missing_from() {
-    let s = setup("").await;
+    let s = setup("multi_from = \"permerror\"").await;
     let raw = b"From: a@example.com, b@evil.example\r\nDate: x\r\nSubject: m\r\n\r\nbody\r\n";
     let out = send(&s, &tx(raw, "MULTI1", GOOD_IP, "a@example.com")).await;
     assert_eq!(out.reply, Reply::Accept);
@@ -805,4 +844,196 @@ async fn deadline_cancels_the_record_and_a_retry_is_one_row() {
         lines_with("DEADLINE3: already recorded in the history").len(),
         1
     );
+}
+
+/// The A-R `dmarc=` results of one message (several when several From domains are evaluated).
+fn dmarc_results(out: &Outcome) -> Vec<String> {
+    auth_results(out)
+        .split(';')
+        .map(str::trim)
+        .filter(|r| r.starts_with("dmarc="))
+        .map(str::to_string)
+        .collect()
+}
+
+/// An unaligned message from `from` (SPF fails, no DKIM) with `reject_failures` on: whether
+/// the domain's policy is applied shows in the reply and the A-R.
+async fn unaligned(s: &Setup, from: &str, qid: &str) -> Outcome {
+    let raw = message(from, qid);
+    send(s, &tx(&raw, qid, BAD_IP, from)).await
+}
+
+/// RFC 7489 §6.6.3 step 2 (and RFC 9989 §4.10.1): when the name that would supply the policy
+/// has several DMARC records, DMARC is not applied; several records above a subdomain that has
+/// its own do not matter; DMARC records mixed with other TXT records count alone.
+#[tokio::test]
+async fn rfc7489_6_6_3_several_records_mean_no_dmarc() {
+    let s = setup("reject_failures = true").await;
+    let out = unaligned(&s, "a@multi.example", "MREC1").await;
+    assert_eq!(out.reply, Reply::Accept, "{out:?}");
+    assert_eq!(
+        dmarc_results(&out),
+        ["dmarc=none reason=\"2 DMARC records at _dmarc.multi.example, DMARC not applied (RFC 7489 section 6.6.3)\" (p=none dis=none) header.from=multi.example"]
+    );
+    assert!(
+        lines_with("MREC1").iter().any(|l| l.ends_with(
+            "MREC1: multi.example: 2 DMARC records at _dmarc.multi.example, DMARC not applied (RFC 7489 section 6.6.3)"
+        )),
+        "{:?}",
+        lines_with("MREC1")
+    );
+    let row = history_row(&history_path(&s), "MREC1");
+    assert_eq!(row.get("dmarc_result"), Some("none"));
+    assert_eq!(row.get("policy_domain"), None);
+    // The walk from a subdomain without a record reaches the same two records.
+    let out = unaligned(&s, "a@bare.multi.example", "MREC2").await;
+    assert_eq!(out.reply, Reply::Accept);
+    assert!(dmarc_results(&out)[0]
+        .starts_with("dmarc=none reason=\"2 DMARC records at _dmarc.multi.example"));
+    // A subdomain with its own single record: that record applies (p=quarantine).
+    let out = unaligned(&s, "a@own.multi.example", "MREC3").await;
+    assert!(
+        out.modifications
+            .iter()
+            .any(|m| matches!(m, Modification::Quarantine(r) if r.contains("own.multi.example"))),
+        "{out:?}"
+    );
+    // One DMARC record among other TXT records at _dmarc: applied.
+    let out = unaligned(&s, "a@mixed.example", "MREC4").await;
+    assert_eq!(
+        out.reply,
+        Reply::ReplyCode("550 5.7.1 rejected by DMARC policy for mixed.example".into())
+    );
+}
+
+/// RFC 7489 §6.3: `v` must be `DMARC1` precisely (the tag name itself is case-insensitive, as
+/// ABNF literals are); a record breaking the record ABNF (a bare token) is not a DMARC record:
+/// discarded like any other TXT record, so the walk goes on to the parent.
+#[tokio::test]
+async fn rfc7489_6_3_version_and_record_syntax() {
+    let s = setup("reject_failures = true").await;
+    let out = unaligned(&s, "a@lower.example", "VCASE1").await;
+    assert_eq!(out.reply, Reply::Accept, "v=dmarc1 is no record: {out:?}");
+    assert_eq!(
+        dmarc_results(&out),
+        ["dmarc=none (p=none dis=none) header.from=lower.example"]
+    );
+    let out = unaligned(&s, "a@upper.example", "VCASE2").await;
+    assert_eq!(
+        out.reply,
+        Reply::ReplyCode("550 5.7.1 rejected by DMARC policy for upper.example".into())
+    );
+    let out = unaligned(&s, "a@token.example", "TOKEN1").await;
+    assert_eq!(out.reply, Reply::Accept, "bare token: no record: {out:?}");
+    assert_eq!(
+        dmarc_results(&out),
+        ["dmarc=none (p=none dis=none) header.from=token.example"]
+    );
+    // bad.token2.example's own record is broken: token2.example's p=reject applies.
+    let out = unaligned(&s, "a@bad.token2.example", "TOKEN2").await;
+    assert_eq!(
+        out.reply,
+        Reply::ReplyCode("550 5.7.1 rejected by DMARC policy for bad.token2.example".into())
+    );
+    let row = history_row(&history_path(&s), "TOKEN2");
+    assert_eq!(row.get("policy_domain"), Some("token2.example"));
+    assert_eq!(row.get("sp"), Some("reject"));
+}
+
+/// RFC 9989 (several RFC5322.From domains): every domain is evaluated and the strictest
+/// disposition applies; each domain has its own `dmarc=` result and the history row names all
+/// of them. `multi_from = "permerror"` keeps OpenDMARC's answer (see multiple_and_missing_from).
+#[tokio::test]
+async fn rfc9989_several_author_domains_strictest_policy() {
+    let s = setup("reject_failures = true").await;
+    // example.com passes (SPF aligned); relaxed.example fails with p=quarantine.
+    let raw = b"From: a@example.com, b@relaxed.example\r\nDate: x\r\nSubject: m\r\n\r\nbody\r\n";
+    let out = send(&s, &tx(raw, "MFROM1", GOOD_IP, "a@example.com")).await;
+    assert!(
+        out.modifications
+            .iter()
+            .any(|m| matches!(m, Modification::Quarantine(r) if r == "quarantined by DMARC policy for relaxed.example")),
+        "{out:?}"
+    );
+    assert_eq!(
+        dmarc_results(&out),
+        [
+            "dmarc=pass (p=reject dis=none) header.from=example.com",
+            "dmarc=fail (p=quarantine dis=quarantine) header.from=relaxed.example",
+        ]
+    );
+    assert!(lines_with("MFROM1").iter().any(|l| l.ends_with(
+        "MFROM1: multi-valued From field detected; applying the strictest policy of example.com, relaxed.example"
+    )));
+    let row = history_row(&history_path(&s), "MFROM1");
+    assert_eq!(row.get("header_from"), Some("example.com,relaxed.example"));
+    assert_eq!(row.get("disposition"), Some("quarantine"));
+    assert_eq!(row.get("policy_domain"), Some("relaxed.example"));
+    // Both fail: p=reject beats p=none.
+    let raw =
+        b"From: a@none.example\r\nFrom: b@example.com\r\nDate: x\r\nSubject: m\r\n\r\nbody\r\n";
+    let out = send(&s, &tx(raw, "MFROM2", BAD_IP, "a@none.example")).await;
+    assert_eq!(
+        out.reply,
+        Reply::ReplyCode("550 5.7.1 rejected by DMARC policy for example.com".into())
+    );
+    let row = history_row(&history_path(&s), "MFROM2");
+    assert_eq!(row.get("header_from"), Some("example.com,none.example"));
+    assert_eq!(row.get("disposition"), Some("reject"));
+}
+
+/// RFC 9989 §4.10.2 organizational domains, step by step, and where RFC 7489's Public Suffix
+/// List answer would differ (docs/dmarc-milter.md lists each):
+/// 1. siblings under a parent that publishes: both have the parent as organizational domain
+///    (the record with the fewest labels found by the walk): relaxed SPF alignment → pass
+///    (PSL: same answer);
+/// 2. a parent that publishes, an SPF identity below it without a record → pass (PSL: same);
+/// 3. only the subdomain publishes: its organizational domain is itself, its parent's is the
+///    parent (no record anywhere above) → not aligned → fail (PSL: `lone.example` for both,
+///    aligned → pass);
+/// 4. a record at a TLD-like name without `psd=`: the walk makes that name the organizational
+///    domain of everything under it, so siblings align → pass (PSL: `one.tldx` and `two.tldx`
+///    are separate registrations → fail).
+#[tokio::test]
+async fn rfc9989_4_10_2_organizational_domains() {
+    let s = setup("").await;
+    let cases = [
+        (
+            "a@x.sib.example",
+            "b@y.sib.example",
+            "ORG1",
+            "dmarc=pass (p=reject dis=none) header.from=x.sib.example",
+        ),
+        (
+            "a@par.example",
+            "b@mail.par.example",
+            "ORG2",
+            "dmarc=pass (p=reject dis=none) header.from=par.example",
+        ),
+        (
+            "a@kid.lone.example",
+            "b@lone.example",
+            "ORG3",
+            "dmarc=fail (p=reject dis=none) header.from=kid.lone.example",
+        ),
+        (
+            "a@one.tldx",
+            "b@two.tldx",
+            "ORG4",
+            "dmarc=pass (p=reject dis=none) header.from=one.tldx",
+        ),
+    ];
+    for (from, mail_from, qid, want) in cases {
+        let raw = message(from, qid);
+        let out = send(&s, &tx(&raw, qid, GOOD_IP, mail_from)).await;
+        assert_eq!(dmarc_results(&out), [want], "{qid}: {}", auth_results(&out));
+        assert!(
+            auth_results(&out).contains(&format!(
+                "spf=pass smtp.mailfrom={}",
+                mail_from.split('@').nth(1).unwrap()
+            )),
+            "{qid}: SPF itself must pass: {}",
+            auth_results(&out)
+        );
+    }
 }

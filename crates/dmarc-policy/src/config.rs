@@ -35,6 +35,8 @@ chassis::raw_config_with_service_keys! {
         #[serde(default)]
         reject_multi_value_from: bool,
         #[serde(default)]
+        multi_from: MultiFrom,
+        #[serde(default)]
         required_headers: bool,
         #[serde(default)]
         software_header: bool,
@@ -49,6 +51,19 @@ chassis::raw_config_with_service_keys! {
 
 fn yes() -> bool {
     true
+}
+
+/// What a message whose From fields name several domains gets (unless
+/// `reject_multi_value_from` rejects it first).
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum MultiFrom {
+    /// Every domain evaluated; the strictest disposition applies (RFC 9989 allows it), all
+    /// domains in the A-R and the history row.
+    #[default]
+    Strictest,
+    /// `dmarc=permerror reason="multi-valued From field"`, no policy (OpenDMARC's behaviour).
+    Permerror,
 }
 
 /// `[actions]`: what to do in the cases OpenDMARC hard-codes or leaves to RejectFailures.
@@ -93,6 +108,8 @@ pub struct Config {
     pub spf_ignore_results: bool,
     pub reject_failures: bool,
     pub reject_multi_value_from: bool,
+    /// Several From domains, when not rejected: the strictest of their policies, or permerror.
+    pub multi_from: MultiFrom,
     pub required_headers: bool,
     pub software_header: bool,
     /// Add an RFC 7208 §9.1 `Received-SPF` header for the SPF check we made ourselves.
@@ -173,6 +190,7 @@ impl Config {
             spf_ignore_results: raw.spf_ignore_results,
             reject_failures: raw.reject_failures,
             reject_multi_value_from: raw.reject_multi_value_from,
+            multi_from: raw.multi_from,
             required_headers: raw.required_headers,
             software_header: raw.software_header,
             received_spf: raw.received_spf,

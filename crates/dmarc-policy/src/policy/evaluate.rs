@@ -7,6 +7,7 @@ use super::author::{author, header_violation, Author};
 use super::dkim::{self, Upstream};
 use super::dmarc::{self, policy_word, DmarcCheck, Outcome};
 use super::spf::{self, result_word, Scope, SpfCheck};
+use crate::config::MultiFrom;
 use crate::history::{DkimEntry, Record};
 use crate::runtime::Runtime;
 use chassis::authres::{AuthResults, ResInfo};
@@ -64,8 +65,8 @@ struct Evaluation {
     dkim: Vec<DkimEntry>,
     dkim_self: bool,
     dmarc: Option<DmarcCheck>,
-    /// The A-R `dmarc=` result.
-    dmarc_result: ResInfo,
+    /// The A-R `dmarc=` results: one, or one per author domain when several are evaluated.
+    dmarc_result: Vec<ResInfo>,
     outcome: Outcome,
     policy: Policy,
     disposition: &'static str,
@@ -157,7 +158,7 @@ pub async fn evaluate(rt: Arc<Runtime>, env: Envelope, msg: Message) -> Verdict 
             );
         }
     }
-    ar.results.push(ev.dmarc_result.clone());
+    ar.results.extend(ev.dmarc_result.iter().cloned());
     let mut action = ev.action.clone();
     if !matches!(action, Action::Reject(_)) {
         if let (Some(s), true, true, Some(ip)) =
@@ -255,7 +256,7 @@ fn out_of_time(rt: &Runtime, env: &Envelope, author: &Author) -> Evaluation {
         dkim: Vec::new(),
         dkim_self: false,
         dmarc: None,
-        dmarc_result: result,
+        dmarc_result: vec![result],
         outcome: Outcome::TempError,
         policy: Policy::None,
         disposition: "none",
@@ -320,8 +321,20 @@ async fn assess(
         }
         r
     };
-    let from_domain = match author {
-        Author::Domain(d) => d.clone(),
+    let domains: Vec<String> = match author {
+        Author::Domain(d) => vec![d.clone()],
+        // RFC 9989: with several author domains the receiver may apply the strictest policy
+        // of them; we evaluate each (unless the operator rejects such mail or keeps the
+        // permerror answer).
+        Author::Multiple(ds)
+            if !cfg.reject_multi_value_from && cfg.multi_from == MultiFrom::Strictest =>
+        {
+            tracing::info!(
+                "{qid}: multi-valued From field detected; applying the strictest policy of {}",
+                ds.join(", ")
+            );
+            ds.clone()
+        }
         other => {
             let (why, header_from) = match other {
                 Author::Missing => ("no From header field", String::new()),
@@ -361,7 +374,7 @@ async fn assess(
                 "none"
             };
             return Evaluation {
-                dmarc_result: permerror(why, header_from.clone()),
+                dmarc_result: vec![permerror(why, header_from.clone())],
                 header_from,
                 spf,
                 spf_self,
@@ -378,14 +391,15 @@ async fn assess(
     };
 
     // Parsed through the chassis so hostile signature lists cannot multiply body hashing.
-    let Some(mut am) =
+    let Some(am) =
         chassis::dkimparse::parse_capped_with(msg.raw(), MAX_DKIM_SIGNATURES, &msg.body_hashes)
             .map(|c| c.message)
     else {
         tracing::info!("{qid}: message cannot be parsed for DMARC");
+        let header_from = domains.join(",");
         return Evaluation {
-            dmarc_result: permerror("message cannot be parsed", from_domain.clone()),
-            header_from: from_domain,
+            dmarc_result: vec![permerror("message cannot be parsed", header_from.clone())],
+            header_from,
             spf,
             spf_self,
             dkim: Vec::new(),
@@ -398,52 +412,94 @@ async fn assess(
             override_reason: None,
         };
     };
-    // DMARC is about the author domain we extracted (RFC 5322 syntax, CFWS around the domain
-    // allowed: `marc@ example.com`), not mail-auth's own reading of From, which keeps such
-    // whitespace and then finds no policy.
-    am.from = vec![format!("author@{from_domain}")];
     let (spf_domain, spf_result) = match &spf {
         Some(s) => (s.domain.clone(), s.result),
         None => (envelope_domain.clone(), SpfResult::None),
     };
-    let (dkim, dkim_self, check) = match &upstream {
-        Some(up) => {
-            let sigs = dkim::signatures(&up.dkim);
-            let outs = dkim::outputs(&sigs);
-            let check = dmarc::check(
-                &rt.res.auth,
-                &am,
-                &outs,
-                &spf_domain,
-                spf_result,
-                &from_domain,
-            )
-            .await;
-            (up.dkim.clone(), false, check)
-        }
-        None => {
+    // DKIM once (ours or upstream's), then DMARC for each author domain.
+    let upstream_sigs = upstream.as_ref().map(|up| dkim::signatures(&up.dkim));
+    let (outs, dkim, dkim_self) = match (&upstream, &upstream_sigs) {
+        (Some(up), Some(sigs)) => (dkim::outputs(sigs), up.dkim.clone(), false),
+        _ => {
             let outs = rt
                 .res
                 .auth
                 .verify_dkim(chassis::mailauth::Parameters::new(&am).with_txt_cache(&rt.res.keys))
                 .await;
-            let check = dmarc::check(
-                &rt.res.auth,
-                &am,
-                &outs,
-                &spf_domain,
-                spf_result,
-                &from_domain,
-            )
-            .await;
-            (dkim::entries(&outs), true, check)
+            let entries = dkim::entries(&outs);
+            (outs, entries, true)
         }
     };
-    if let Some(why) = &check.not_applied {
-        tracing::info!("{qid}: {from_domain}: {why}");
+    let mut judged: Vec<Judged> = Vec::with_capacity(domains.len());
+    for from_domain in &domains {
+        // DMARC is about the author domain we extracted (RFC 5322 syntax, CFWS around the
+        // domain allowed: `marc@ example.com`), not mail-auth's own reading of From, which keeps
+        // such whitespace and then finds no policy.
+        let mut one = am.clone();
+        one.from = vec![format!("author@{from_domain}")];
+        let check = dmarc::check(
+            &rt.res.auth,
+            &one,
+            &outs,
+            &spf_domain,
+            spf_result,
+            from_domain,
+        )
+        .await;
+        if let Some(why) = &check.not_applied {
+            tracing::info!("{qid}: {from_domain}: {why}");
+        }
+        tracing::info!("{qid}: {from_domain} {}", check.outcome.as_str());
+        judged.push(dispose(cfg, check, from_domain));
     }
-    tracing::info!("{qid}: {from_domain} {}", check.outcome.as_str());
+    let results: Vec<ResInfo> = judged.iter().map(|j| j.result.clone()).collect();
+    // The strictest disposition wins; its check is the one reported.
+    let strictest = judged
+        .into_iter()
+        .enumerate()
+        .max_by_key(|(i, j)| (severity(&j.action), std::cmp::Reverse(*i)))
+        .map(|(_, j)| j)
+        .expect("at least one author domain");
+    Evaluation {
+        header_from: domains.join(","),
+        spf,
+        spf_self,
+        dkim,
+        dkim_self,
+        dmarc_result: results,
+        outcome: strictest.check.outcome,
+        policy: strictest.policy,
+        dmarc: Some(strictest.check),
+        disposition: strictest.disposition,
+        action: strictest.action,
+        override_reason: strictest.override_reason,
+    }
+}
 
+/// One author domain's DMARC check turned into a disposition.
+struct Judged {
+    check: DmarcCheck,
+    policy: Policy,
+    disposition: &'static str,
+    action: Action,
+    override_reason: Option<&'static str>,
+    result: ResInfo,
+}
+
+/// How strict an action is, for choosing among several author domains: a reject is final, a
+/// tempfail may turn into one on retry, a quarantine still delivers.
+fn severity(action: &Action) -> u8 {
+    match action {
+        Action::Reject(_) => 3,
+        Action::Tempfail(_) => 2,
+        Action::Quarantine(_) => 1,
+        _ => 0,
+    }
+}
+
+/// The disposition, action and A-R result for one author domain's check: `p=` with `pct=`
+/// sampling, enforced only with `reject_failures`; temperror per `[actions] temperror`.
+fn dispose(cfg: &crate::config::Config, check: DmarcCheck, from_domain: &str) -> Judged {
     let mut policy = check.policy;
     let mut override_reason = None;
     let (disposition, action) = match check.outcome {
@@ -509,20 +565,14 @@ async fn assess(
     if let Some(why) = &check.not_applied {
         result = result.with_reason(why);
     }
-    result = result.with_prop("header.from", &from_domain);
-    Evaluation {
-        header_from: from_domain,
-        spf,
-        spf_self,
-        dkim,
-        dkim_self,
-        dmarc_result: result,
-        outcome: check.outcome,
+    result = result.with_prop("header.from", from_domain);
+    Judged {
+        check,
         policy,
-        dmarc: Some(check),
         disposition,
         action,
         override_reason,
+        result,
     }
 }
 
