@@ -6,6 +6,7 @@
 use super::author::{author, header_violation, Author};
 use super::dkim::{self, Upstream};
 use super::dmarc::{self, policy_word, DmarcCheck, Outcome};
+use super::received_spf;
 use super::spf::{self, result_word, Scope, SpfCheck};
 use crate::config::MultiFrom;
 use crate::history::{DkimEntry, Record};
@@ -309,6 +310,18 @@ async fn assess(
                 );
                 spf_self = true;
                 Some(s)
+            }
+            // No check of our own: OpenDMARC's fallback to the topmost Received-SPF.
+            _ if !cfg.spf_self_validate && !cfg.spf_ignore_results => {
+                let s = received_spf::upstream(&msg.headers, &env.mail_from);
+                if let Some(s) = &s {
+                    tracing::info!(
+                        "{qid}: SPF(mailfrom): {} {} (from Received-SPF)",
+                        s.domain,
+                        result_word(s.result)
+                    );
+                }
+                s
             }
             _ => None,
         },

@@ -5,5 +5,6 @@ pub mod author;
 pub mod dkim;
 pub mod dmarc;
 pub mod evaluate;
+pub mod received_spf;
 pub mod records;
 pub mod spf;
