@@ -140,6 +140,23 @@ impl Zone {
         self
     }
 
+    /// A PTR record at `name` itself (for zone data written with reverse names, such as the
+    /// openspf suite's `4.3.2.1.in-addr.arpa`).
+    pub fn ptr_at(self, name: &str, target: &str) -> Self {
+        self.push(name, RData::PTR(PTR(absolute(target))))
+    }
+
+    /// Whether `name` can be served at all: foreign zone data (the openspf suite) holds names
+    /// longer than DNS allows, which no server can answer for and a test must leave out.
+    pub fn is_valid_name(name: &str) -> bool {
+        let fqdn = if name.ends_with('.') {
+            name.to_owned()
+        } else {
+            format!("{name}.")
+        };
+        Name::from_str(&fqdn).is_ok()
+    }
+
     /// A CNAME record. Do not put other records at the same name (DNS forbids it).
     pub fn cname(self, name: &str, target: &str) -> Self {
         self.push(name, RData::CNAME(CNAME(absolute(target))))
