@@ -291,17 +291,15 @@ impl RequestHandler for Handler {
                 .entry(name)
                 .or_default() += 1;
         }
-        let failure = request
-            .queries
-            .queries()
-            .first()
-            .and_then(|q| match self.failures.get(q.name()).copied() {
-                Some(Failure::TimeoutOtherTypes) => (!self
-                    .present
-                    .contains(&(q.name().clone(), q.query_type())))
-                .then_some(Failure::Timeout),
+        let failure = request.queries.queries().first().and_then(|q| {
+            match self.failures.get(q.name()).copied() {
+                Some(Failure::TimeoutOtherTypes) => {
+                    (!self.present.contains(&(q.name().clone(), q.query_type())))
+                        .then_some(Failure::Timeout)
+                }
                 f => f,
-            });
+            }
+        });
         match failure {
             None => {
                 self.catalog

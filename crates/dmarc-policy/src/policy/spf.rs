@@ -96,7 +96,8 @@ impl Dns<'_> {
         let s = name.as_str();
         DnsName::from_ascii(s)
             .or_else(|_| {
-                let mut n = DnsName::from_labels(s.trim_end_matches('.').split('.').map(str::as_bytes))?;
+                let mut n =
+                    DnsName::from_labels(s.trim_end_matches('.').split('.').map(str::as_bytes))?;
                 n.set_fqdn(true);
                 Ok::<_, chassis::mailauth::hickory_resolver::proto::ProtoError>(n)
             })
@@ -169,7 +170,9 @@ fn widen_zero_cidrs(record: &str) -> String {
                 "ip4:" if addr.parse::<Ipv4Addr>().is_ok() => {
                     format!("{q}ip4:0.0.0.0/1 {q}ip4:128.0.0.0/1")
                 }
-                "ip6:" if addr.parse::<Ipv6Addr>().is_ok() => format!("{q}ip6:::/1 {q}ip6:8000::/1"),
+                "ip6:" if addr.parse::<Ipv6Addr>().is_ok() => {
+                    format!("{q}ip6:::/1 {q}ip6:8000::/1")
+                }
                 _ => term.to_string(),
             }
         })
@@ -305,7 +308,8 @@ pub async fn check(
             // A HELO that is no domain (an address literal) expands %{h} as viaspf's
             // "unknown" (RFC 7208 §7.3 leaves it to the checker).
             let helo_domain = helo.trim().parse::<viaspf::DomainName>().ok();
-            let out = viaspf::evaluate_sender(&dns, &config, ip, &sender, helo_domain.as_ref()).await;
+            let out =
+                viaspf::evaluate_sender(&dns, &config, ip, &sender, helo_domain.as_ref()).await;
             match out.spf_result {
                 viaspf::SpfResult::Pass => SpfResult::Pass,
                 viaspf::SpfResult::Fail(_) => SpfResult::Fail,
