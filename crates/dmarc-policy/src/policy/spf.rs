@@ -10,7 +10,7 @@
 
 use async_trait::async_trait;
 use chassis::mailauth::hickory_resolver::net::NetError;
-use chassis::mailauth::hickory_resolver::proto::rr::{Name as DnsName, RData};
+use chassis::mailauth::hickory_resolver::proto::rr::{Name as DnsName, RData, RecordType};
 use chassis::mailauth::hickory_resolver::TokioResolver;
 use chassis::mailauth::{MessageAuthenticator, SpfResult};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -123,6 +123,25 @@ impl Dns<'_> {
         LookupError::NoRecords
     }
 
+    /// One query: the records `pick` takes from the answer (CNAMEs the resolver followed are
+    /// left out), or viaspf's reading of the failure.
+    async fn records<T>(
+        &self,
+        name: DnsName,
+        kind: RecordType,
+        pick: impl Fn(&RData) -> Option<T>,
+    ) -> LookupResult<Vec<T>> {
+        let answer = self.resolver.lookup(name, kind).await;
+        let answer = answer.map_err(|e| self.error(e))?;
+        self.found(
+            answer
+                .answers()
+                .iter()
+                .filter_map(|r| pick(&r.data))
+                .collect(),
+        )
+    }
+
     /// Records found, or [`LookupError::NoRecords`] for an answer with none of the type asked
     /// (CNAMEs alone, say).
     fn found<T>(&self, v: Vec<T>) -> LookupResult<Vec<T>> {
@@ -183,82 +202,54 @@ fn widen_zero_cidrs(record: &str) -> String {
 #[async_trait]
 impl Lookup for Dns<'_> {
     async fn lookup_a<'l, 'a>(&'l self, name: &'a Name) -> LookupResult<Vec<Ipv4Addr>> {
-        let answer = self.resolver.ipv4_lookup(self.name(name)?).await;
-        let answer = answer.map_err(|e| self.error(e))?;
-        self.found(
-            answer
-                .answers()
-                .iter()
-                .filter_map(|r| match &r.data {
-                    RData::A(a) => Some(a.0),
-                    _ => None,
-                })
-                .collect(),
-        )
+        let name = self.name(name)?;
+        self.records(name, RecordType::A, |r| match r {
+            RData::A(a) => Some(a.0),
+            _ => None,
+        })
+        .await
     }
 
     async fn lookup_aaaa<'l, 'a>(&'l self, name: &'a Name) -> LookupResult<Vec<Ipv6Addr>> {
-        let answer = self.resolver.ipv6_lookup(self.name(name)?).await;
-        let answer = answer.map_err(|e| self.error(e))?;
-        self.found(
-            answer
-                .answers()
-                .iter()
-                .filter_map(|r| match &r.data {
-                    RData::AAAA(a) => Some(a.0),
-                    _ => None,
-                })
-                .collect(),
-        )
+        let name = self.name(name)?;
+        self.records(name, RecordType::AAAA, |r| match r {
+            RData::AAAA(a) => Some(a.0),
+            _ => None,
+        })
+        .await
     }
 
     async fn lookup_mx<'l, 'a>(&'l self, name: &'a Name) -> LookupResult<Vec<Name>> {
-        let answer = self.resolver.mx_lookup(self.name(name)?).await;
-        let answer = answer.map_err(|e| self.error(e))?;
-        let mut mx: Vec<_> = answer
-            .answers()
-            .iter()
-            .filter_map(|r| match &r.data {
+        let name = self.name(name)?;
+        let mut mx = self
+            .records(name, RecordType::MX, |r| match r {
                 RData::MX(mx) => Some((mx.preference, mx.exchange.clone())),
                 _ => None,
             })
-            .collect();
+            .await?;
         mx.sort_by_key(|(pref, _)| *pref);
         self.found(mx.iter().filter_map(|(_, n)| spf_name(n)).collect())
     }
 
     async fn lookup_txt<'l, 'a>(&'l self, name: &'a Name) -> LookupResult<Vec<String>> {
-        let answer = self.resolver.txt_lookup(self.name(name)?).await;
-        let answer = answer.map_err(|e| self.error(e))?;
+        let name = self.name(name)?;
         // RFC 7208 §3.3: the strings of one record are joined without a separator. Bytes that
         // are not UTF-8 become U+FFFD, which no SPF record may contain (§3.1: permerror).
-        self.found(
-            answer
-                .answers()
-                .iter()
-                .filter_map(|r| match &r.data {
-                    RData::TXT(t) => Some(widen_zero_cidrs(&String::from_utf8_lossy(
-                        &t.txt_data.concat(),
-                    ))),
-                    _ => None,
-                })
-                .collect(),
-        )
+        self.records(name, RecordType::TXT, |r| match r {
+            RData::TXT(t) => Some(widen_zero_cidrs(&String::from_utf8_lossy(
+                &t.txt_data.concat(),
+            ))),
+            _ => None,
+        })
+        .await
     }
 
     async fn lookup_ptr<'l>(&'l self, ip: IpAddr) -> LookupResult<Vec<Name>> {
-        let answer = self.resolver.reverse_lookup(ip).await;
-        let answer = answer.map_err(|e| self.error(e))?;
-        self.found(
-            answer
-                .answers()
-                .iter()
-                .filter_map(|r| match &r.data {
-                    RData::PTR(p) => spf_name(&p.0),
-                    _ => None,
-                })
-                .collect(),
-        )
+        self.records(DnsName::from(ip), RecordType::PTR, |r| match r {
+            RData::PTR(p) => spf_name(&p.0),
+            _ => None,
+        })
+        .await
     }
 }
 
