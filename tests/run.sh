@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-packages=(opendkim opendkim-tools miltertest python3-dkim python3-dnspython libmail-dkim-perl libnet-dns-perl openssl postfix sendmail-cf m4 libwrap0 systemd)
+packages=(opendkim opendkim-tools miltertest python3-dkim python3-dnspython libmail-dkim-perl libnet-dns-perl openssl postfix sendmail-cf m4 libwrap0 systemd python3-pip python3-yaml)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -46,6 +46,10 @@ if [ ! -x "$sendmail_root/usr/libexec/sendmail/sendmail" ]; then
   dpkg-deb -x "$tmp"/sendmail-bin_*.deb "$sendmail_root"
   rm -rf "$tmp"
 fi
+
+# The openspf RFC 7208 suite for tests/spf_conformance.rs (from PyPI's pyspf tarball, converted
+# with python3-yaml into target/openspf/; not shipped in this repository: BSD-style licence).
+tests/fetch_openspf.sh
 
 # Unused dependencies: cargo-machete (pinned, built from crates.io once per machine).
 if ! cargo machete --version 2>/dev/null | grep -q '0.9.2'; then

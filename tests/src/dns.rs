@@ -16,7 +16,7 @@
 //! starve and every lookup would time out. A private thread makes the server independent of how
 //! the caller schedules its work.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, UdpSocket};
 use std::str::FromStr;
@@ -28,7 +28,7 @@ use std::time::Duration;
 use hickory_server::net::runtime::{Time, TokioRuntimeProvider};
 use hickory_server::proto::op::{Header, HeaderCounts, Metadata, ResponseCode};
 use hickory_server::proto::rr::rdata::{A, AAAA, CNAME, MX, PTR, SOA, TXT};
-use hickory_server::proto::rr::{LowerName, Name, RData, Record};
+use hickory_server::proto::rr::{LowerName, Name, RData, Record, RecordType};
 use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
 use hickory_server::store::in_memory::InMemoryZoneHandler;
 use hickory_server::zone_handler::{AxfrPolicy, Catalog, MessageResponseBuilder, ZoneType};
@@ -53,6 +53,9 @@ enum Failure {
     ServFail,
     /// Swallow the query and never answer (the querier times out).
     Timeout,
+    /// Time out only for record types the zone has none of at that name (a server that answers
+    /// what it has and goes silent on anything else, as the openspf suite's `TIMEOUT` models).
+    TimeoutOtherTypes,
 }
 
 /// A set of records to serve, built with chained calls.
@@ -71,12 +74,28 @@ pub struct Zone {
 
 /// Parses a test-supplied name as an absolute name (relative names are relative to the root).
 fn absolute(name: &str) -> Name {
+    try_absolute(name).unwrap_or_else(|e| panic!("invalid DNS name {name:?} in test zone: {e}"))
+}
+
+/// As [`absolute`], fallible. A name the hostname syntax rejects (`foo:bar/baz.example`, a
+/// label with spaces) is taken as raw labels: DNS carries any octets in a label, and SPF
+/// tests need such names served.
+fn try_absolute(name: &str) -> Result<Name, String> {
     let fqdn = if name.ends_with('.') {
         name.to_owned()
     } else {
         format!("{name}.")
     };
-    Name::from_str(&fqdn).unwrap_or_else(|e| panic!("invalid DNS name {name:?} in test zone: {e}"))
+    Name::from_str(&fqdn).or_else(|e| {
+        let labels: Vec<&[u8]> = fqdn
+            .trim_end_matches('.')
+            .split('.')
+            .map(str::as_bytes)
+            .collect();
+        let mut n = Name::from_labels(labels).map_err(|_| e.to_string())?;
+        n.set_fqdn(true);
+        Ok(n)
+    })
 }
 
 impl Zone {
@@ -140,6 +159,18 @@ impl Zone {
         self
     }
 
+    /// A PTR record at `name` itself (for zone data written with reverse names, such as the
+    /// openspf suite's `4.3.2.1.in-addr.arpa`).
+    pub fn ptr_at(self, name: &str, target: &str) -> Self {
+        self.push(name, RData::PTR(PTR(absolute(target))))
+    }
+
+    /// Whether `name` can be served at all: foreign zone data (the openspf suite) holds names
+    /// longer than DNS allows, which no server can answer for and a test must leave out.
+    pub fn is_valid_name(name: &str) -> bool {
+        try_absolute(name).is_ok()
+    }
+
     /// A CNAME record. Do not put other records at the same name (DNS forbids it).
     pub fn cname(self, name: &str, target: &str) -> Self {
         self.push(name, RData::CNAME(CNAME(absolute(target))))
@@ -154,6 +185,14 @@ impl Zone {
     /// Every query for `name` (any type) is swallowed without an answer: the querier times out.
     pub fn timeout(mut self, name: &str) -> Self {
         self.failures.push((absolute(name), Failure::Timeout));
+        self
+    }
+
+    /// Queries for `name` of a type the zone has no record of at `name` are swallowed (the
+    /// querier times out); types with records there are answered.
+    pub fn timeout_other_types(mut self, name: &str) -> Self {
+        self.failures
+            .push((absolute(name), Failure::TimeoutOtherTypes));
         self
     }
 
@@ -224,6 +263,8 @@ impl Zone {
 struct Handler {
     catalog: Catalog,
     failures: HashMap<LowerName, Failure>,
+    /// Names and types the zone has records of (for [`Failure::TimeoutOtherTypes`]).
+    present: HashSet<(LowerName, RecordType)>,
     queries: Arc<AtomicU64>,
     /// Queries per name (lowercase, no trailing dot), all types.
     per_name: Arc<Mutex<HashMap<String, u64>>>,
@@ -250,18 +291,22 @@ impl RequestHandler for Handler {
                 .entry(name)
                 .or_default() += 1;
         }
-        let failure = request
-            .queries
-            .queries()
-            .first()
-            .and_then(|q| self.failures.get(q.name()).copied());
+        let failure = request.queries.queries().first().and_then(|q| {
+            match self.failures.get(q.name()).copied() {
+                Some(Failure::TimeoutOtherTypes) => {
+                    (!self.present.contains(&(q.name().clone(), q.query_type())))
+                        .then_some(Failure::Timeout)
+                }
+                f => f,
+            }
+        });
         match failure {
             None => {
                 self.catalog
                     .handle_request::<R, T>(request, response_handle)
                     .await
             }
-            Some(Failure::Timeout) => {
+            Some(Failure::Timeout | Failure::TimeoutOtherTypes) => {
                 tracing::debug!("test DNS: dropping query {:?}", request.queries.queries());
                 // Nothing is sent; the returned info only feeds the server's logging.
                 let mut metadata = Metadata::response_from_request(&request.metadata);
@@ -341,11 +386,17 @@ impl TestDns {
             .iter()
             .map(|(n, f)| (LowerName::from(n.clone()), *f))
             .collect();
+        let present = zone
+            .records
+            .iter()
+            .map(|(n, r, _)| (LowerName::from(n.clone()), r.record_type()))
+            .collect();
         let queries = Arc::new(AtomicU64::new(0));
         let per_name = Arc::new(Mutex::new(HashMap::new()));
         let handler = Handler {
             catalog,
             failures,
+            present,
             queries: queries.clone(),
             per_name: per_name.clone(),
         };
