@@ -13,11 +13,13 @@ mkdir -p "$dir"
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 # pyspf 2.0.14 carries the suite's 2014.04 release (the last one) as test/rfc7208-tests.yml.
-python3 -m pip download --quiet --no-deps --no-binary :all: pyspf==2.0.14 -d "$tmp"
+# Debian's python3 (python3-pip and python3-yaml come from tests/run.sh), not whatever python3 is
+# first on PATH.
+/usr/bin/python3 -m pip download --quiet --no-deps --no-binary :all: pyspf==2.0.14 -d "$tmp"
 tar -xzf "$tmp"/pyspf-2.0.14.tar.gz -C "$tmp" pyspf-2.0.14/test/rfc7208-tests.yml pyspf-2.0.14/test/rfc7208-tests.LICENSE
 cp "$tmp"/pyspf-2.0.14/test/rfc7208-tests.LICENSE "$dir"/
 # One JSON array of the YAML documents (scenarios), as the suite writes them.
-python3 - "$tmp"/pyspf-2.0.14/test/rfc7208-tests.yml "$json.tmp" <<'PY'
+/usr/bin/python3 - "$tmp"/pyspf-2.0.14/test/rfc7208-tests.yml "$json.tmp" <<'PY'
 import json, sys, yaml
 with open(sys.argv[1], 'rb') as f:
     docs = [d for d in yaml.safe_load_all(f) if d]
