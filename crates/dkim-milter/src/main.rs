@@ -1,5 +1,13 @@
-//! dkim-milter: dkim-policy served over the milter protocol by the shared front end.
+//! dkim-milter: dkim-policy served over the milter protocol, or as an OpenSMTPD filter with
+//! `--opensmtpd`, by the shared front ends.
+
+type Policy = dkim_policy::runtime::Runtime;
 
 fn main() -> std::process::ExitCode {
-    milterfront::lifecycle::main::<dkim_policy::runtime::Runtime>(env!("CARGO_PKG_VERSION"))
+    let version = env!("CARGO_PKG_VERSION");
+    if smtpdfront::lifecycle::requested() {
+        smtpdfront::lifecycle::main::<Policy>(version)
+    } else {
+        milterfront::lifecycle::main::<Policy>(version)
+    }
 }

@@ -248,64 +248,8 @@ async fn run<D: Policy>(
         p = bound.postfix_form()
     );
 
-    let reloader = {
-        let filter = filter.clone();
-        let running = service.clone();
-        tokio::spawn(async move {
-            let (Ok(mut hup), Ok(mut usr1)) = (
-                signal(SignalKind::hangup()),
-                signal(SignalKind::user_defined1()),
-            ) else {
-                return;
-            };
-            loop {
-                tokio::select! { _ = hup.recv() => {}, _ = usr1.recv() => {} }
-                // Reading files and building resolvers and stores blocks: done off the
-                // serving loops, and only the finished snapshot is swapped in.
-                let path = config_path.clone();
-                let running = running.clone();
-                let built = tokio::task::spawn_blocking(move || match D::load(&path) {
-                    Err(e) => Err(e.to_string()),
-                    Ok(cfg) => {
-                        let changed = running.changed_restart_only(D::service(&cfg));
-                        if !changed.is_empty() {
-                            tracing::warn!("reload: {} changed; this needs a restart and is ignored until then", changed.join(", "));
-                        }
-                        D::build(cfg)
-                    }
-                })
-                .await;
-                let outcome = match built {
-                    Ok(Ok(policy)) => {
-                        filter.replace(policy);
-                        Ok(())
-                    }
-                    Ok(Err(e)) => Err(e),
-                    Err(e) => Err(format!("reload task failed: {e}")),
-                };
-                match outcome {
-                    Ok(()) => {
-                        chassis::metrics::metrics()
-                            .reloads
-                            .get_or_create(&chassis::metrics::OutcomeLabel {
-                                outcome: "ok".into(),
-                            })
-                            .inc();
-                        tracing::info!("configuration reloaded from {}", config_path.display());
-                    }
-                    Err(e) => {
-                        chassis::metrics::metrics()
-                            .reloads
-                            .get_or_create(&chassis::metrics::OutcomeLabel {
-                                outcome: "failed".into(),
-                            })
-                            .inc();
-                        tracing::error!("reload failed, keeping the running configuration: {e}");
-                    }
-                }
-            }
-        })
-    };
+    let reloader =
+        chassis::reload::spawn::<D>(config_path.clone(), filter.clone(), service.clone());
 
     let closer = listener.closer();
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);

@@ -266,16 +266,6 @@ fn plan<P: Policy>(s: &mut Session<P>) {
     s.carry = Some(planned.carry);
 }
 
-/// Cancels the evaluation task when the end-of-message handler stops waiting for it, on the
-/// deadline or because the connection went away: nothing of it runs on unobserved.
-struct AbortOnDrop(tokio::task::AbortHandle);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
 async fn end_of_message<P: Policy>(cx: &mut EomContext<Session<P>>) -> Status {
     let Some(s) = cx.data.as_mut() else {
         return Status::Tempfail;
@@ -295,50 +285,15 @@ async fn end_of_message<P: Policy>(cx: &mut EomContext<Session<P>>) -> Status {
     let (verdict, seen) = match builder.finish() {
         Err(e) => {
             tracing::error!("{qid}: cannot buffer message: {e}");
-            (internal_error(), Vec::new())
+            (chassis::evaluation::internal_error(), Vec::new())
         }
         Ok(msg) => {
             let seen = msg.auth_results_seen().to_vec();
-            let deadline = snap.deadline();
-            let started = std::time::Instant::now();
-            let env_for_record = env.clone();
-            let task = tokio::spawn(snap.evaluate(env, msg, carry));
-            let _cancel = AbortOnDrop(task.abort_handle());
-            let verdict = match tokio::time::timeout(deadline, task).await {
-                Ok(Ok(v)) => {
-                    chassis::metrics::metrics()
-                        .evaluation_seconds
-                        .observe(started.elapsed().as_secs_f64());
-                    chassis::metrics::record_verdict(&env_for_record, &v);
-                    v
-                }
-                Ok(Err(join)) => {
-                    tracing::error!("{qid}: internal error while evaluating the message: {join}");
-                    internal_error()
-                }
-                Err(_) => {
-                    tracing::error!(
-                        "{qid}: evaluation took longer than {} s; cancelled, temporarily failing",
-                        deadline.as_secs()
-                    );
-                    internal_error()
-                }
-            };
+            let verdict = chassis::evaluation::within_deadline(snap, env, msg, carry).await;
             (verdict, seen)
         }
     };
     apply(cx, &qid, verdict, &seen, leading_space).await
-}
-
-fn internal_error() -> Verdict {
-    Verdict::new(
-        Vec::new(),
-        Action::Tempfail(SmtpReply::new(
-            "451",
-            "4.7.0",
-            "internal error, try again later",
-        )),
-    )
 }
 
 /// The reply when a header change the verdict needs could not be made: delivering without it

@@ -1,0 +1,102 @@
+//! `NAME --opensmtpd [-c FILE]`: a daemon as an OpenSMTPD filter, started by smtpd with
+//! `filter "NAME" proc-exec "/usr/sbin/NAME --opensmtpd -c /etc/…"`. The configuration is the
+//! daemon's usual file (its socket and user settings do not apply: smtpd owns the process);
+//! logs go to stderr, which smtpd writes to its own log, or to syslog/JSON as configured.
+//! SIGHUP reloads as for the milter. Exit codes follow sysexits(3): 78 for a configuration that
+//! does not load, 76 (EX_PROTOCOL) when smtpd speaks a filter protocol we do not.
+
+use chassis::policy::{Policy, Snapshots};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+pub const EX_USAGE: u8 = 64;
+pub const EX_PROTOCOL: u8 = 76;
+pub const EX_OSERR: u8 = 71;
+pub const EX_CONFIG: u8 = 78;
+
+/// True when the command line asks for the OpenSMTPD filter.
+pub fn requested() -> bool {
+    std::env::args().skip(1).any(|a| a == "--opensmtpd")
+}
+
+/// The whole `main` of a daemon run as an smtpd filter.
+pub fn main<P: Policy>(version: &'static str) -> ExitCode {
+    let mut config_path = PathBuf::from(P::DEFAULT_CONFIG);
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--opensmtpd" => {}
+            "-c" | "--config" => match args.next() {
+                Some(p) => config_path = PathBuf::from(p),
+                None => {
+                    eprintln!("usage: {} --opensmtpd [-c FILE]", P::NAME);
+                    return ExitCode::from(EX_USAGE);
+                }
+            },
+            other => {
+                eprintln!(
+                    "{}: unknown argument '{other}'\nusage: {} --opensmtpd [-c FILE]",
+                    P::NAME,
+                    P::NAME
+                );
+                return ExitCode::from(EX_USAGE);
+            }
+        }
+    }
+    let config = match P::load(&config_path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{}: {e}", P::NAME);
+            return ExitCode::from(EX_CONFIG);
+        }
+    };
+    let service = P::service(&config).clone();
+    if let Err(e) = chassis::logging::init(&service.log, P::NAME) {
+        eprintln!("{}: {e}", P::NAME);
+        return ExitCode::from(EX_CONFIG);
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(service.workers.max(1))
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("{}: cannot start the runtime: {e}", P::NAME);
+            return ExitCode::from(EX_OSERR);
+        }
+    };
+    let code = runtime.block_on(async move {
+        let policy = match P::build(config) {
+            Ok(p) => Arc::new(Snapshots::new(p)),
+            Err(e) => {
+                tracing::error!("{e}");
+                return ExitCode::from(EX_CONFIG);
+            }
+        };
+        let reloader = chassis::reload::spawn::<P>(config_path.clone(), policy.clone(), service);
+        tracing::info!(
+            "{} v{version} starting as an OpenSMTPD filter (config {})",
+            P::NAME,
+            config_path.display()
+        );
+        let served = crate::filter::serve(policy, tokio::io::stdin(), tokio::io::stdout()).await;
+        reloader.abort();
+        match served {
+            Ok(()) => {
+                tracing::info!("{} v{version}: smtpd closed the filter; exiting", P::NAME);
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                tracing::error!("{}: {e}; exiting", P::NAME);
+                ExitCode::from(match e {
+                    crate::filter::Stopped::Protocol(_) => EX_PROTOCOL,
+                    crate::filter::Stopped::Io(_) => EX_OSERR,
+                })
+            }
+        }
+    });
+    runtime.shutdown_timeout(std::time::Duration::from_millis(200));
+    code
+}

@@ -1,0 +1,363 @@
+//! One smtpd session as the policy sees it: the typed [`Envelope`] filled from report events,
+//! and the message of the current transaction as it arrives line by line in the data-line
+//! phase. The message is kept twice, for two different readers: the chassis' `MessageBuilder`
+//! (what the policy evaluates, bounded in memory, with the header scan that sees every field),
+//! and our own copy of the lines exactly as received (spooled to a temporary file past 1 MiB),
+//! from which the rewritten message is written back to smtpd.
+
+use crate::proto::{Decision, Version};
+use chassis::envelope::{Authenticated, Envelope};
+use chassis::message::{Message, MessageBuilder};
+use chassis::policy::Policy;
+use std::io::{self, BufRead, Seek, SeekFrom, Write};
+use std::net::IpAddr;
+use std::sync::Arc;
+use tempfile::SpooledTempFile;
+
+/// Bytes of a message's lines kept in memory before the copy moves to a temporary file.
+const SPOOL_IN_MEMORY: usize = 1 << 20;
+
+/// The client address in a `link-connect` source: `192.0.2.1:41000`, `[2001:db8::1]:41000`
+/// or `2001:db8::1:41000` (smtpd's forms); `unix:/path` and anything else has none.
+pub fn client_ip(src: &str) -> Option<IpAddr> {
+    if let Some(rest) = src.strip_prefix('[') {
+        return rest.split_once(']')?.0.parse().ok();
+    }
+    if let Ok(ip) = src.parse() {
+        return Some(ip);
+    }
+    src.rsplit_once(':').and_then(|(ip, _port)| ip.parse().ok())
+}
+
+fn text(params: &[u8]) -> String {
+    String::from_utf8_lossy(params).into_owned()
+}
+
+fn strip_angle(s: &str) -> String {
+    s.trim()
+        .trim_start_matches('<')
+        .trim_end_matches('>')
+        .to_string()
+}
+
+/// One SMTP session.
+pub struct Session<P: Policy> {
+    pub snap: Arc<P>,
+    pub env: Envelope,
+    /// The policy chose not to look at this connection: lines go back unchanged.
+    pub ignored: bool,
+    /// The message of the current transaction, while its lines arrive.
+    pub message: Option<Incoming<P>>,
+}
+
+impl<P: Policy> Session<P> {
+    pub fn new(snap: Arc<P>) -> Self {
+        Self {
+            snap,
+            env: Envelope::default(),
+            ignored: false,
+            message: None,
+        }
+    }
+
+    /// Takes in one report event of this session.
+    pub fn report(&mut self, version: Version, event: &str, params: &[u8]) {
+        let params = text(params);
+        let f: Vec<&str> = params.split('|').collect();
+        let at = |i: usize| f.get(i).copied().unwrap_or("");
+        match event {
+            "link-connect" => {
+                // rdns|fcrdns|src|dest
+                self.env.client_name = at(0).to_string();
+                self.env.client_ip = client_ip(at(2));
+                self.env.listener = Some(at(3).to_string()).filter(|d| !d.is_empty());
+            }
+            "link-greeting" => {
+                if self.env.mta_hostname.is_none() {
+                    self.env.mta_hostname = Some(at(0).to_string()).filter(|h| !h.is_empty());
+                }
+            }
+            "link-identify" => self.env.helo = at(1).to_string(),
+            "link-auth" => {
+                // 0.6: username|result; 0.7: result|username.
+                let (user, result) = match version {
+                    Version::V0_6 => (at(0), at(1)),
+                    Version::V0_7 => (at(1), at(0)),
+                };
+                self.env.auth = (result == "pass").then(|| Authenticated {
+                    user: user.to_string(),
+                    mechanism: String::new(),
+                });
+            }
+            "tx-begin" => {
+                self.env.reset_transaction();
+                self.env.queue_id = Some(at(0).to_string()).filter(|q| !q.is_empty());
+                self.message = None;
+            }
+            // message-id|result|address
+            "tx-mail" if at(1) == "ok" => self.env.mail_from = strip_angle(at(2)),
+            "tx-rcpt" if at(1) == "ok" => self.env.rcpts.push(strip_angle(at(2))),
+            "tx-reset" | "tx-rollback" => {
+                self.env.reset_transaction();
+                self.message = None;
+            }
+            _ => {}
+        }
+    }
+}
+
+/// A message being received.
+pub struct Incoming<P: Policy> {
+    /// The token of the data-line requests, for our replies.
+    pub token: String,
+    builder: MessageBuilder,
+    carry: Option<P::Carry>,
+    copy: SpooledTempFile,
+    in_headers: bool,
+    /// The header field being read (name, colon, value, folds joined with CRLF).
+    field: Vec<u8>,
+    /// Why the message cannot be passed on (a line we could not read): tempfailed at commit.
+    pub broken: Option<String>,
+}
+
+impl<P: Policy> Incoming<P> {
+    pub fn new(snap: &P, token: &str) -> Self {
+        Self {
+            token: token.to_string(),
+            // Field values are passed with the space after the colon, as written.
+            builder: MessageBuilder::new(snap.limits(), true),
+            carry: None,
+            copy: SpooledTempFile::new(SPOOL_IN_MEMORY),
+            in_headers: true,
+            field: Vec::new(),
+            broken: None,
+        }
+    }
+
+    fn end_field(&mut self) {
+        if self.field.is_empty() {
+            return;
+        }
+        let field = std::mem::take(&mut self.field);
+        let (name, value) = match field.iter().position(|b| *b == b':') {
+            Some(i) => (&field[..i], &field[i + 1..]),
+            None => (&field[..], &b""[..]),
+        };
+        self.builder.header(name, value);
+    }
+
+    fn end_headers(&mut self, snap: &P, env: &Envelope) {
+        self.end_field();
+        self.in_headers = false;
+        self.builder.end_of_headers();
+        let planned = snap.plan(env, self.builder.headers(), self.builder.header_block());
+        self.builder.plan_body(planned.body);
+        self.carry = Some(planned.carry);
+    }
+
+    /// One line of the message as smtpd sent it (dot-escaped, no line end; not the final `.`).
+    pub fn line(&mut self, snap: &P, env: &Envelope, escaped: &[u8]) {
+        let line = escaped.strip_prefix(b".").unwrap_or(escaped);
+        if let Err(e) = self
+            .copy
+            .write_all(line)
+            .and_then(|()| self.copy.write_all(b"\n"))
+        {
+            self.broken
+                .get_or_insert(format!("cannot keep a copy of the message: {e}"));
+        }
+        if self.in_headers {
+            if line.is_empty() {
+                self.end_headers(snap, env);
+                return;
+            }
+            if matches!(line.first(), Some(b' ' | b'\t')) && !self.field.is_empty() {
+                self.field.extend_from_slice(b"\r\n");
+                self.field.extend_from_slice(line);
+                return;
+            }
+            if line.contains(&b':') {
+                self.end_field();
+                self.field.extend_from_slice(line);
+                return;
+            }
+            // Not a header field: the body starts here (as MTAs read such a message).
+            self.end_headers(snap, env);
+        }
+        self.builder.body(line);
+        self.builder.body(b"\r\n");
+    }
+
+    /// The end of the message: what the policy evaluates, what `plan` carried, and our copy of
+    /// the lines for writing the message back.
+    pub fn finish(
+        mut self,
+        snap: &P,
+        env: &Envelope,
+    ) -> (io::Result<Message>, Option<P::Carry>, Copy) {
+        if self.in_headers {
+            self.end_headers(snap, env);
+        }
+        let msg = self.builder.finish();
+        (msg, self.carry, Copy(self.copy))
+    }
+}
+
+/// Our copy of a message's lines, unescaped, one per `\n`.
+pub struct Copy(SpooledTempFile);
+
+/// How a verdict changes the message on its way back: fields to put on top (in top-down order,
+/// each `(name, value)` with folds as CRLF or LF), and the 1-based occurrences of
+/// Authentication-Results fields to leave out.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Rewrite {
+    pub on_top: Vec<(String, String)>,
+    pub remove_auth_results: Vec<u32>,
+}
+
+impl Copy {
+    /// Writes the message back through `emit`, one unescaped line at a time (no line end),
+    /// with `rewrite` applied to the header section.
+    pub fn write_back(
+        self,
+        rewrite: &Rewrite,
+        emit: &mut impl FnMut(&[u8]) -> io::Result<()>,
+    ) -> io::Result<()> {
+        for (name, value) in &rewrite.on_top {
+            let field = format!("{name}: {}", value.trim_start());
+            for line in field.split('\n') {
+                emit(line.strip_suffix('\r').unwrap_or(line).as_bytes())?;
+            }
+        }
+        let mut file = self.0;
+        file.seek(SeekFrom::Start(0))?;
+        let mut reader = io::BufReader::new(&mut file);
+        let mut line = Vec::new();
+        let mut in_headers = true;
+        let mut auth_results = 0u32;
+        let mut skipping = false;
+        loop {
+            line.clear();
+            if reader.read_until(b'\n', &mut line)? == 0 {
+                return Ok(());
+            }
+            if line.last() == Some(&b'\n') {
+                line.pop();
+            }
+            if in_headers {
+                if line.is_empty() {
+                    in_headers = false;
+                } else if matches!(line.first(), Some(b' ' | b'\t')) {
+                    if skipping {
+                        continue;
+                    }
+                } else if let Some(colon) = line.iter().position(|b| *b == b':') {
+                    let name = String::from_utf8_lossy(&line[..colon]);
+                    skipping = false;
+                    if name
+                        .trim_end()
+                        .eq_ignore_ascii_case("Authentication-Results")
+                    {
+                        auth_results += 1;
+                        skipping = rewrite.remove_auth_results.contains(&auth_results);
+                    }
+                    if skipping {
+                        continue;
+                    }
+                } else {
+                    in_headers = false;
+                }
+            }
+            emit(&line)?;
+        }
+    }
+}
+
+/// The disposition smtpd gets at commit for a verdict's action. OpenSMTPD has no quarantine or
+/// discard at this phase: those messages are delivered (the log line says so).
+pub fn decision(action: &chassis::verdict::Action, qid: &str) -> Decision {
+    use chassis::verdict::Action;
+    match action {
+        Action::Accept => Decision::Proceed,
+        Action::Reject(r) | Action::Tempfail(r) => Decision::Reject(r.to_string()),
+        Action::Quarantine(why) => {
+            tracing::warn!("{qid}: OpenSMTPD filters cannot quarantine ({why}); delivering");
+            Decision::Proceed
+        }
+        Action::Discard => {
+            tracing::warn!("{qid}: OpenSMTPD filters cannot discard at commit; delivering");
+            Decision::Proceed
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn client_addresses() {
+        assert_eq!(client_ip("192.0.2.1:41000"), "192.0.2.1".parse().ok());
+        assert_eq!(client_ip("[2001:db8::1]:25"), "2001:db8::1".parse().ok());
+        assert_eq!(client_ip("2001:db8::1:41000"), "2001:db8::1".parse().ok());
+        assert_eq!(client_ip("2001:db8::1"), "2001:db8::1".parse().ok());
+        assert_eq!(client_ip("unix:/var/run/smtpd.sock"), None);
+        assert_eq!(client_ip(""), None);
+    }
+
+    fn copy_of(lines: &[&[u8]]) -> Copy {
+        let mut f = SpooledTempFile::new(16);
+        for l in lines {
+            f.write_all(l).unwrap();
+            f.write_all(b"\n").unwrap();
+        }
+        Copy(f)
+    }
+
+    fn written(copy: Copy, rewrite: &Rewrite) -> Vec<Vec<u8>> {
+        let mut out = Vec::new();
+        copy.write_back(rewrite, &mut |l| {
+            out.push(l.to_vec());
+            Ok(())
+        })
+        .unwrap();
+        out
+    }
+
+    #[test]
+    fn forged_fields_and_their_folds_are_left_out_others_kept() {
+        let copy = copy_of(&[
+            b"Authentication-Results: mx; dkim=pass",
+            b"\theader.d=forged.example",
+            b"authentication-results : other; spf=pass",
+            b"Subject: s",
+            b"Authentication-Results: mx; dmarc=pass",
+            b"",
+            b"Authentication-Results: in the body stays",
+            b".leading dot \xe9",
+        ]);
+        let rewrite = Rewrite {
+            on_top: vec![("Authentication-Results".into(), "mx;\r\n\tdkim=none".into())],
+            remove_auth_results: vec![1, 3],
+        };
+        let out = written(copy, &rewrite);
+        let expected: Vec<&[u8]> = vec![
+            b"Authentication-Results: mx;",
+            b"\tdkim=none",
+            b"authentication-results : other; spf=pass",
+            b"Subject: s",
+            b"",
+            b"Authentication-Results: in the body stays",
+            b".leading dot \xe9",
+        ];
+        assert_eq!(out, expected);
+    }
+
+    #[test]
+    fn a_message_without_body_separator_is_written_back_whole() {
+        let copy = copy_of(&[b"Subject: only headers", b"not a header line", b"x: y"]);
+        let out = written(copy, &Rewrite::default());
+        assert_eq!(out.len(), 3);
+        assert_eq!(out[2], b"x: y");
+    }
+}
