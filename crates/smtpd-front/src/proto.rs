@@ -86,7 +86,7 @@ impl fmt::Display for ParseError {
     }
 }
 
-fn text<'a>(field: &'a [u8]) -> Result<&'a str, ParseError> {
+fn text(field: &[u8]) -> Result<&str, ParseError> {
     std::str::from_utf8(field)
         .map_err(|_| ParseError::BadId(String::from_utf8_lossy(field).chars().take(40).collect()))
 }

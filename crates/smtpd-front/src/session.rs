@@ -72,10 +72,9 @@ impl<P: Policy> Session<P> {
                 self.env.client_ip = client_ip(at(2));
                 self.env.listener = Some(at(3).to_string()).filter(|d| !d.is_empty());
             }
-            "link-greeting" => {
-                if self.env.mta_hostname.is_none() {
-                    self.env.mta_hostname = Some(at(0).to_string()).filter(|h| !h.is_empty());
-                }
+            // smtpd's admd (config) wins over the greeting name.
+            "link-greeting" if self.env.mta_hostname.is_none() => {
+                self.env.mta_hostname = Some(at(0).to_string()).filter(|h| !h.is_empty());
             }
             "link-identify" => self.env.helo = at(1).to_string(),
             "link-auth" => {
