@@ -70,6 +70,16 @@ pub async fn start<P: Policy>(dir: &Path, toml: &str, socket: &str) -> RunningMi
     }
 }
 
+/// The policy of daemon `P` built from `toml` (written to `dir/<P::NAME>.toml`), for front
+/// ends a test drives itself (the OpenSMTPD filter loop over in-memory pipes).
+pub fn policy<P: Policy>(dir: &Path, toml: &str) -> Arc<Snapshots<P>> {
+    crate::logcapture::install();
+    let path = dir.join(format!("{}.toml", P::NAME));
+    std::fs::write(&path, toml).expect("write config");
+    let config = P::load(&path).unwrap_or_else(|e| panic!("test config invalid: {e}"));
+    Arc::new(Snapshots::new(P::build(config).expect("runtime")))
+}
+
 /// Starts dkim-milter with `toml` (see [`start`]).
 pub async fn start_dkim(dir: &Path, toml: &str, socket: &str) -> RunningMilter {
     start::<dkim_policy::runtime::Runtime>(dir, toml, socket).await

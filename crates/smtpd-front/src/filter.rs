@@ -170,9 +170,11 @@ struct State<P: Policy> {
 }
 
 impl<P: Policy> State<P> {
-    /// Queues a line for stdout; false when stdout is gone.
-    async fn send(&self, line: Vec<u8>) -> bool {
-        self.tx.send(line).await.is_ok()
+    /// Queues a line for stdout; false when stdout is gone. (Takes `&mut self` so the future
+    /// stays `Send` without asking the policy's carry type to be `Sync`.)
+    async fn send(&mut self, line: Vec<u8>) -> bool {
+        let tx = self.tx.clone();
+        tx.send(line).await.is_ok()
     }
 
     fn new_session(&self) -> Session<P> {
