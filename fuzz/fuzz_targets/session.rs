@@ -116,8 +116,11 @@ fn harness() -> &'static Harness {
                 }
                 Runtime {
                     config,
-                    auth: closed_port_resolver(),
-                    hostname: "mx.example.net".to_string(),
+                    res: chassis::resources::Resources {
+                        auth: closed_port_resolver(),
+                        hostname: "mx.example.net".to_string(),
+                        keys: chassis::keycache::TxtCache::new(64),
+                    },
                 }
             })
             .collect();
