@@ -75,6 +75,13 @@ pub trait DaemonConfig: Sized + Send + Sync + 'static {
 #[macro_export]
 macro_rules! daemon_config {
     ($config:ty, $daemon:literal, $convert:path) => {
+        $crate::daemon_config!(@impl $config, $daemon, path => $convert(&$crate::legacyconf::read(path)?, path));
+    };
+    // A daemon whose legacy files come in several formats reads the file itself.
+    ($config:ty, $daemon:literal, file = $convert:path) => {
+        $crate::daemon_config!(@impl $config, $daemon, path => $convert(path));
+    };
+    (@impl $config:ty, $daemon:literal, $path:ident => $convert:expr) => {
         impl $crate::policy::DaemonConfig for $config {
             const DAEMON: &'static str = $daemon;
 
@@ -86,9 +93,9 @@ macro_rules! daemon_config {
             }
 
             fn convert_legacy(
-                path: &::std::path::Path,
+                $path: &::std::path::Path,
             ) -> Result<$crate::legacyconf::Converted, $crate::configfile::ConfigError> {
-                $convert(&$crate::legacyconf::read(path)?, path)
+                $convert
             }
 
             fn service(&self) -> &$crate::service::ServiceSettings {

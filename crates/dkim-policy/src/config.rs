@@ -61,6 +61,8 @@ chassis::raw_config_with_service_keys! {
         #[serde(default)]
         key_file: Option<PathBuf>,
         #[serde(default)]
+        sign: Vec<RawSign>,
+        #[serde(default)]
         key_table: Option<String>,
         #[serde(default)]
         signing_table: Option<String>,
@@ -99,6 +101,17 @@ chassis::raw_config_with_service_keys! {
         #[serde(default)]
         actions: RawActions,
     }
+}
+
+/// `[[sign]]`: one domain signed with one key (mail from the domain and its subdomains), the
+/// TOML form of a one-line KeyTable + SigningTable pair; what `convert` writes for DKIMproxy
+/// and Rspamd configurations.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSign {
+    domain: String,
+    selector: String,
+    key_file: PathBuf,
 }
 
 fn default_mode() -> String {
@@ -244,7 +257,7 @@ fn parse_macro_rule(s: &str) -> Result<MacroRule, String> {
     Ok(MacroRule { name, values })
 }
 
-chassis::daemon_config!(Config, "dkim-milter", crate::legacy::convert);
+chassis::daemon_config!(Config, "dkim-milter", file = crate::migrate::convert_file);
 
 impl Config {
     /// Parses TOML `text` as if read from `path` (relative paths resolve against its directory).
@@ -329,30 +342,12 @@ impl Config {
                 ))
             }
         }
+        // The single-key shorthand and `[[sign]]` entries: sign mail from the domain and its
+        // subdomains, after any SigningTable rules.
+        let mut shorthand: Vec<(String, String, String, PathBuf)> = Vec::new();
         match (&raw.domain, &raw.selector, &raw.key_file) {
             (Some(d), Some(s), Some(k)) => {
-                // The single-key shorthand: sign mail from `domain` and its subdomains.
-                let name = "default".to_string();
-                key_table.entries.push(KeyEntry {
-                    name: name.clone(),
-                    domain: d.to_ascii_lowercase(),
-                    selector: s.clone(),
-                    source: KeySource::Path(rel(k)),
-                });
-                let extra = format!("{d} {name}\n.{d} {name}\n");
-                let more =
-                    SigningTable::parse(path, &extra, false).expect("generated table parses");
-                let mut rules = signing_table.rules.clone();
-                rules.extend(more.rules);
-                let text: String = rules
-                    .iter()
-                    .map(|r| match &r.signer {
-                        Some(s) => format!("{} {}:{}\n", r.pattern, r.key_name, s),
-                        None => format!("{} {}\n", r.pattern, r.key_name),
-                    })
-                    .collect();
-                signing_table =
-                    SigningTable::parse(path, &text, signing_table.wildcard).expect("regenerated");
+                shorthand.push(("default".into(), d.clone(), s.clone(), k.clone()));
             }
             (None, None, None) => {}
             _ => {
@@ -361,6 +356,41 @@ impl Config {
                     "domain, selector and key_file go together".into(),
                 ))
             }
+        }
+        for (i, sign) in raw.sign.iter().enumerate() {
+            if sign.domain.trim().is_empty() || sign.selector.trim().is_empty() {
+                return Err(err(
+                    "sign",
+                    format!("entry {}: domain and selector must not be empty", i + 1),
+                ));
+            }
+            shorthand.push((
+                format!("sign{}", i + 1),
+                sign.domain.trim().to_string(),
+                sign.selector.trim().to_string(),
+                sign.key_file.clone(),
+            ));
+        }
+        if !shorthand.is_empty() {
+            let mut text: String = signing_table
+                .rules
+                .iter()
+                .map(|r| match &r.signer {
+                    Some(s) => format!("{} {}:{}\n", r.pattern, r.key_name, s),
+                    None => format!("{} {}\n", r.pattern, r.key_name),
+                })
+                .collect();
+            for (name, d, s, k) in &shorthand {
+                key_table.entries.push(KeyEntry {
+                    name: name.clone(),
+                    domain: d.to_ascii_lowercase(),
+                    selector: s.clone(),
+                    source: KeySource::Path(rel(k)),
+                });
+                text.push_str(&format!("{d} {name}\n.{d} {name}\n"));
+            }
+            signing_table = SigningTable::parse(path, &text, signing_table.wildcard)
+                .map_err(|e| err("sign", e.to_string()))?;
         }
 
         let mut keys = HashMap::new();

@@ -7,6 +7,7 @@ pub mod config;
 pub mod keygen;
 pub mod keys;
 pub mod legacy;
+pub mod migrate;
 pub mod policy;
 pub mod runtime;
 pub mod smallrsa;
