@@ -124,9 +124,8 @@ pub fn opensmtpd_unavailable() -> Option<String> {
         ));
     }
     namespaces_unavailable("OpenSMTPD").or_else(|| {
-        missing_libraries(&bin, "apt-get install libevent-2.1-7 libdb5.3").or_else(|| {
-            missing_libraries(&filter_dkimsign(), "apt-get install libopensmtpd0")
-        })
+        missing_libraries(&bin, "apt-get install libevent-2.1-7 libdb5.3")
+            .or_else(|| missing_libraries(&filter_dkimsign(), "apt-get install libopensmtpd0"))
     })
 }
 
@@ -244,7 +243,10 @@ impl Opensmtpd {
                 let log = i.read("stderr.log");
                 if log.contains("smtp: will accept at most") {
                     Startup::Ready
-                } else if log.lines().any(|l| l == "Exiting" || l.starts_with("fatal")) {
+                } else if log
+                    .lines()
+                    .any(|l| l == "Exiting" || l.starts_with("fatal"))
+                {
                     Startup::Failed
                 } else {
                     Startup::Waiting
@@ -308,7 +310,11 @@ impl Mta for Opensmtpd {
             )
         });
         Some(Rejection {
-            qid: line.split_whitespace().next().unwrap_or_default().to_owned(),
+            qid: line
+                .split_whitespace()
+                .next()
+                .unwrap_or_default()
+                .to_owned(),
             line,
         })
     }
@@ -316,7 +322,9 @@ impl Mta for Opensmtpd {
     /// smtpd's Received field: `from HELO (RDNS [ADDR]) by HOSTNAME (OpenSMTPD) with ESMTP id
     /// QID`; the reverse name comes from the instance's /etc/hosts.
     fn received_start(&self, helo: &str, qid: &str) -> String {
-        format!("from {helo} ({HOSTNAME} [127.0.0.1]) by {HOSTNAME} (OpenSMTPD) with ESMTP id {qid}")
+        format!(
+            "from {helo} ({HOSTNAME} [127.0.0.1]) by {HOSTNAME} (OpenSMTPD) with ESMTP id {qid}"
+        )
     }
 }
 
@@ -368,7 +376,9 @@ mod tests {
         assert_eq!(fields[1].0, "From", "{}", String::from_utf8_lossy(m));
         assert_eq!(after_received(m), MSG);
         // smtpd removes a delivered message from its spool shortly after the mda is done.
-        let emptied = poll(Duration::from_secs(10), || mta.queue_files().is_empty().then_some(()));
+        let emptied = poll(Duration::from_secs(10), || {
+            mta.queue_files().is_empty().then_some(())
+        });
         assert!(emptied.is_some(), "{:?}", mta.queue_files());
     }
 
@@ -464,7 +474,7 @@ mod tests {
         for want in [
             "config|smtpd-version|6.8.0p2",
             &format!("config|admd|{HOSTNAME}"),
-            &format!("|smtp-in|link-connect|"),
+            "|smtp-in|link-connect|",
             &format!("|{HOSTNAME}|pass|127.0.0.1:"),
             &format!("|127.0.0.1:{}\n", mta.smtp_addr().port()),
             "|tx-mail|",
@@ -476,8 +486,11 @@ mod tests {
         ] {
             assert!(seen.contains(want), "{want:?} missing:\n{seen}");
         }
-        assert!(seen.lines().all(|l| !l.starts_with("report|")
-            || l.starts_with("report|0.6|")), "{seen}");
+        assert!(
+            seen.lines()
+                .all(|l| !l.starts_with("report|") || l.starts_with("report|0.6|")),
+            "{seen}"
+        );
         // The second filter of the chain saw the same message, as the first passed it on.
         let seen2 = crate::mta::read_lossy(&logdir.path().join("filter.log.2"));
         assert!(seen2.contains("|..dot\n"), "{seen2}");

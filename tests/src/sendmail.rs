@@ -88,7 +88,8 @@ pub fn sendmail_unavailable() -> Option<String> {
     if !run_bounded(m4, b"", Duration::from_secs(20)).is_ok_and(|o| o.status.success()) {
         return Some("m4 is missing (apt-get install m4)".into());
     }
-    namespaces_unavailable("Sendmail").or_else(|| missing_libraries(&bin, "apt-get install libwrap0"))
+    namespaces_unavailable("Sendmail")
+        .or_else(|| missing_libraries(&bin, "apt-get install libwrap0"))
 }
 
 /// Gate for tests that need Sendmail: true when it can run; otherwise a loud message and false,
