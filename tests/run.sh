@@ -49,11 +49,12 @@ fi
 
 # OpenSMTPD for testkit::opensmtpd (unpacked like sendmail-bin, for the same conflict with
 # postfix; see the script for the users and directories it also needs).
-if [ "$(id -u)" -ne 0 ]; then
-  echo "tests/run.sh: run as root to set up OpenSMTPD (tests/install_opensmtpd.sh)" >&2
+if [ "$(id -u)" -eq 0 ]; then
+  tests/install_opensmtpd.sh
+elif [ ! -x /opt/authmilter-tests/opensmtpd/usr/sbin/smtpd ]; then
+  echo "tests/run.sh: OpenSMTPD is missing (run as root to set it up: tests/install_opensmtpd.sh)" >&2
   exit 1
 fi
-tests/install_opensmtpd.sh
 
 # The openspf RFC 7208 suite for tests/spf_conformance.rs (from PyPI's pyspf tarball, converted
 # with python3-yaml into target/openspf/; not shipped in this repository: BSD-style licence).
