@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-packages=(opendkim opendkim-tools miltertest python3-dkim python3-dnspython libmail-dkim-perl libnet-dns-perl openssl postfix sendmail-cf m4 libwrap0 systemd python3-pip python3-yaml)
+packages=(opendkim opendkim-tools miltertest python3-dkim python3-dnspython libmail-dkim-perl libnet-dns-perl openssl postfix sendmail-cf m4 libwrap0 libevent-2.1-7 libdb5.3 libopensmtpd0 systemd python3-pip python3-yaml)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -45,6 +45,15 @@ if [ ! -x "$sendmail_root/usr/libexec/sendmail/sendmail" ]; then
   mkdir -p "$sendmail_root"
   dpkg-deb -x "$tmp"/sendmail-bin_*.deb "$sendmail_root"
   rm -rf "$tmp"
+fi
+
+# OpenSMTPD for testkit::opensmtpd (unpacked like sendmail-bin, for the same conflict with
+# postfix; see the script for the users and directories it also needs).
+if [ "$(id -u)" -eq 0 ]; then
+  tests/install_opensmtpd.sh
+elif [ ! -x /opt/authmilter-tests/opensmtpd/usr/sbin/smtpd ]; then
+  echo "tests/run.sh: OpenSMTPD is missing (run as root to set it up: tests/install_opensmtpd.sh)" >&2
+  exit 1
 fi
 
 # The openspf RFC 7208 suite for tests/spf_conformance.rs (from PyPI's pyspf tarball, converted

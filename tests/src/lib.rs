@@ -3,7 +3,7 @@
 //! Tests in this project use real components instead of mocks: a real DNS server on loopback
 //! ([`dns`]), keys generated at run time ([`keys`]), independent DKIM implementations from Debian
 //! as judges ([`judges`]), the real OpenDKIM daemon ([`opendkim`]), real MTAs behind one
-//! interface ([`mta`]: [`postfix`], [`sendmail`]) and the shared public corpora ([`corpus`]);
+//! interface ([`mta`]: [`postfix`], [`sendmail`], [`opensmtpd`]) and the shared public corpora ([`corpus`]);
 //! our own daemons run in-process ([`daemons`]) with their log lines captured ([`logcapture`]).
 //! All traffic stays on 127.0.0.0/8 or ::1, and every wait is bounded.
 
@@ -16,6 +16,7 @@ pub mod keys;
 pub mod logcapture;
 pub mod mta;
 pub mod opendkim;
+pub mod opensmtpd;
 pub mod postfix;
 pub mod sendmail;
 pub mod smtp;

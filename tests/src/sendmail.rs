@@ -13,10 +13,10 @@
 //! Isolation: at start-up Sendmail looks up its own host name and, when it is not fully
 //! qualified, retries every 60 seconds ("unable to qualify my own domain name"), asking the
 //! system's DNS servers. The instance therefore runs in new UTS and mount namespaces
-//! (`unshare -u -m`, root only) where the host name is `mx.test.example`, and `/etc/hosts` and
-//! `/etc/resolv.conf` are bind-mounted from the instance directory: the host name resolves
-//! from the file, and the only name server is 127.0.0.1:53, where nothing listens. The network
-//! namespace is the host's, so the test connects to it normally.
+//! ([`Instance::spawn_in_namespaces`]) where the host name is `mx.test.example`, and
+//! `/etc/hosts` and `/etc/resolv.conf` are bind-mounted from the instance directory: the host
+//! name resolves from the file, and the only name server is 127.0.0.1:53, where nothing
+//! listens. The network namespace is the host's, so the test connects to it normally.
 //!
 //! Configuration: a `.mc` file turned into `sendmail.cf` with m4 and Debian's cf.m4: two SMTP
 //! daemons on loopback (Name=MTA, and Name=MSA, which our milter's `mta = ["MSA"]` trusts), the
@@ -31,14 +31,16 @@
 use std::fs;
 use std::io;
 use std::net::SocketAddr;
-use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
-use std::os::unix::process::CommandExt;
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use crate::judges::{in_ci, run_bounded};
-use crate::mta::{files_below, start_retrying, Instance, Mta, MtaKind, Rejection, Startup};
+use crate::mta::{
+    files_below, missing_libraries, namespaces_unavailable, start_retrying, Instance, Mta, MtaKind,
+    Rejection, Startup,
+};
 
 /// Where tests/run.sh unpacks Debian's sendmail-bin package.
 pub const SENDMAIL_ROOT: &str = "/opt/authmilter-tests/sendmail-bin";
@@ -81,30 +83,13 @@ pub fn sendmail_unavailable() -> Option<String> {
             "{CF_M4} is missing (apt-get install sendmail-cf m4)"
         ));
     }
-    let ok = |program: &str, args: &[&str]| {
-        let mut cmd = Command::new(program);
-        cmd.args(args);
-        run_bounded(cmd, b"", Duration::from_secs(20)).is_ok_and(|o| o.status.success())
-    };
-    if !ok("m4", &["--version"]) {
+    let mut m4 = Command::new("m4");
+    m4.arg("--version");
+    if !run_bounded(m4, b"", Duration::from_secs(20)).is_ok_and(|o| o.status.success()) {
         return Some("m4 is missing (apt-get install m4)".into());
     }
-    if !ok("unshare", &["-u", "-m", "true"]) {
-        return Some(
-            "`unshare -u -m` does not work here (Sendmail needs root and new UTS and mount namespaces)"
-                .into(),
-        );
-    }
-    let mut ldd = Command::new("ldd");
-    ldd.arg(&bin);
-    match run_bounded(ldd, b"", Duration::from_secs(20)) {
-        Ok(o) if String::from_utf8_lossy(&o.stdout).contains("not found") => Some(format!(
-            "{} lacks libraries (apt-get install libwrap0): {}",
-            bin.display(),
-            String::from_utf8_lossy(&o.stdout)
-        )),
-        _ => None,
-    }
+    namespaces_unavailable("Sendmail")
+        .or_else(|| missing_libraries(&bin, "apt-get install libwrap0"))
 }
 
 /// Gate for tests that need Sendmail: true when it can run; otherwise a loud message and false,
@@ -201,23 +186,6 @@ fn mc(d: &Path, smtp_port: u16, submission_port: u16, opts: &SendmailOptions) ->
     )
 }
 
-/// The script run as root inside `unshare -u -m`: private host name, hosts and resolv.conf,
-/// then Sendmail in the foreground (-bD), as this same process (exec), so killing the child
-/// we started stops the daemon.
-fn run_script(d: &Path, bin: &Path) -> String {
-    let dir = d.display();
-    format!(
-        "#!/bin/sh\n\
-         set -e\n\
-         mount --make-rprivate / 2>/dev/null || true\n\
-         hostname {HOSTNAME}\n\
-         mount --bind {dir}/hosts /etc/hosts\n\
-         mount --bind {dir}/resolv.conf /etc/resolv.conf\n\
-         exec {bin} -C {dir}/sendmail.cf -bD\n",
-        bin = bin.display()
-    )
-}
-
 impl Sendmail {
     /// Starts an instance and waits (at most [`crate::mta::START_TIMEOUT`]) until it listens,
     /// as shown by its pid file (written after the daemon sockets are open).
@@ -230,14 +198,7 @@ impl Sendmail {
         // Mode 0700 from the start, like a real /var/spool/mqueue.
         fs::DirBuilder::new().mode(0o700).create(d.join("queue"))?;
         fs::write(d.join("service.switch"), "hosts files\naliases files\n")?;
-        fs::write(
-            d.join("hosts"),
-            format!("127.0.0.1 {HOSTNAME} localhost\n::1 localhost\n"),
-        )?;
-        fs::write(
-            d.join("resolv.conf"),
-            "nameserver 127.0.0.1\noptions timeout:1 attempts:1\n",
-        )?;
+        inst.write_private_etc()?;
         fs::write(d.join("aliases"), "")?;
         fs::write(d.join("helpfile"), "")?;
         fs::write(d.join("local-host-names"), "")?;
@@ -257,15 +218,13 @@ impl Sendmail {
             )));
         }
         fs::write(d.join("sendmail.cf"), &m4.stdout)?;
-        let script = d.join("run.sh");
-        fs::write(&script, run_script(&d, &sendmail_binary()))?;
-        fs::set_permissions(&script, fs::Permissions::from_mode(0o755))?;
-
-        let mut cmd = Command::new("unshare");
-        cmd.arg("-u").arg("-m").arg(&script);
-        // Its own process group, so drop can stop every process of the instance.
-        cmd.process_group(0);
-        inst.spawn(cmd)?;
+        // Sendmail in the foreground (-bD), as the process we started (see
+        // Instance::spawn_in_namespaces).
+        inst.spawn_in_namespaces(&format!(
+            "exec {} -C {}/sendmail.cf -bD\n",
+            sendmail_binary().display(),
+            d.display()
+        ))?;
         let mut me = Sendmail { inst };
         me.inst.wait_started(
             "sendmail",
@@ -301,21 +260,9 @@ impl Sendmail {
             .to_owned()
     }
 
-    /// Stops the instance: SIGTERM to its process group, up to 5 s for the daemon to exit,
-    /// then SIGKILL to the group (children it forked for connections may outlive it), and
-    /// reaps.
+    /// Stops the instance ([`Instance::stop_group`], 5 s grace).
     pub fn stop(&mut self) {
-        let signal_group = |signal: &str, child: &std::process::Child| {
-            let _ = Command::new("kill")
-                .args([signal, "--", &format!("-{}", child.id())])
-                .stderr(Stdio::null())
-                .status();
-        };
-        self.inst.stop(
-            |child| signal_group("-TERM", child),
-            Duration::from_secs(5),
-            |child, _| signal_group("-KILL", child),
-        );
+        self.inst.stop_group(Duration::from_secs(5));
     }
 }
 
