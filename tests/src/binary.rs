@@ -203,3 +203,14 @@ pub fn check_fails_with(bin: &str, conf: &Path, text: &str, expected: &str) {
     assert_eq!(out.status.code(), Some(78), "{stderr}");
     assert!(stderr.contains(expected), "no {expected:?} in: {stderr}");
 }
+
+/// A binary of this workspace built by `cargo test --workspace` (or `cargo build`), found
+/// beside the running test executable (`target/<profile>/NAME`), for tests in crates that
+/// cannot name it with `env!("CARGO_BIN_EXE_…")`. None when it has not been built.
+pub fn workspace_binary(name: &str) -> Option<PathBuf> {
+    let exe = std::env::current_exe().ok()?;
+    // target/<profile>/deps/test-binary → target/<profile>/NAME
+    let profile_dir = exe.parent()?.parent()?;
+    let bin = profile_dir.join(name);
+    bin.is_file().then_some(bin)
+}

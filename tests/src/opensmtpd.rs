@@ -158,6 +158,11 @@ pub struct OpensmtpdOptions {
     pub submission_filter: Option<String>,
     /// Further smtpd.conf lines, written before the listeners (e.g. `admd "..."`).
     pub extra: Vec<String>,
+    /// Templates `NAME.in` (a filter's configuration) written out as `NAME` with `@SMTP_PORT@`
+    /// and `@SUBMISSION_PORT@` replaced by the instance's ports before smtpd starts its filters:
+    /// a filter told which listener is the submission one can only learn the port once the
+    /// instance has chosen it (again on a retry with other ports).
+    pub port_templates: Vec<PathBuf>,
 }
 
 impl OpensmtpdOptions {
@@ -222,6 +227,19 @@ impl Opensmtpd {
         fs::set_permissions(d.join("smtpd-sink.sh"), fs::Permissions::from_mode(0o755))?;
         fs::write(d.join("mailname"), format!("{HOSTNAME}\n"))?;
         inst.write_private_etc()?;
+        for t in &opts.port_templates {
+            let out = t.with_extension("");
+            if out == *t {
+                return Err(io::Error::other(format!(
+                    "{}: a template must end in .in",
+                    t.display()
+                )));
+            }
+            let text = fs::read_to_string(t)?
+                .replace("@SMTP_PORT@", &inst.smtp_port().to_string())
+                .replace("@SUBMISSION_PORT@", &inst.submission_port().to_string());
+            fs::write(out, text)?;
+        }
         let conf = d.join("smtpd.conf");
         fs::write(
             &conf,

@@ -62,47 +62,62 @@ impl<P: Policy> Session<P> {
 
     /// Takes in one report event of this session.
     pub fn report(&mut self, version: Version, event: &str, params: &[u8]) {
-        let params = text(params);
-        let f: Vec<&str> = params.split('|').collect();
-        let at = |i: usize| f.get(i).copied().unwrap_or("");
-        match event {
-            "link-connect" => {
-                // rdns|fcrdns|src|dest
-                self.env.client_name = at(0).to_string();
-                self.env.client_ip = client_ip(at(2));
-                self.env.listener = Some(at(3).to_string()).filter(|d| !d.is_empty());
-            }
-            // smtpd's admd (config) wins over the greeting name.
-            "link-greeting" if self.env.mta_hostname.is_none() => {
-                self.env.mta_hostname = Some(at(0).to_string()).filter(|h| !h.is_empty());
-            }
-            "link-identify" => self.env.helo = at(1).to_string(),
-            "link-auth" => {
-                // 0.6: username|result; 0.7: result|username.
-                let (user, result) = match version {
-                    Version::V0_6 => (at(0), at(1)),
-                    Version::V0_7 => (at(1), at(0)),
-                };
-                self.env.auth = (result == "pass").then(|| Authenticated {
-                    user: user.to_string(),
-                    mechanism: String::new(),
-                });
-            }
-            "tx-begin" => {
-                self.env.reset_transaction();
-                self.env.queue_id = Some(at(0).to_string()).filter(|q| !q.is_empty());
-                self.message = None;
-            }
-            // message-id|result|address
-            "tx-mail" if at(1) == "ok" => self.env.mail_from = strip_angle(at(2)),
-            "tx-rcpt" if at(1) == "ok" => self.env.rcpts.push(strip_angle(at(2))),
-            "tx-reset" | "tx-rollback" => {
-                self.env.reset_transaction();
-                self.message = None;
-            }
-            _ => {}
+        if apply_report(&mut self.env, version, event, params) {
+            self.message = None;
         }
     }
+}
+
+/// Updates `env` from one report event; true when the event ends the current transaction (its
+/// message, if any, is abandoned).
+pub fn apply_report(env: &mut Envelope, version: Version, event: &str, params: &[u8]) -> bool {
+    let params = text(params);
+    let f: Vec<&str> = params.split('|').collect();
+    let at = |i: usize| f.get(i).copied().unwrap_or("");
+    match event {
+        "link-connect" => {
+            // rdns|fcrdns|src|dest
+            env.client_name = at(0).to_string();
+            env.client_ip = client_ip(at(2));
+            if at(2).starts_with("unix:") {
+                // Local enqueue (sendmail(8)/smtpctl through smtpd's socket): the local host,
+                // as an MTA reports its own pickup to milters.
+                env.client_name = "localhost".into();
+                env.client_ip = Some(IpAddr::from([127, 0, 0, 1]));
+            }
+            env.listener = Some(at(3).to_string()).filter(|d| !d.is_empty());
+        }
+        // smtpd's admd (config) wins over the greeting name.
+        "link-greeting" if env.mta_hostname.is_none() => {
+            env.mta_hostname = Some(at(0).to_string()).filter(|h| !h.is_empty());
+        }
+        "link-identify" => env.helo = at(1).to_string(),
+        "link-auth" => {
+            // 0.6: username|result; 0.7: result|username.
+            let (user, result) = match version {
+                Version::V0_6 => (at(0), at(1)),
+                Version::V0_7 => (at(1), at(0)),
+            };
+            env.auth = (result == "pass").then(|| Authenticated {
+                user: user.to_string(),
+                mechanism: String::new(),
+            });
+        }
+        "tx-begin" => {
+            env.reset_transaction();
+            env.queue_id = Some(at(0).to_string()).filter(|q| !q.is_empty());
+            return true;
+        }
+        // message-id|result|address
+        "tx-mail" if at(1) == "ok" => env.mail_from = strip_angle(at(2)),
+        "tx-rcpt" if at(1) == "ok" => env.rcpts.push(strip_angle(at(2))),
+        "tx-reset" | "tx-rollback" => {
+            env.reset_transaction();
+            return true;
+        }
+        _ => {}
+    }
+    false
 }
 
 /// A message being received.
@@ -301,6 +316,55 @@ mod tests {
         assert_eq!(client_ip("2001:db8::1:41000"), "2001:db8::1".parse().ok());
         assert_eq!(client_ip("2001:db8::1"), "2001:db8::1".parse().ok());
         assert_eq!(client_ip("unix:/var/run/smtpd.sock"), None);
+    }
+
+    #[test]
+    fn envelope_from_reports_as_smtpd_6_8_sends_them() {
+        let mut env = Envelope::default();
+        let v = Version::V0_6;
+        apply_report(
+            &mut env,
+            v,
+            "link-connect",
+            b"mail.example|pass|192.0.2.7:40182|127.0.0.1:587",
+        );
+        apply_report(&mut env, v, "link-greeting", b"mx.test.example");
+        apply_report(&mut env, v, "link-identify", b"EHLO|client.test");
+        apply_report(&mut env, v, "link-auth", b"alice|pass");
+        assert!(apply_report(&mut env, v, "tx-begin", b"0ff60d3c"));
+        apply_report(&mut env, v, "tx-mail", b"0ff60d3c|ok|a@example.com");
+        apply_report(&mut env, v, "tx-rcpt", b"0ff60d3c|ok|b@example.org");
+        apply_report(
+            &mut env,
+            v,
+            "tx-rcpt",
+            b"0ff60d3c|permfail|nobody@example.org",
+        );
+        assert_eq!(env.client_ip, "192.0.2.7".parse().ok());
+        assert_eq!(env.client_name, "mail.example");
+        assert_eq!(env.listener.as_deref(), Some("127.0.0.1:587"));
+        assert_eq!(env.mta_hostname.as_deref(), Some("mx.test.example"));
+        assert_eq!(env.helo, "client.test");
+        assert_eq!(env.auth.as_ref().map(|a| a.user.as_str()), Some("alice"));
+        assert_eq!(env.queue_id(), "0ff60d3c");
+        assert_eq!(env.mail_from, "a@example.com");
+        assert_eq!(env.rcpts, ["b@example.org"]);
+        // 0.7 swaps link-auth's fields; a failed authentication is none.
+        apply_report(&mut env, Version::V0_7, "link-auth", b"pass|bob");
+        assert_eq!(env.auth.as_ref().map(|a| a.user.as_str()), Some("bob"));
+        apply_report(&mut env, v, "link-auth", b"mallory|fail");
+        assert!(env.auth.is_none());
+        assert!(apply_report(&mut env, v, "tx-reset", b"0ff60d3c"));
+        assert!(env.rcpts.is_empty());
+        // A session on smtpd's socket (local enqueue) is the local host.
+        apply_report(
+            &mut env,
+            v,
+            "link-connect",
+            b"mx.test.example|pass|unix:/var/run/smtpd.sock|unix:/var/run/smtpd.sock",
+        );
+        assert_eq!(env.client_ip, "127.0.0.1".parse().ok());
+        assert_eq!(env.client_name, "localhost");
         assert_eq!(client_ip(""), None);
     }
 
