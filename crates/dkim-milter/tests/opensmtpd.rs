@@ -136,7 +136,7 @@ impl Filter {
         }
         self.send(&format!("filter|0.6|1.0|smtp-in|commit|{SID}|0011"));
         assert_eq!(self.read(), format!("filter-result|{SID}|0011|proceed"));
-        self.send(&r("link-disconnect", "").trim_end_matches('|').to_string());
+        self.send(r("link-disconnect", "").trim_end_matches('|'));
         selector
     }
 
