@@ -14,6 +14,10 @@ usage:
                                                serve a DNS zone (UDP+TCP) until killed
   milter-bench idle -e ENDPOINT --sessions N [--hold SECS]
                                                hold N negotiated, idle sessions open
+  milter-bench smtpd --filter none|ours|dkimsign [--bin PATH] [-n N] [-c N] [--size BYTES]
+                                               sign through a throwaway OpenSMTPD 6.8 with our
+                                               filter (PATH: dkim-milter), filter-dkimsign or
+                                               none; prints one JSON report
 
 run options:
   -e, --endpoint SPEC      inet:PORT@HOST, inet:HOST:PORT or unix:/path
@@ -44,7 +48,7 @@ Exit status: 0 if every message got the expected answer, 1 if any failed, 2 on u
 fn main() -> ExitCode {
     let mut args: Vec<String> = std::env::args().skip(1).collect();
     let sub = match args.first().map(String::as_str) {
-        Some("dns") | Some("idle") | Some("run") => args.remove(0),
+        Some("dns") | Some("idle") | Some("run") | Some("smtpd") => args.remove(0),
         Some("-h") | Some("--help") => {
             println!("{USAGE}");
             return ExitCode::SUCCESS;
@@ -54,6 +58,7 @@ fn main() -> ExitCode {
     let res = match sub.as_str() {
         "dns" => cmd_dns(args),
         "idle" => cmd_idle(args),
+        "smtpd" => cmd_smtpd(args),
         _ => cmd_run(args),
     };
     match res {
@@ -96,6 +101,36 @@ fn runtime(threads: usize) -> Result<tokio::runtime::Runtime, String> {
         b
     };
     b.enable_all().build().map_err(|e| e.to_string())
+}
+
+fn cmd_smtpd(argv: Vec<String>) -> Result<ExitCode, String> {
+    let mut a = Args {
+        rest: argv.into_iter(),
+    };
+    let mut filter = None;
+    let mut bin = PathBuf::from("target/release/dkim-milter");
+    let (mut n, mut c, mut size) = (200u64, 4usize, 4096usize);
+    while let Some(opt) = a.rest.next() {
+        match opt.as_str() {
+            "--filter" => filter = Some(a.parse::<milter_bench::smtpd::Filter>(&opt)?),
+            "--bin" => bin = PathBuf::from(a.value(&opt)?),
+            "-n" | "--messages" => n = a.parse(&opt)?,
+            "-c" | "--concurrency" => c = a.parse::<usize>(&opt)?.max(1),
+            "--size" => size = a.parse(&opt)?,
+            other => return Err(format!("unknown option {other}")),
+        }
+    }
+    let filter = filter.ok_or("--filter is required")?;
+    let report = milter_bench::smtpd::run(filter, &bin, n, c, size)?;
+    println!(
+        "{}",
+        serde_json::to_string(&report).map_err(|e| e.to_string())?
+    );
+    Ok(if report.failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }
 
 /// A deferred change to the configuration (applied once the mode is known).

@@ -27,8 +27,13 @@ use tokio::sync::mpsc;
 /// about 1,000 bytes); anything longer is not valid input and is skipped, keeping memory bounded.
 pub const MAX_LINE: usize = 64 * 1024;
 
-/// Lines queued for stdout before the producers wait.
-const OUTPUT_QUEUE: usize = 1024;
+/// Chunks queued for stdout before the producers wait (each a batch of whole lines of at most
+/// about [`CHUNK`] bytes: a few MiB in flight at most, whatever the message size).
+const OUTPUT_QUEUE: usize = 64;
+
+/// A message is handed to the writer in chunks of about this size: one write and one wake-up
+/// per chunk instead of per line (per line, those cost more CPU than the rest of the filter).
+const CHUNK: usize = 64 * 1024;
 
 /// Why the filter stopped other than end of input.
 #[derive(Debug)]
@@ -88,13 +93,14 @@ async fn read_line(r: &mut (impl AsyncBufRead + Unpin)) -> io::Result<Option<Lin
     }))
 }
 
-/// Owns stdout: writes each queued line with its newline, flushing when the queue is empty.
+/// Owns stdout: writes each queued chunk (whole lines, each with its newline), flushing when
+/// the queue is empty.
 async fn write_lines(mut rx: mpsc::Receiver<Vec<u8>>, out: impl AsyncWrite + Unpin) {
     let mut out = tokio::io::BufWriter::new(out);
-    while let Some(line) = rx.recv().await {
-        let mut next = Some(line);
+    while let Some(chunk) = rx.recv().await {
+        let mut next = Some(chunk);
         while let Some(l) = next {
-            if out.write_all(&l).await.is_err() || out.write_all(b"\n").await.is_err() {
+            if out.write_all(&l).await.is_err() {
                 tracing::error!("cannot write to smtpd (stdout closed)");
                 return;
             }
@@ -172,7 +178,8 @@ struct State<P: Policy> {
 impl<P: Policy> State<P> {
     /// Queues a line for stdout; false when stdout is gone. (Takes `&mut self` so the future
     /// stays `Send` without asking the policy's carry type to be `Sync`.)
-    async fn send(&mut self, line: Vec<u8>) -> bool {
+    async fn send(&mut self, mut line: Vec<u8>) -> bool {
+        line.push(b'\n');
         let tx = self.tx.clone();
         tx.send(line).await.is_ok()
     }
@@ -402,20 +409,44 @@ async fn end_of_message<P: Policy>(
     };
     let rewrite = rewrite_for(&verdict, &seen);
     let mut decision = session::decision(&verdict.action, &qid);
-    let lines = tx.clone();
-    let (sid_w, token_w) = (sid.clone(), token.clone());
-    let written = tokio::task::spawn_blocking(move || {
-        copy.write_back(&rewrite, &mut |line| {
-            lines
-                .blocking_send(proto::data_line(&sid_w, &token_w, line))
-                .map_err(|_| io::Error::other("stdout closed"))
+    let copy_in_memory = copy.in_memory() && copy.len_hint() < CHUNK;
+    // Lines are batched into chunks; the last chunk (with the final ".") goes out only after
+    // the disposition is stored, since smtpd sends commit as soon as it has the ".". A small
+    // message kept in memory is written back here in one chunk; a larger one on a blocking
+    // thread, handing full chunks to the writer as it goes (bounded memory).
+    let written: Result<io::Result<Vec<u8>>, String> = if copy_in_memory {
+        let mut chunk = Vec::with_capacity(2 * CHUNK);
+        Ok(copy
+            .write_back(&rewrite, &mut |line| {
+                chunk.extend_from_slice(&proto::data_line(&sid, &token, line));
+                chunk.push(b'\n');
+                Ok(())
+            })
+            .map(|()| chunk))
+    } else {
+        let (lines, sid, token) = (tx.clone(), sid.clone(), token.clone());
+        tokio::task::spawn_blocking(move || -> io::Result<Vec<u8>> {
+            let mut chunk = Vec::with_capacity(CHUNK + 1024);
+            copy.write_back(&rewrite, &mut |line| {
+                chunk.extend_from_slice(&proto::data_line(&sid, &token, line));
+                chunk.push(b'\n');
+                if chunk.len() >= CHUNK {
+                    let full = std::mem::replace(&mut chunk, Vec::with_capacity(CHUNK + 1024));
+                    lines
+                        .blocking_send(full)
+                        .map_err(|_| io::Error::other("stdout closed"))?;
+                }
+                Ok(())
+            })?;
+            Ok(chunk)
         })
-    })
-    .await;
-    let failure = match written {
-        Ok(Ok(())) => None,
-        Ok(Err(e)) => Some(e.to_string()),
-        Err(e) => Some(e.to_string()),
+        .await
+        .map_err(|e| e.to_string())
+    };
+    let (tail, failure) = match written {
+        Ok(Ok(tail)) => (tail, None),
+        Ok(Err(e)) => (Vec::new(), Some(e.to_string())),
+        Err(e) => (Vec::new(), Some(e)),
     };
     if let Some(e) = failure {
         tracing::error!("{qid}: cannot write the message back to smtpd: {e}; temporarily failing");
@@ -432,5 +463,8 @@ async fn end_of_message<P: Policy>(
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .insert(sid.clone(), decision);
-    let _ = tx.send(proto::data_end(&sid, &token).into_bytes()).await;
+    let mut tail = tail;
+    tail.extend_from_slice(proto::data_end(&sid, &token).as_bytes());
+    tail.push(b'\n');
+    let _ = tx.send(tail).await;
 }

@@ -56,8 +56,10 @@ pub fn main<P: Policy>(version: &'static str) -> ExitCode {
         eprintln!("{}: {e}", P::NAME);
         return ExitCode::from(EX_CONFIG);
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(service.workers.max(1))
+    // One event loop on one thread: the filter reads one stdin, and a work-stealing pool would
+    // spend more CPU waking idle threads than the work itself (as measured for the milter);
+    // file I/O and blocking stores still run on tokio's blocking threads.
+    let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
     {

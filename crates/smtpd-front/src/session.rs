@@ -127,6 +127,7 @@ pub struct Incoming<P: Policy> {
     builder: MessageBuilder,
     carry: Option<P::Carry>,
     copy: SpooledTempFile,
+    copied: usize,
     in_headers: bool,
     /// The header field being read (name, colon, value, folds joined with CRLF).
     field: Vec<u8>,
@@ -142,6 +143,7 @@ impl<P: Policy> Incoming<P> {
             builder: MessageBuilder::new(snap.limits(), true),
             carry: None,
             copy: SpooledTempFile::new(SPOOL_IN_MEMORY),
+            copied: 0,
             in_headers: true,
             field: Vec::new(),
             broken: None,
@@ -172,6 +174,7 @@ impl<P: Policy> Incoming<P> {
     /// One line of the message as smtpd sent it (dot-escaped, no line end; not the final `.`).
     pub fn line(&mut self, snap: &P, env: &Envelope, escaped: &[u8]) {
         let line = escaped.strip_prefix(b".").unwrap_or(escaped);
+        self.copied += line.len() + 1;
         if let Err(e) = self
             .copy
             .write_all(line)
@@ -213,12 +216,12 @@ impl<P: Policy> Incoming<P> {
             self.end_headers(snap, env);
         }
         let msg = self.builder.finish();
-        (msg, self.carry, Copy(self.copy))
+        (msg, self.carry, Copy(self.copy, self.copied))
     }
 }
 
-/// Our copy of a message's lines, unescaped, one per `\n`.
-pub struct Copy(SpooledTempFile);
+/// Our copy of a message's lines, unescaped, one per `\n`, and its length.
+pub struct Copy(SpooledTempFile, usize);
 
 /// How a verdict changes the message on its way back: fields to put on top (in top-down order,
 /// each `(name, value)` with folds as CRLF or LF), and the 1-based occurrences of
@@ -230,6 +233,16 @@ pub struct Rewrite {
 }
 
 impl Copy {
+    /// True while the copy has not moved to a temporary file.
+    pub fn in_memory(&self) -> bool {
+        !self.0.is_rolled()
+    }
+
+    /// Bytes written so far (lines and their newlines).
+    pub fn len_hint(&self) -> usize {
+        self.1
+    }
+
     /// Writes the message back through `emit`, one unescaped line at a time (no line end),
     /// with `rewrite` applied to the header section.
     pub fn write_back(
@@ -374,7 +387,7 @@ mod tests {
             f.write_all(l).unwrap();
             f.write_all(b"\n").unwrap();
         }
-        Copy(f)
+        Copy(f, 0)
     }
 
     fn written(copy: Copy, rewrite: &Rewrite) -> Vec<Vec<u8>> {

@@ -1,0 +1,202 @@
+// SPDX-License-Identifier: GPL-3.0-or-later
+//! `milter-bench smtpd`: signing through a real OpenSMTPD (the test kit's throwaway smtpd 6.8)
+//! with our filter (`dkim-milter --opensmtpd`), with Debian's `filter-dkimsign`, or with no
+//! filter at all, the same RSA-2048 key and message for each: messages per second end to end
+//! (SMTP submission until the 250 after DATA) and the filter process's CPU time per message
+//! (utime + stime from /proc, before and after the run).
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use testkit::keys::TestKey;
+use testkit::mta::Mta;
+use testkit::opensmtpd::{filter_dkimsign, Opensmtpd, OpensmtpdOptions};
+
+/// Which filter smtpd runs on the submission listener.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Filter {
+    None,
+    Ours,
+    Dkimsign,
+}
+
+impl std::str::FromStr for Filter {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "none" => Ok(Filter::None),
+            "ours" => Ok(Filter::Ours),
+            "dkimsign" => Ok(Filter::Dkimsign),
+            other => Err(format!("unknown filter {other:?} (none, ours, dkimsign)")),
+        }
+    }
+}
+
+/// What one run measured.
+#[derive(Debug, serde::Serialize)]
+pub struct Report {
+    pub filter: String,
+    pub messages: u64,
+    pub failed: u64,
+    pub concurrency: usize,
+    pub seconds: f64,
+    pub messages_per_second: f64,
+    /// CPU milliseconds of the filter process per message (0 without a filter).
+    pub filter_cpu_ms_per_message: f64,
+}
+
+/// /proc/PID/stat counts CPU time in USER_HZ ticks, 100 per second on Linux whatever the
+/// kernel's own HZ (the same unit bench/run's sampling uses).
+const USER_HZ: f64 = 100.0;
+
+/// utime + stime of `pid`, in seconds.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command (which may contain spaces) start after the last ')'.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // After ')': state(0) ppid(1) … utime(11) stime(12).
+    (ticks(11) + ticks(12)) / USER_HZ
+}
+
+/// The pid of the process whose command line contains `needle`.
+fn pid_of(needle: &str) -> Option<u32> {
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+        let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+        let cmd = std::fs::read(e.path().join("cmdline")).ok()?;
+        let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+        cmd.contains(needle).then_some(pid)
+    })
+}
+
+fn message(size: usize, n: u64) -> Vec<u8> {
+    let mut body = String::new();
+    let line = "The quick brown fox jumps over the lazy dog, again and again and again.\r\n";
+    while body.len() < size {
+        body.push_str(line);
+    }
+    format!(
+        "From: Sender <sender@example.com>\r\nTo: rcpt@example.org\r\nSubject: bench {n}\r\n\
+         Date: Wed, 25 Nov 2026 12:00:00 +0000\r\nMessage-ID: <bench-{n}@example.com>\r\n\r\n{body}"
+    )
+    .into_bytes()
+}
+
+/// Runs `messages` submissions with `concurrency` clients through smtpd with `filter`.
+pub fn run(
+    filter: Filter,
+    ours: &Path,
+    messages: u64,
+    concurrency: usize,
+    size: usize,
+) -> Result<Report, String> {
+    // smtpd runs relative proc-exec paths from /usr/libexec/opensmtpd.
+    let ours = &std::fs::canonicalize(ours).map_err(|e| format!("{}: {e}", ours.display()))?;
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let d = dir.path();
+    let key = TestKey::rsa(2048);
+    let key_path: PathBuf = key.write_pem(d, "rsa.pem", true);
+    let mut opts = OpensmtpdOptions::default();
+    let needle = match filter {
+        Filter::None => None,
+        Filter::Ours => {
+            std::fs::write(d.join("KeyTable"), "rsa example.com:rsa:rsa.pem\n")
+                .map_err(|e| e.to_string())?;
+            std::fs::write(d.join("SigningTable"), "*@example.com rsa\n")
+                .map_err(|e| e.to_string())?;
+            let cfg = d.join("dkim-milter.toml.in");
+            std::fs::write(
+                &cfg,
+                "key_table = \"file:KeyTable\"\nsigning_table = \"refile:SigningTable\"\n\
+                 internal_hosts = [\"192.0.2.1\"]\nmta = [\"127.0.0.1:@SUBMISSION_PORT@\"]\n\
+                 [log]\nsuccess = false\n\
+                 [resolver]\nnameservers = [\"127.0.0.1:9\"]\ntimeout = 0.5\nattempts = 1\n",
+            )
+            .map_err(|e| e.to_string())?;
+            opts.port_templates.push(cfg.clone());
+            let cfg = cfg.with_extension("");
+            opts.filters.push(format!(
+                "filter \"sign\" proc-exec \"{} --opensmtpd -c {}\" user root group root",
+                ours.display(),
+                cfg.display()
+            ));
+            Some(cfg.display().to_string())
+        }
+        Filter::Dkimsign => {
+            opts.filters.push(format!(
+                "filter \"sign\" proc-exec \"{} -a rsa-sha256 -c relaxed/relaxed -d example.com -s rsa -k {}\" user root group root",
+                filter_dkimsign().display(),
+                key_path.display()
+            ));
+            Some(format!("-k {}", key_path.display()))
+        }
+    };
+    if needle.is_some() {
+        opts.submission_filter = Some("sign".into());
+    }
+    let smtpd = Opensmtpd::start(opts).map_err(|e| format!("smtpd: {e}"))?;
+    let pid = match &needle {
+        Some(n) => Some(pid_of(n).ok_or("the filter process was not found")?),
+        None => None,
+    };
+    let addr = smtpd.submission_addr();
+    // One warm-up message (keys loaded, caches filled), not counted.
+    let warm = testkit::smtp::send(
+        addr,
+        "bench.example",
+        "sender@example.com",
+        &["rcpt@example.org"],
+        &message(size, 0),
+        None,
+    )
+    .map_err(|e| e.to_string())?;
+    if warm.code != 250 {
+        return Err(format!("warm-up message refused: {warm}"));
+    }
+    let cpu_before = pid.map(cpu_seconds).unwrap_or(0.0);
+    let next = Arc::new(AtomicU64::new(1));
+    let failed = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let workers: Vec<_> = (0..concurrency)
+        .map(|_| {
+            let (next, failed) = (next.clone(), failed.clone());
+            std::thread::spawn(move || loop {
+                let n = next.fetch_add(1, Ordering::Relaxed);
+                if n > messages {
+                    return;
+                }
+                let ok = testkit::smtp::send(
+                    addr,
+                    "bench.example",
+                    "sender@example.com",
+                    &["rcpt@example.org"],
+                    &message(size, n),
+                    None,
+                )
+                .map(|r| r.code == 250)
+                .unwrap_or(false);
+                if !ok {
+                    failed.fetch_add(1, Ordering::Relaxed);
+                }
+            })
+        })
+        .collect();
+    for w in workers {
+        let _ = w.join();
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    let cpu = pid.map(cpu_seconds).unwrap_or(0.0) - cpu_before;
+    // Deliveries finish in the background; the run measured submission only.
+    let _ = smtpd.wait_for_deliveries(messages as usize + 1, Duration::from_secs(60));
+    Ok(Report {
+        filter: format!("{filter:?}").to_lowercase(),
+        messages,
+        failed: failed.load(Ordering::Relaxed),
+        concurrency,
+        seconds,
+        messages_per_second: messages as f64 / seconds,
+        filter_cpu_ms_per_message: cpu * 1000.0 / messages as f64,
+    })
+}
