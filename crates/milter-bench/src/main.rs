@@ -14,7 +14,7 @@ usage:
                                                serve a DNS zone (UDP+TCP) until killed
   milter-bench idle -e ENDPOINT --sessions N [--hold SECS]
                                                hold N negotiated, idle sessions open
-  milter-bench smtpd --filter none|ours|dkimsign [--bin PATH] [-n N] [-c N] [--size BYTES]
+  milter-bench smtpd --filter none|ours|dkimsign|ours-verify [--bin PATH] [-n N] [-c N] [--size BYTES]
                                                sign through a throwaway OpenSMTPD 6.8 with our
                                                filter (PATH: dkim-milter), filter-dkimsign or
                                                none; prints one JSON report

@@ -19,6 +19,8 @@ pub enum Filter {
     None,
     Ours,
     Dkimsign,
+    /// Ours verifying: signed mail from outside on the plain listener, keys from a test DNS.
+    OursVerify,
 }
 
 impl std::str::FromStr for Filter {
@@ -28,7 +30,10 @@ impl std::str::FromStr for Filter {
             "none" => Ok(Filter::None),
             "ours" => Ok(Filter::Ours),
             "dkimsign" => Ok(Filter::Dkimsign),
-            other => Err(format!("unknown filter {other:?} (none, ours, dkimsign)")),
+            "ours-verify" => Ok(Filter::OursVerify),
+            other => Err(format!(
+                "unknown filter {other:?} (none, ours, dkimsign, ours-verify)"
+            )),
         }
     }
 }
@@ -99,6 +104,15 @@ pub fn run(
     let key = TestKey::rsa(2048);
     let key_path: PathBuf = key.write_pem(d, "rsa.pem", true);
     let mut opts = OpensmtpdOptions::default();
+    // Verification needs the public key in DNS: the test kit's server on loopback.
+    let dns = (filter == Filter::OursVerify)
+        .then(|| {
+            testkit::dns::TestDns::start_blocking(
+                &testkit::dns::Zone::new().txt("rsa._domainkey.example.com", &key.dns_record()),
+            )
+        })
+        .transpose()
+        .map_err(|e| format!("dns: {e}"))?;
     let needle = match filter {
         Filter::None => None,
         Filter::Ours => {
@@ -124,6 +138,24 @@ pub fn run(
             ));
             Some(cfg.display().to_string())
         }
+        Filter::OursVerify => {
+            let cfg = d.join("dkim-milter.toml");
+            std::fs::write(
+                &cfg,
+                format!(
+                    "mode = \"v\"\n[log]\nsuccess = false\n\
+                     [resolver]\nnameservers = [\"{}\"]\ntimeout = 1.0\nattempts = 1\n",
+                    dns.as_ref().expect("dns").addr()
+                ),
+            )
+            .map_err(|e| e.to_string())?;
+            opts.filters.push(format!(
+                "filter \"sign\" proc-exec \"{} --opensmtpd -c {}\" user root group root",
+                ours.display(),
+                cfg.display()
+            ));
+            Some(cfg.display().to_string())
+        }
         Filter::Dkimsign => {
             opts.filters.push(format!(
                 "filter \"sign\" proc-exec \"{} -a rsa-sha256 -c relaxed/relaxed -d example.com -s rsa -k {}\" user root group root",
@@ -133,22 +165,43 @@ pub fn run(
             Some(format!("-k {}", key_path.display()))
         }
     };
-    if needle.is_some() {
-        opts.submission_filter = Some("sign".into());
+    match filter {
+        Filter::None => {}
+        Filter::OursVerify => opts.smtp_filter = Some("sign".into()),
+        _ => opts.submission_filter = Some("sign".into()),
     }
     let smtpd = Opensmtpd::start(opts).map_err(|e| format!("smtpd: {e}"))?;
     let pid = match &needle {
         Some(n) => Some(pid_of(n).ok_or("the filter process was not found")?),
         None => None,
     };
-    let addr = smtpd.submission_addr();
+    let (addr, signed) = if filter == Filter::OursVerify {
+        // One message signed once (by dkimpy, an independent signer), sent N times.
+        let raw = message(size, 0);
+        let signed = testkit::judges::dkimpy_sign(
+            &raw,
+            &key,
+            &testkit::judges::SignOptions::new("example.com", "rsa"),
+        )
+        .map_err(|e| format!("dkimpy: {e}"))?;
+        (smtpd.smtp_addr(), Some(Arc::new(signed)))
+    } else {
+        (smtpd.submission_addr(), None)
+    };
+    let body_of = move |n: u64| -> Vec<u8> {
+        match &signed {
+            Some(m) => m.as_ref().clone(),
+            None => message(size, n),
+        }
+    };
+    let body_of = Arc::new(body_of);
     // One warm-up message (keys loaded, caches filled), not counted.
     let warm = testkit::smtp::send(
         addr,
         "bench.example",
         "sender@example.com",
         &["rcpt@example.org"],
-        &message(size, 0),
+        &body_of(0),
         None,
     )
     .map_err(|e| e.to_string())?;
@@ -161,7 +214,7 @@ pub fn run(
     let started = Instant::now();
     let workers: Vec<_> = (0..concurrency)
         .map(|_| {
-            let (next, failed) = (next.clone(), failed.clone());
+            let (next, failed, body_of) = (next.clone(), failed.clone(), body_of.clone());
             std::thread::spawn(move || loop {
                 let n = next.fetch_add(1, Ordering::Relaxed);
                 if n > messages {
@@ -172,7 +225,7 @@ pub fn run(
                     "bench.example",
                     "sender@example.com",
                     &["rcpt@example.org"],
-                    &message(size, n),
+                    &body_of(n),
                     None,
                 )
                 .map(|r| r.code == 250)
@@ -189,9 +242,26 @@ pub fn run(
     let seconds = started.elapsed().as_secs_f64();
     let cpu = pid.map(cpu_seconds).unwrap_or(0.0) - cpu_before;
     // Deliveries finish in the background; the run measured submission only.
-    let _ = smtpd.wait_for_deliveries(messages as usize + 1, Duration::from_secs(60));
+    let delivered = smtpd.wait_for_deliveries(messages as usize + 1, Duration::from_secs(60));
+    if filter == Filter::OursVerify {
+        // Every delivered copy must carry our dkim=pass, or the rate measured nothing.
+        let passed = delivered
+            .iter()
+            .filter(|(_, m)| String::from_utf8_lossy(m).contains("dkim=pass"))
+            .count();
+        if passed == 0 {
+            return Err("no delivered message says dkim=pass".into());
+        }
+    }
+    drop(dns);
     Ok(Report {
-        filter: format!("{filter:?}").to_lowercase(),
+        filter: match filter {
+            Filter::None => "none",
+            Filter::Ours => "ours",
+            Filter::Dkimsign => "dkimsign",
+            Filter::OursVerify => "ours-verify",
+        }
+        .into(),
         messages,
         failed: failed.load(Ordering::Relaxed),
         concurrency,
