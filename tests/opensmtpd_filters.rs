@@ -47,6 +47,18 @@ impl Rig {
         got
     }
 
+    /// A message from alice@sender.example signed by the real OpenDKIM (key od).
+    fn opendkim_signed(&self, subject: &str) -> Vec<u8> {
+        blocking(|| {
+            opendkim_signed(
+                self.dir.path(),
+                &self.keys.od_rsa,
+                "od",
+                &message("alice@sender.example", subject),
+            )
+        })
+    }
+
     /// smtpd's log lines (our filters' stderr among them) that contain `needle`.
     fn log_lines(&self, needle: &str) -> Vec<String> {
         self.smtpd
@@ -283,14 +295,7 @@ async fn inbound_verification_and_forged_results() {
     let Some(r) = rig(Filters::Dkim, "", "").await else {
         return;
     };
-    let signed = blocking(|| {
-        opendkim_signed(
-            r.dir.path(),
-            &r.keys.od_rsa,
-            "od",
-            &message("alice@sender.example", "os-in"),
-        )
-    });
+    let signed = r.opendkim_signed("os-in");
     let tampered = text(&signed).replace("Hello Bob", "Hello Eve").into_bytes();
     let forged = format!(
         "Authentication-Results: {AUTHSERV}; dkim=pass header.d=forged1.example\r\n\
@@ -360,14 +365,7 @@ async fn reject_action_reaches_the_client() {
     let Some(r) = rig(Filters::Dkim, "[actions]\nbad_signature = \"reject\"", "").await else {
         return;
     };
-    let signed = blocking(|| {
-        opendkim_signed(
-            r.dir.path(),
-            &r.keys.od_rsa,
-            "od",
-            &message("alice@sender.example", "os-reject"),
-        )
-    });
+    let signed = r.opendkim_signed("os-reject");
     let tampered = text(&signed).replace("Hello Bob", "Hello Eve").into_bytes();
     let reply = send(r.smtpd.smtp_addr(), "alice@sender.example", &tampered);
     assert_eq!(
@@ -430,14 +428,7 @@ async fn chained_filters_dmarc_uses_dkims_result() {
     let Some(r) = rig(Filters::Chain, "", "").await else {
         return;
     };
-    let signed = blocking(|| {
-        opendkim_signed(
-            r.dir.path(),
-            &r.keys.od_rsa,
-            "od",
-            &message("alice@sender.example", "os-chain"),
-        )
-    });
+    let signed = r.opendkim_signed("os-chain");
     let reply = send(r.smtpd.smtp_addr(), "bounce@other.example", &signed);
     assert_eq!(reply.code, 250, "{reply}");
     let got = r.delivered(1);

@@ -214,3 +214,25 @@ pub fn workspace_binary(name: &str) -> Option<PathBuf> {
     let bin = profile_dir.join(name);
     bin.is_file().then_some(bin)
 }
+
+/// A directory with two Ed25519 signing keys (`one.pem`, `two.pem`, selectors one and two for
+/// example.com) and a KeyTable/SigningTable pair signing with `one`: what the daemon-level
+/// tests switch between to see a reload take effect.
+pub fn two_key_dir() -> tempfile::TempDir {
+    use dkim_policy::keygen::{generate, write_private, KeyKind};
+    let dir = tempfile::tempdir().unwrap();
+    for sel in ["one", "two"] {
+        write_private(
+            &dir.path().join(format!("{sel}.pem")),
+            &generate(KeyKind::Ed25519).unwrap().private_pem,
+        )
+        .unwrap();
+    }
+    std::fs::write(
+        dir.path().join("KeyTable"),
+        "one example.com:one:one.pem\ntwo example.com:two:two.pem\n",
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("SigningTable"), "*@example.com one\n").unwrap();
+    dir
+}

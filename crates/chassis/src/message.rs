@@ -43,6 +43,14 @@ pub struct HeaderField {
 }
 
 impl HeaderField {
+    /// A field from text (`value` as it follows the colon), for callers that build one.
+    pub fn new(name: &str, value: &str) -> Self {
+        Self {
+            name: name.as_bytes().to_vec(),
+            value: value.as_bytes().to_vec(),
+        }
+    }
+
     pub fn name_is(&self, name: &str) -> bool {
         self.name.eq_ignore_ascii_case(name.as_bytes())
     }

@@ -2,34 +2,21 @@
 //! opendkim.conf format, reload, graceful shutdown, socket permissions, privilege drop, JSON
 //! logs and metrics. Each test starts the real binary on a loopback or unix socket.
 
-use dkim_policy::keygen::{generate, write_private, KeyKind};
+use dkim_policy::keygen::{generate, KeyKind};
 use milter_client::{run, Endpoint, MilterClient, Modification, Reply, Transaction};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 use testkit::binary::{
-    check_config, check_fails_with, check_then_convert, repo_root, verify_systemd_unit, Daemon,
+    check_config, check_fails_with, check_then_convert, repo_root, two_key_dir,
+    verify_systemd_unit, Daemon,
 };
 
 const BIN: &str = env!("CARGO_BIN_EXE_dkim-milter");
 
-/// A directory with two Ed25519 keys (selectors one and two) and tables using `one`.
+/// Two keys and tables signing with `one` (see [`two_key_dir`]).
 fn keys_dir() -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    for sel in ["one", "two"] {
-        write_private(
-            &dir.path().join(format!("{sel}.pem")),
-            &generate(KeyKind::Ed25519).unwrap().private_pem,
-        )
-        .unwrap();
-    }
-    std::fs::write(
-        dir.path().join("KeyTable"),
-        "one example.com:one:one.pem\ntwo example.com:two:two.pem\n",
-    )
-    .unwrap();
-    std::fs::write(dir.path().join("SigningTable"), "*@example.com one\n").unwrap();
-    dir
+    two_key_dir()
 }
 
 fn write_config(dir: &Path, extra: &str) -> PathBuf {

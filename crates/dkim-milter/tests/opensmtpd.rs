@@ -3,7 +3,6 @@
 //! do not speak refused with exit code 76 (EX_PROTOCOL) and a clear line on stderr, and end of
 //! stdin ending the filter with status 0.
 
-use dkim_policy::keygen::{generate, write_private, KeyKind};
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::mpsc;
@@ -161,20 +160,7 @@ impl Drop for Filter {
 
 /// Keys one and two, tables signing with one, and a config trusting the submission listener.
 fn setup() -> (tempfile::TempDir, std::path::PathBuf) {
-    let dir = tempfile::tempdir().unwrap();
-    for sel in ["one", "two"] {
-        write_private(
-            &dir.path().join(format!("{sel}.pem")),
-            &generate(KeyKind::Ed25519).unwrap().private_pem,
-        )
-        .unwrap();
-    }
-    std::fs::write(
-        dir.path().join("KeyTable"),
-        "one example.com:one:one.pem\ntwo example.com:two:two.pem\n",
-    )
-    .unwrap();
-    std::fs::write(dir.path().join("SigningTable"), "*@example.com one\n").unwrap();
+    let dir = testkit::binary::two_key_dir();
     let cfg = dir.path().join("dkim-milter.toml");
     std::fs::write(
         &cfg,

@@ -72,10 +72,7 @@ mod tests {
     use super::*;
 
     fn h(name: &str, value: &str) -> HeaderField {
-        HeaderField {
-            name: name.as_bytes().to_vec(),
-            value: value.as_bytes().to_vec(),
-        }
+        HeaderField::new(name, value)
     }
 
     #[test]

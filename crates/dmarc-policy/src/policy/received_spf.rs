@@ -85,10 +85,7 @@ mod tests {
     use super::*;
 
     fn h(name: &str, value: &str) -> HeaderField {
-        HeaderField {
-            name: name.as_bytes().to_vec(),
-            value: value.as_bytes().to_vec(),
-        }
+        HeaderField::new(name, value)
     }
 
     const PASS: &str = " pass (mx.example.org: domain of a@example.com designates 192.0.2.1 as permitted sender) client-ip=192.0.2.1; envelope-from=\"a@example.com\"; helo=mail.example.com; receiver=mx.example.org; identity=mailfrom";
