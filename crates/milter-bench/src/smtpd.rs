@@ -121,11 +121,12 @@ pub fn run(
             std::fs::write(d.join("SigningTable"), "*@example.com rsa\n")
                 .map_err(|e| e.to_string())?;
             let cfg = d.join("dkim-milter.toml.in");
+            // No per-message log line (filter-dkimsign writes none either).
             std::fs::write(
                 &cfg,
                 "key_table = \"file:KeyTable\"\nsigning_table = \"refile:SigningTable\"\n\
                  internal_hosts = [\"192.0.2.1\"]\nmta = [\"127.0.0.1:@SUBMISSION_PORT@\"]\n\
-                 [log]\nsuccess = false\n\
+                 [log]\nsuccess = false\nlevel = \"warn\"\n\
                  [resolver]\nnameservers = [\"127.0.0.1:9\"]\ntimeout = 0.5\nattempts = 1\n",
             )
             .map_err(|e| e.to_string())?;
