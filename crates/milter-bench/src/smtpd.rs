@@ -173,7 +173,18 @@ pub fn run(
     }
     let smtpd = Opensmtpd::start(opts).map_err(|e| format!("smtpd: {e}"))?;
     let pid = match &needle {
-        Some(n) => Some(pid_of(n).ok_or("the filter process was not found")?),
+        // smtpd has started its filters when it accepts mail; a process being set up may not
+        // show its command line yet, so look a few times.
+        Some(n) => Some(
+            (0..50)
+                .find_map(|_| {
+                    pid_of(n).or_else(|| {
+                        std::thread::sleep(Duration::from_millis(100));
+                        None
+                    })
+                })
+                .ok_or("the filter process was not found")?,
+        ),
         None => None,
     };
     let (addr, signed) = if filter == Filter::OursVerify {
