@@ -498,13 +498,7 @@ async fn odd_and_large_messages_pass_byte_identical_in_bounded_memory() {
 
 /// The pid of our filter started with `config` (found in /proc by its command line).
 fn filter_pid(config: &Path) -> Option<u32> {
-    let want = config.display().to_string();
-    std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
-        let pid: u32 = e.file_name().to_str()?.parse().ok()?;
-        let cmd = std::fs::read(e.path().join("cmdline")).ok()?;
-        let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
-        (cmd.contains("--opensmtpd") && cmd.contains(&want)).then_some(pid)
-    })
+    testkit::binary::pid_with_cmdline(&["--opensmtpd", &config.display().to_string()])
 }
 
 fn vm_kib(pid: u32, key: &str) -> u64 {

@@ -236,3 +236,14 @@ pub fn two_key_dir() -> tempfile::TempDir {
     std::fs::write(dir.path().join("SigningTable"), "*@example.com one\n").unwrap();
     dir
 }
+
+/// The pid of a process whose command line (arguments joined by spaces) contains every one
+/// of `needles`: how tests and the benchmark find a filter smtpd started.
+pub fn pid_with_cmdline(needles: &[&str]) -> Option<u32> {
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+        let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+        let cmd = std::fs::read(e.path().join("cmdline")).ok()?;
+        let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+        needles.iter().all(|n| cmd.contains(n)).then_some(pid)
+    })
+}

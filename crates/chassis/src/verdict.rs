@@ -129,6 +129,37 @@ impl Verdict {
         }
     }
 
+    /// The 1-based occurrences of the message's Authentication-Results fields the verdict's
+    /// `RemoveAuthResults` edits remove, given the fields `seen` (every one, past the cap too).
+    pub fn removed_auth_results(&self, seen: &[crate::message::SeenAuthResults]) -> Vec<u32> {
+        self.edits
+            .iter()
+            .flat_map(|e| match e {
+                HeaderEdit::RemoveAuthResults { authserv_ids } => {
+                    crate::forged::forged_occurrences(seen, authserv_ids)
+                }
+                HeaderEdit::Prepend { .. } => Vec::new(),
+            })
+            .collect()
+    }
+
+    /// The fields to add, in the order a front end inserts each one at the top (so the last
+    /// ends up first): the `Prepend` edits, then our Authentication-Results.
+    pub fn new_fields(&self) -> Vec<(String, String)> {
+        let mut fields: Vec<(String, String)> = self
+            .edits
+            .iter()
+            .filter_map(|e| match e {
+                HeaderEdit::Prepend { name, value } => Some((name.clone(), value.clone())),
+                HeaderEdit::RemoveAuthResults { .. } => None,
+            })
+            .collect();
+        if let Some(ar) = &self.results {
+            fields.push(("Authentication-Results".into(), ar.to_value()));
+        }
+        fields
+    }
+
     /// The action's word for logs and metrics.
     pub fn action_word(&self) -> &'static str {
         self.action.word()

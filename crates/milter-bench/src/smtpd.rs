@@ -66,16 +66,6 @@ fn cpu_seconds(pid: u32) -> f64 {
     (ticks(11) + ticks(12)) / USER_HZ
 }
 
-/// The pid of the process whose command line contains `needle`.
-fn pid_of(needle: &str) -> Option<u32> {
-    std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
-        let pid: u32 = e.file_name().to_str()?.parse().ok()?;
-        let cmd = std::fs::read(e.path().join("cmdline")).ok()?;
-        let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
-        cmd.contains(needle).then_some(pid)
-    })
-}
-
 fn message(size: usize, n: u64) -> Vec<u8> {
     let mut body = String::new();
     let line = "The quick brown fox jumps over the lazy dog, again and again and again.\r\n";
@@ -178,7 +168,7 @@ pub fn run(
         Some(n) => Some(
             (0..50)
                 .find_map(|_| {
-                    pid_of(n).or_else(|| {
+                    testkit::binary::pid_with_cmdline(&[n]).or_else(|| {
                         std::thread::sleep(Duration::from_millis(100));
                         None
                     })

@@ -6,10 +6,9 @@
 use crate::listener::ResilientListener;
 use crate::macros::MacroState;
 use chassis::envelope::Envelope;
-use chassis::forged::forged_occurrences;
 use chassis::message::{MessageBuilder, SeenAuthResults};
 use chassis::policy::{ConnectDecision, Policy, Snapshots};
-use chassis::verdict::{Action, HeaderEdit, SmtpReply, Verdict};
+use chassis::verdict::{Action, SmtpReply, Verdict};
 use indymilter::{
     Actions, Callbacks, Context, ContextActions, EomContext, NegotiateContext, ProtoOpts,
     SetErrorReply, SocketInfo, Status,
@@ -312,30 +311,22 @@ async fn apply<P: Policy>(
     leading_space: bool,
 ) -> Status {
     let metrics = chassis::metrics::metrics();
-    let mut prepend: Vec<(String, String)> = Vec::new();
-    for edit in verdict.edits {
-        match edit {
-            HeaderEdit::RemoveAuthResults { authserv_ids } => {
-                for occurrence in forged_occurrences(seen, &authserv_ids) {
-                    let removed = cx
-                        .actions
-                        .change_header("Authentication-Results", occurrence as i32, None::<CString>)
-                        .await;
-                    if let Err(e) = removed {
-                        tracing::error!(
-                            "{qid}: cannot remove forged Authentication-Results header #{occurrence}: {e}; temporarily failing"
-                        );
-                        metrics.count_action("tempfail");
-                        return set_reply(cx, qid, &edit_failed(), Status::Tempfail);
-                    }
-                }
-            }
-            HeaderEdit::Prepend { name, value } => prepend.push((name, value)),
+    // Removals first (occurrences count the fields as they arrived), highest occurrence first
+    // as forged_occurrences orders them, then the new fields.
+    for occurrence in verdict.removed_auth_results(seen) {
+        let removed = cx
+            .actions
+            .change_header("Authentication-Results", occurrence as i32, None::<CString>)
+            .await;
+        if let Err(e) = removed {
+            tracing::error!(
+                "{qid}: cannot remove forged Authentication-Results header #{occurrence}: {e}; temporarily failing"
+            );
+            metrics.count_action("tempfail");
+            return set_reply(cx, qid, &edit_failed(), Status::Tempfail);
         }
     }
-    if let Some(ar) = &verdict.results {
-        prepend.push(("Authentication-Results".into(), ar.to_value()));
-    }
+    let prepend = verdict.new_fields();
     for (name, value) in prepend {
         let value = if leading_space {
             format!(" {value}")

@@ -13,10 +13,9 @@
 use crate::proto::{self, Decision, Input, ParseError};
 use crate::session::{self, Incoming, Rewrite, Session};
 use chassis::envelope::Envelope;
-use chassis::forged::forged_occurrences;
 use chassis::message::SeenAuthResults;
 use chassis::policy::{ConnectDecision, Policy, Snapshots};
-use chassis::verdict::{Action, HeaderEdit, SmtpReply, Verdict};
+use chassis::verdict::{Action, SmtpReply, Verdict};
 use std::collections::HashMap;
 use std::io;
 use std::sync::{Arc, Mutex};
@@ -346,23 +345,11 @@ impl<P: Policy> State<P> {
 /// What a verdict does to the message on its way back. The milter front end inserts each new
 /// field at the top in turn, so the last one ends up first; the same order here.
 fn rewrite_for(verdict: &Verdict, seen: &[SeenAuthResults]) -> Rewrite {
-    let mut on_top = Vec::new();
-    let mut remove = Vec::new();
-    for edit in &verdict.edits {
-        match edit {
-            HeaderEdit::RemoveAuthResults { authserv_ids } => {
-                remove.extend(forged_occurrences(seen, authserv_ids));
-            }
-            HeaderEdit::Prepend { name, value } => on_top.push((name.clone(), value.clone())),
-        }
-    }
-    if let Some(ar) = &verdict.results {
-        on_top.push(("Authentication-Results".to_string(), ar.to_value()));
-    }
+    let mut on_top = verdict.new_fields();
     on_top.reverse();
     Rewrite {
         on_top,
-        remove_auth_results: remove,
+        remove_auth_results: verdict.removed_auth_results(seen),
     }
 }
 

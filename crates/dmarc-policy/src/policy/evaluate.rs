@@ -404,7 +404,7 @@ async fn assess(
     };
 
     // Parsed through the chassis so hostile signature lists cannot multiply body hashing.
-    let Some(am) =
+    let Some(mut am) =
         chassis::dkimparse::parse_capped_with(msg.raw(), MAX_DKIM_SIGNATURES, &msg.body_hashes)
             .map(|c| c.message)
     else {
@@ -429,6 +429,11 @@ async fn assess(
         Some(s) => (s.domain.clone(), s.result),
         None => (envelope_domain.clone(), SpfResult::None),
     };
+    // DMARC is about the author domain we extracted (RFC 5322 syntax, CFWS around the domain
+    // allowed: `marc@ example.com`), not mail-auth's own reading of From, which keeps such
+    // whitespace and then finds no policy. DKIM does not read it, so the first domain is set
+    // before verifying and only further domains need a copy of the parsed message.
+    am.from = vec![format!("author@{}", domains[0])];
     // DKIM once (ours or upstream's), then DMARC for each author domain.
     let upstream_sigs = upstream.as_ref().map(|up| dkim::signatures(&up.dkim));
     let (outs, dkim, dkim_self) = match (&upstream, &upstream_sigs) {
@@ -444,15 +449,19 @@ async fn assess(
         }
     };
     let mut judged: Vec<Judged> = Vec::with_capacity(domains.len());
-    for from_domain in &domains {
-        // DMARC is about the author domain we extracted (RFC 5322 syntax, CFWS around the
-        // domain allowed: `marc@ example.com`), not mail-auth's own reading of From, which keeps
-        // such whitespace and then finds no policy.
-        let mut one = am.clone();
-        one.from = vec![format!("author@{from_domain}")];
+    for (i, from_domain) in domains.iter().enumerate() {
+        let other;
+        let one = if i == 0 {
+            &am
+        } else {
+            let mut copy = am.clone();
+            copy.from = vec![format!("author@{from_domain}")];
+            other = copy;
+            &other
+        };
         let check = dmarc::check(
             &rt.res.auth,
-            &one,
+            one,
             &outs,
             &spf_domain,
             spf_result,
