@@ -32,6 +32,12 @@ impl Policy for Runtime {
     type Config = Config;
     /// The sign/verify/skip decision, made once at end of headers.
     type Carry = Decision;
+    /// Signing and verifying look at the client, AUTH and the listener, never at HELO or the
+    /// recipients.
+    const FACTS: chassis::envelope::Facts = chassis::envelope::Facts {
+        helo: false,
+        recipients: false,
+    };
 
     fn describe(cfg: &Config) -> String {
         format!(

@@ -18,11 +18,9 @@ pub const EX_CONFIG: u8 = 78;
 type Input = Box<dyn tokio::io::AsyncRead + Unpin + Send>;
 type Output = Box<dyn tokio::io::AsyncWrite + Unpin + Send>;
 
-/// stdin and stdout on the event loop itself. smtpd hands a filter one end of a socket pair;
-/// tokio's own stdin/stdout would move every read and write to a blocking thread and back,
-/// and those thread switches cost more CPU than the filter's work (measured). A socket or a
-/// pipe is made non-blocking and registered with the reactor instead; anything else (a file,
-/// a terminal) falls back to tokio's stdio.
+/// stdin and stdout on the event loop itself (see [`crate::stdio`] for why and how): a socket
+/// or a pipe is made non-blocking and served by the reactor; anything else (a file, a
+/// terminal) falls back to tokio's stdio.
 fn stdio() -> (Input, Output) {
     use std::os::fd::AsFd;
     use std::os::unix::fs::FileTypeExt;
@@ -35,11 +33,10 @@ fn stdio() -> (Input, Output) {
         if kind.is_socket() {
             let std = std::os::unix::net::UnixStream::from(owned);
             std.set_nonblocking(true).ok()?;
-            let s = tokio::net::UnixStream::from_std(std).ok()?;
             return Some(if read {
-                Ok(Box::new(s))
+                Ok(Box::new(crate::stdio::SocketReader::new(std).ok()?))
             } else {
-                Err(Box::new(s))
+                Err(Box::new(crate::stdio::SocketWriter::new(std)))
             });
         }
         if kind.is_fifo() {
@@ -135,7 +132,15 @@ pub fn main<P: Policy>(version: &'static str) -> ExitCode {
             config_path.display()
         );
         let (input, output) = stdio();
-        let served = crate::filter::serve(policy, input, output).await;
+        // In a task of its own rather than as `block_on`'s future: waking that future
+        // always goes through the reactor's wake-up descriptor (a write and one more event
+        // per message), while a task woken by its own socket is simply queued.
+        let served = match tokio::spawn(crate::filter::serve(policy, input, output)).await {
+            Ok(s) => s,
+            Err(e) => Err(crate::filter::Stopped::Io(std::io::Error::other(
+                e.to_string(),
+            ))),
+        };
         reloader.abort();
         match served {
             Ok(()) => {
