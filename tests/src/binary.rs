@@ -157,7 +157,7 @@ pub fn verify_systemd_unit(name: &str, bin: &str) {
     let unit_file = format!("{name}.service");
     let unit = std::fs::read_to_string(repo_root().join("systemd").join(&unit_file)).unwrap();
     let path = dir.path().join(&unit_file);
-    std::fs::write(&path, unit.replace(&format!("/usr/bin/{name}"), bin)).unwrap();
+    std::fs::write(&path, unit.replace(&format!("/usr/sbin/{name}"), bin)).unwrap();
     let out = Command::new("systemd-analyze")
         .arg("verify")
         .arg(&path)
