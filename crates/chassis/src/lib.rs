@@ -17,6 +17,7 @@ pub mod envelope;
 pub mod evaluation;
 pub mod forged;
 pub mod hostlist;
+pub mod keydoc;
 pub mod keycache;
 
 pub mod legacyconf;
