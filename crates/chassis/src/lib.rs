@@ -17,8 +17,8 @@ pub mod envelope;
 pub mod evaluation;
 pub mod forged;
 pub mod hostlist;
-pub mod keydoc;
 pub mod keycache;
+pub mod keydoc;
 
 pub mod legacyconf;
 pub mod logging;
