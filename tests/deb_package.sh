@@ -16,7 +16,7 @@ log() { echo "tests/deb_package.sh: $*" >&2; }
 for tool in cargo-deb lintian groff man setpriv python3 apt-get; do
   command -v "$tool" > /dev/null || fail "$tool is not installed"
 done
-python3 -c 'import dkim' 2> /dev/null || fail "dkimpy (python3-dkim) is not installed"
+/usr/bin/python3 -c "import dkim" 2> /dev/null || fail "dkimpy (python3-dkim) is not installed"
 if dpkg-query -W -f='${Status}' authmilter 2> /dev/null | grep -q installed; then
   fail "authmilter is already installed here; purge it first"
 fi
@@ -141,7 +141,7 @@ stop_unit() {
 /usr/bin/authmilter --json genkey --domain example.com --selector pkgtest \
   --out /etc/authmilter/keys/pkgtest.private > "$work/genkey.json"
 chown dkim-milter: /etc/authmilter/keys/pkgtest.private
-python3 - "$work/genkey.json" <<'PY'
+/usr/bin/python3 - "$work/genkey.json" <<'PY'
 import json, sys
 g = json.load(open(sys.argv[1]))
 open("/etc/authmilter/keys/KeyTable", "a").write(g["key_table"].strip() + "\n")
@@ -155,7 +155,7 @@ wait_socket /run/dkim-milter/dkim-milter.sock "$pid" dkim-milter
   fail "socket: $(stat -c '%U %a' /run/dkim-milter/dkim-milter.sock)"
 target/release/milter-bench -e unix:/run/dkim-milter/dkim-milter.sock -m sign -n 3 \
   --save-first "$work/signed.eml" || fail "milter-bench could not sign through the installed dkim-milter"
-python3 - "$work/signed.eml" "$work/genkey.json" <<'PY' || fail "dkimpy does not verify the signature"
+/usr/bin/python3 - "$work/signed.eml" "$work/genkey.json" <<'PY' || fail "dkimpy does not verify the signature"
 import json, sys, dkim
 msg = open(sys.argv[1], "rb").read()
 txt = json.load(open(sys.argv[2]))["txt_value"].encode()

@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-packages=(opendkim opendkim-tools miltertest python3-dkim python3-dnspython libmail-dkim-perl libnet-dns-perl openssl postfix sendmail-cf m4 libwrap0 libevent-2.1-7 libdb5.3 libopensmtpd0 systemd python3-pip python3-yaml lintian man-db groff-base)
+packages=(opendkim opendkim-tools miltertest python3-dkim python3-dnspython libmail-dkim-perl libnet-dns-perl openssl postfix sendmail-cf m4 libwrap0 libevent-2.1-7 libdb5.3 libopensmtpd0 systemd python3-pip python3-yaml lintian man-db groff-base python3-matplotlib)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -74,6 +74,14 @@ fi
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
 cargo test --workspace
+
+# bench/plot.py draws the committed benchmark rows (BENCHMARKS.md's charts) without error.
+plots=$(mktemp -d)
+/usr/bin/python3 bench/plot.py bench/results.jsonl "$plots"
+for chart in msgs-per-s cpu-per-message; do
+  grep -q '<svg' "$plots/$chart.svg" || { echo "tests/run.sh: bench/plot.py drew no $chart.svg" >&2; exit 1; }
+done
+rm -rf "$plots"
 
 # The Debian package: build (one release build), lintian, install, serve, purge, on this machine.
 tests/deb_package.sh
