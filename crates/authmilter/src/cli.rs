@@ -25,6 +25,15 @@ pub const EX_CONFIG: u8 = 78;
 /// Where the daemons' configuration lives by default; its `[resolver]` is used when present.
 pub const DEFAULT_CONFIG: &str = "/etc/authmilter/dkim-milter.toml";
 
+/// The exit statuses, for `--help` and the man page.
+macro_rules! exit_status {
+    () => {
+        "testkey and audit: 0 all OK, 1 worst finding WARN, 2 worst finding FAIL; genkey: 0 \
+         done; any command: 64 usage error, 73 cannot write the key, 78 configuration error."
+    };
+}
+const EXIT_STATUS: &str = exit_status!();
+
 /// The command line. Options of the whole program (`-c`, `--nameserver`, `--timeout`, `--json`)
 /// go anywhere on the line; each command is one variant of [`Command`] with its own arguments.
 #[derive(Debug, Parser)]
@@ -35,9 +44,7 @@ pub const DEFAULT_CONFIG: &str = "/etc/authmilter/dkim-milter.toml";
     long_about = "authmilter makes DKIM keys (genkey), checks published key records against the \
         private keys (testkey), and audits a domain's mail DNS (audit). Every lookup goes through \
         the resolver settings of the daemons' configuration, so the tools see what the milters see.",
-    after_long_help = "Exit status: testkey and audit: 0 all OK, 1 worst finding WARN, 2 worst \
-        finding FAIL; genkey: 0 done; any command: 64 usage error, 73 cannot write the key, 78 \
-        configuration error.",
+    after_long_help = concat!("Exit status: ", exit_status!()),
     disable_help_subcommand = true,
     propagate_version = true
 )]
@@ -221,7 +228,22 @@ pub fn dispatch(parsed: Cli, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
         }
         Command::Manpages { dir } => {
             let page = std::fs::File::create(dir.join("authmilter.1"));
-            match page.and_then(|mut f| cli::manpage(Cli::command(), "1", &mut f, Some(&dir))) {
+            let sections = [
+                ("EXIT STATUS", vec![EXIT_STATUS.to_string()]),
+                (
+                    "FILES",
+                    vec![format!(
+                        "{DEFAULT_CONFIG}: the configuration whose [resolver] table is used and \
+                         whose keys testkey checks, when -c is not given."
+                    )],
+                ),
+                (
+                    "SEE ALSO",
+                    vec!["dkim-milter(8), dmarc-milter(8), dkim-milter.conf(5)".to_string()],
+                ),
+            ];
+            let cmd = Cli::command().after_long_help(None::<&str>);
+            match page.and_then(|mut f| cli::manpage(cmd, "1", &sections, &mut f, Some(&dir))) {
                 Ok(()) => 0,
                 Err(e) => {
                     let _ = writeln!(err, "authmilter: {}: {e}", dir.display());

@@ -62,33 +62,103 @@ pub fn completions(mut cmd: Command, shell: Shell, out: &mut dyn Write) {
     clap_complete::generate(shell, &mut cmd, name, out);
 }
 
-/// Writes the man page of `cmd` in `section` (roff) to `out`; its subcommands that take
-/// options of their own get a page each in the same section (`NAME-SUB`), written to
-/// `pages` when given (a directory), so the main page stays a readable overview.
+/// A man page section of plain text: its title and paragraphs.
+pub type ManSection<'a> = (&'a str, Vec<String>);
+
+/// Writes the man page of `cmd` in `section` (roff) to `out`: NAME, SYNOPSIS, DESCRIPTION and
+/// OPTIONS from clap, then `extra` sections (plain text, escaped here). Subcommands: with `pages`
+/// (a directory) each visible subcommand gets a page of its own there (`NAME-SUB.SECTION`) and
+/// the main page lists them by that name; without, the main page describes them itself.
 pub fn manpage(
     cmd: Command,
     section: &'static str,
+    extra: &[ManSection<'_>],
     out: &mut dyn Write,
     pages: Option<&std::path::Path>,
 ) -> std::io::Result<()> {
     let cmd = cmd.disable_help_subcommand(true);
-    clap_mangen::Man::new(cmd.clone())
+    let man = clap_mangen::Man::new(cmd.clone())
         .section(section)
-        .manual("System Manager's Manual")
-        .render(out)?;
-    if let Some(dir) = pages {
-        let name = cmd.get_name().to_string();
-        for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
-            let sub_name = format!("{name}-{}", sub.get_name());
-            let sub = sub
-                .clone()
-                .name(sub_name.clone())
-                .bin_name(format!("{name} {}", sub.get_name()));
-            let mut f = std::fs::File::create(dir.join(format!("{sub_name}.{section}")))?;
-            clap_mangen::Man::new(sub)
-                .section(section)
-                .manual("System Manager's Manual")
-                .render(&mut f)?;
+        .manual("System Manager's Manual");
+    man.render_title(out)?;
+    man.render_name_section(out)?;
+    man.render_synopsis_section(out)?;
+    man.render_description_section(out)?;
+    man.render_options_section(out)?;
+    let subs: Vec<&Command> = cmd.get_subcommands().filter(|s| !s.is_hide_set()).collect();
+    let name = cmd.get_name().to_string();
+    match pages {
+        Some(dir) => {
+            if !subs.is_empty() {
+                man.render_subcommands_section(out)?;
+            }
+            for sub in &subs {
+                let sub_name = format!("{name}-{}", sub.get_name());
+                let page = (*sub)
+                    .clone()
+                    .name(sub_name.clone())
+                    .bin_name(format!("{name} {}", sub.get_name()));
+                let mut f = std::fs::File::create(dir.join(format!("{sub_name}.{section}")))?;
+                let sub_man = clap_mangen::Man::new(page)
+                    .section(section)
+                    .manual("System Manager's Manual");
+                sub_man.render_title(&mut f)?;
+                sub_man.render_name_section(&mut f)?;
+                sub_man.render_synopsis_section(&mut f)?;
+                sub_man.render_description_section(&mut f)?;
+                sub_man.render_options_section(&mut f)?;
+                write_sections(&mut f, &[("SEE ALSO", vec![format!("{name}({section})")])])?;
+            }
+        }
+        None if !subs.is_empty() => {
+            let mut text = String::from(".SH COMMANDS\n");
+            for sub in &subs {
+                let args: Vec<String> = sub
+                    .get_positionals()
+                    .map(|a| {
+                        a.get_value_names()
+                            .and_then(|v| v.first())
+                            .map(|v| v.to_string())
+                            .unwrap_or_else(|| a.get_id().to_string().to_uppercase())
+                    })
+                    .collect();
+                let about = sub.get_about().map(|a| a.to_string()).unwrap_or_default();
+                text.push_str(&format!(
+                    ".TP\n.B {}\n{}\n",
+                    escape(
+                        &format!("{name} {} {}", sub.get_name(), args.join(" "))
+                            .trim()
+                            .to_string()
+                    ),
+                    escape(&about)
+                ));
+            }
+            out.write_all(text.as_bytes())?;
+        }
+        None => {}
+    }
+    write_sections(out, extra)?;
+    man.render_version_section(out)
+}
+
+/// Plain text for roff: backslashes and hyphens escaped, no line starting as a request.
+fn escape(text: &str) -> String {
+    let t = text.replace('\\', "\\\\").replace('-', "\\-");
+    if t.starts_with('.') || t.starts_with('\'') {
+        format!("\\&{t}")
+    } else {
+        t
+    }
+}
+
+fn write_sections(out: &mut dyn Write, sections: &[ManSection<'_>]) -> std::io::Result<()> {
+    for (title, paragraphs) in sections {
+        writeln!(out, ".SH \"{title}\"")?;
+        for (i, p) in paragraphs.iter().enumerate() {
+            if i > 0 {
+                writeln!(out, ".PP")?;
+            }
+            writeln!(out, "{}", escape(p))?;
         }
     }
     Ok(())
@@ -162,14 +232,14 @@ pub enum DaemonTask {
     Convert { file: PathBuf },
 }
 
-const DAEMON_EXIT_STATUS: &str = "\
-Exit status (sysexits(3)): 0 stopped cleanly or configuration OK; 64 usage error; 71 cannot \
-listen, start or write the pid file; 76 an OpenSMTPD filter protocol we do not speak; 77 cannot \
-switch user; 78 configuration error (file, line and key named on stderr).
+const DAEMON_EXIT_STATUS: &str = "0 stopped cleanly or configuration OK; 64 usage error; 71 \
+cannot listen, start or write the pid file; 76 an OpenSMTPD filter protocol we do not speak; 77 \
+cannot switch user; 78 configuration error (file, line and key named on stderr). As sysexits(3) \
+and OpenDKIM.";
 
-Signals: SIGHUP (or SIGUSR1) reloads the configuration, keys and tables (a bad reload keeps the \
-old configuration); SIGTERM or SIGINT stops taking connections and lets open sessions finish \
-within the configured grace period.";
+const DAEMON_SIGNALS: &str = "SIGHUP (or SIGUSR1) reloads the configuration, keys and tables (a \
+bad reload keeps the old configuration); SIGTERM or SIGINT stops taking connections and lets open \
+sessions finish within the configured grace period.";
 
 impl DaemonInfo {
     /// The daemon's clap command: [`DaemonArgs`] named, versioned and documented for it.
@@ -182,7 +252,8 @@ impl DaemonInfo {
             .about(self.about)
             .long_about(self.long_about)
             .after_long_help(format!(
-                "{DAEMON_EXIT_STATUS}\n\nFiles: {} (default configuration). See {}.conf(5).",
+                "Exit status: {DAEMON_EXIT_STATUS}\n\nSignals: {DAEMON_SIGNALS}\n\nFiles: {} \
+                 (default configuration). See {}.conf(5).",
                 self.default_config, self.name
             ))
             .disable_help_subcommand(true)
@@ -197,6 +268,34 @@ impl DaemonInfo {
                     self.default_config
                 ))
             })
+    }
+
+    /// The daemon's man page, section 8.
+    pub fn manpage(&self, out: &mut dyn Write) -> std::io::Result<()> {
+        let conf = format!("{}.conf(5)", self.name);
+        let sections = [
+            ("EXIT STATUS", vec![DAEMON_EXIT_STATUS.to_string()]),
+            ("SIGNALS", vec![DAEMON_SIGNALS.to_string()]),
+            (
+                "FILES",
+                vec![format!(
+                    "{}: the configuration read by default and by the packaged systemd unit \
+                     ({}.service); its keys are described in {conf}.",
+                    self.default_config, self.name
+                )],
+            ),
+            (
+                "SEE ALSO",
+                vec![format!("{conf}, authmilter(1), postconf(5)")],
+            ),
+        ];
+        manpage(
+            self.command().after_long_help(None::<&str>),
+            "8",
+            &sections,
+            out,
+            None,
+        )
     }
 
     /// Parses the process's command line. Help, version, completions and the man page are
@@ -223,7 +322,7 @@ impl DaemonInfo {
                 completions(self.command(), shell, &mut out);
                 Err(0)
             }
-            Some(DaemonCommand::Manpage) => match manpage(self.command(), "8", &mut out, None) {
+            Some(DaemonCommand::Manpage) => match self.manpage(&mut out) {
                 Ok(()) => Err(0),
                 Err(e) => {
                     let _ = writeln!(err, "{}: {e}", self.name);
@@ -323,12 +422,16 @@ mod tests {
     #[test]
     fn manpage_and_completions_render() {
         let mut page = Vec::new();
-        manpage(INFO.command(), "8", &mut page, None).unwrap();
+        INFO.manpage(&mut page).unwrap();
         let page = String::from_utf8(page).unwrap();
-        assert!(page.starts_with(".ie \\n(.g .ds Aq"), "{page}");
         assert!(page.contains(".TH dkim-milter 8"), "{page}");
         assert!(page.contains("check\\-config"), "{page}");
-        assert!(page.contains("78 configuration error"), "{page}");
+        assert!(
+            page.contains(".SH \"EXIT STATUS\"\n0 stopped cleanly"),
+            "{page}"
+        );
+        assert!(page.contains(".B dkim\\-milter convert FILE\n"), "{page}");
+        assert!(!page.contains("manpage"), "{page}");
         let mut bash = Vec::new();
         completions(INFO.command(), Shell::Bash, &mut bash);
         let bash = String::from_utf8(bash).unwrap();

@@ -19,3 +19,15 @@ fn every_key_is_documented_and_every_documented_key_exists() {
         panic!("{}: {e}", page_path.display());
     }
 }
+
+#[test]
+fn the_page_renders_without_groff_warnings() {
+    let page_path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../man/dkim-milter.conf.5");
+    let out = std::process::Command::new("groff")
+        .args(["-man", "-ww", "-z"])
+        .arg(&page_path)
+        .output()
+        .expect("groff (groff-base) is needed to check the man page");
+    let warnings = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && warnings.is_empty(), "{warnings}");
+}
