@@ -125,11 +125,7 @@ pub fn manpage(
                 let about = sub.get_about().map(|a| a.to_string()).unwrap_or_default();
                 text.push_str(&format!(
                     ".TP\n.B {}\n{}\n",
-                    escape(
-                        &format!("{name} {} {}", sub.get_name(), args.join(" "))
-                            .trim()
-                            .to_string()
-                    ),
+                    escape(format!("{name} {} {}", sub.get_name(), args.join(" ")).trim()),
                     escape(&about)
                 ));
             }

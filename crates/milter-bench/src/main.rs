@@ -26,7 +26,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Sub {
     /// Load a milter and check every answer (the default command)
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Serve a DNS zone (UDP+TCP) until killed or --max-seconds
     Dns(DnsArgs),
     /// Hold N negotiated, idle sessions open
@@ -189,7 +189,7 @@ fn main() -> ExitCode {
         Sub::Dns(a) => cmd_dns(a),
         Sub::Idle(a) => cmd_idle(a),
         Sub::Smtpd(a) => cmd_smtpd(a),
-        Sub::Run(a) => cmd_run(a),
+        Sub::Run(a) => cmd_run(*a),
         Sub::Completions { shell } => {
             chassis::cli::completions(Cli::command(), shell, &mut out);
             Ok(ExitCode::SUCCESS)
