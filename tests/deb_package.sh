@@ -71,7 +71,7 @@ for page in "$work"/root/usr/share/man/man*/*.gz; do
 done
 
 # lintian: no errors; the warnings are listed with their reasons in docs/operations.md.
-lintian --fail-on error --no-tag-display-limit "$deb" | tee "$work/lintian" ||
+lintian --fail-on error --tag-display-limit 0 "$deb" | tee "$work/lintian" ||
   fail "lintian reports errors"
 # A warning that docs/operations.md does not explain is a failure too.
 while read -r tag; do
@@ -131,6 +131,9 @@ wait_socket() {
   fail "$3 did not create $1"
 }
 stop_unit() {
+  # The signal handlers are installed a moment after the socket is bound (a SIGTERM before that
+  # ends the process by the default action, as systemd also accepts at stop): let it settle.
+  sleep 1
   kill -TERM "$1"
   local rc=0
   wait "$1" || rc=$?
