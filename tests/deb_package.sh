@@ -13,7 +13,7 @@ cd "$(dirname "$0")/.."
 fail() { echo "tests/deb_package.sh: FAIL: $*" >&2; exit 1; }
 log() { echo "tests/deb_package.sh: $*" >&2; }
 [ "$(id -u)" -eq 0 ] || fail "needs root (it installs the package on this machine)"
-for tool in cargo-deb lintian groff man setpriv python3 apt-get; do
+for tool in cargo-deb lintian groff man setpriv systemd-analyze apt-get; do
   command -v "$tool" > /dev/null || fail "$tool is not installed"
 done
 /usr/bin/python3 -c "import dkim" 2> /dev/null || fail "dkimpy (python3-dkim) is not installed"
@@ -91,6 +91,15 @@ for exe in /usr/sbin/dkim-milter /usr/sbin/dmarc-milter; do
   for p in /proc/[0-9]*; do
     [ "$(readlink "$p/exe" 2> /dev/null)" = "$exe" ] && fail "the install left $exe running (pid ${p#/proc/})"
   done
+done
+# The installed units verify, their Documentation= man pages included (when this machine's dpkg
+# installs man pages at all).
+man_check=--man=yes
+[ -e /usr/share/man/man8/dkim-milter.8.gz ] || man_check=--man=no
+for unit in dkim-milter dmarc-milter; do
+  out=$(systemd-analyze verify "$man_check" "/usr/lib/systemd/system/$unit.service" 2>&1) ||
+    fail "systemd-analyze verify $unit.service: $out"
+  [ -z "$out" ] || fail "systemd-analyze verify $unit.service: $out"
 done
 /usr/sbin/dkim-milter --version | grep -qx "dkim-milter $(dpkg-query -W -f='${Version}' authmilter | sed 's/-[^-]*$//')" ||
   fail "dkim-milter --version does not match the package version"
