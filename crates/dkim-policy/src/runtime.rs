@@ -28,7 +28,7 @@ impl Runtime {
 
 impl Policy for Runtime {
     const NAME: &'static str = "dkim-milter";
-    const DEFAULT_CONFIG: &'static str = "/etc/dkim-milter.toml";
+    const DEFAULT_CONFIG: &'static str = "/etc/authmilter/dkim-milter.toml";
     type Config = Config;
     /// The sign/verify/skip decision, made once at end of headers.
     type Carry = Decision;

@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-pub const EX_USAGE: u8 = 64;
+pub use chassis::cli::EX_USAGE;
 pub const EX_PROTOCOL: u8 = 76;
 pub const EX_OSERR: u8 = 71;
 pub const EX_CONFIG: u8 = 78;
@@ -63,35 +63,9 @@ fn stdio() -> (Input, Output) {
     (input, output)
 }
 
-/// True when the command line asks for the OpenSMTPD filter.
-pub fn requested() -> bool {
-    std::env::args().skip(1).any(|a| a == "--opensmtpd")
-}
-
-/// The whole `main` of a daemon run as an smtpd filter.
-pub fn main<P: Policy>(version: &'static str) -> ExitCode {
-    let mut config_path = PathBuf::from(P::DEFAULT_CONFIG);
-    let mut args = std::env::args().skip(1);
-    while let Some(a) = args.next() {
-        match a.as_str() {
-            "--opensmtpd" => {}
-            "-c" | "--config" => match args.next() {
-                Some(p) => config_path = PathBuf::from(p),
-                None => {
-                    eprintln!("usage: {} --opensmtpd [-c FILE]", P::NAME);
-                    return ExitCode::from(EX_USAGE);
-                }
-            },
-            other => {
-                eprintln!(
-                    "{}: unknown argument '{other}'\nusage: {} --opensmtpd [-c FILE]",
-                    P::NAME,
-                    P::NAME
-                );
-                return ExitCode::from(EX_USAGE);
-            }
-        }
-    }
+/// The whole `main` of a daemon run as an smtpd filter (`--opensmtpd`), reading the
+/// configuration file `config_path` (the command line is parsed by [`chassis::cli`]).
+pub fn main<P: Policy>(config_path: PathBuf, version: &'static str) -> ExitCode {
     let config = match P::load(&config_path) {
         Ok(c) => c,
         Err(e) => {
