@@ -100,6 +100,8 @@ chassis::raw_config_with_service_keys! {
         allow_sha1: bool,
         #[serde(default)]
         actions: RawActions,
+        #[serde(default)]
+        arc: crate::arc::RawArc,
     }
 }
 
@@ -214,6 +216,8 @@ pub struct Config {
     pub max_signatures_to_verify: usize,
     pub allow_sha1: bool,
     pub actions: Actions,
+    /// ARC verification and sealing (`[arc]`).
+    pub arc: crate::arc::ArcSettings,
     pub resolver: ResolverSettings,
     pub limits: Limits,
     pub message_timeout: Duration,
@@ -439,6 +443,13 @@ impl Config {
         if raw.max_signatures_to_verify == 0 {
             return Err(err("max_signatures_to_verify", "must be at least 1".into()));
         }
+        let arc = crate::arc::ArcSettings::from_raw(
+            std::mem::take(&mut raw.arc),
+            raw.require_safe_keys,
+            raw.minimum_signing_key_bits,
+            rel,
+        )
+        .map_err(|m| err("arc", m))?;
 
         Ok(Config {
             file: path.to_path_buf(),
@@ -471,6 +482,7 @@ impl Config {
             max_signatures_to_verify: raw.max_signatures_to_verify,
             allow_sha1: raw.allow_sha1,
             actions: raw.actions,
+            arc,
             resolver: raw.resolver,
             limits: raw.limits.message_limits(path),
             message_timeout: raw.limits.message_timeout(),
