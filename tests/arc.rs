@@ -579,3 +579,144 @@ async fn a_dns_failure_is_temperror_with_the_dns_error_action() {
         "arc=temperror reason=\"key retrieval failed\" smtp.remote-ip=192.0.2.55 arc.chain=down.example"
     );
 }
+
+/// The mailing-list flow over the milter protocol: our inbound pass verifies the author's DKIM
+/// signature; the list changes Subject and body and sends the message out again from a
+/// trusted client; our outbound pass seals, recording the inbound A-R. The receiver's
+/// dmarc-milter sees DMARC fail (the list broke the signature), and overrides `p=reject` only
+/// when it trusts the list as a sealer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn list_sealed_mail_passes_dmarc_only_with_a_trusted_sealer() {
+    let k = Keys {
+        rsa: TestKey::rsa(2048),
+        ed: TestKey::ed25519(),
+    };
+    let z = zone(&k)
+        .txt("ed._domainkey.author.example", &k.ed.dns_record())
+        .txt("author.example", "v=spf1 -all")
+        .txt("_dmarc.author.example", "v=DMARC1; p=reject")
+        .txt("rsa._domainkey.lists.example", &k.rsa.dns_record());
+    let dns = TestDns::start(&z).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    k.rsa.write_pem(dir.path(), "lists.pem", true);
+    let list_cfg = format!(
+        "authserv_id = \"mx.lists.example\"\nmode = \"v\"\n\
+         [[arc.seal]]\ndomain = \"lists.example\"\nselector = \"rsa\"\nkey_file = \"lists.pem\"\n\
+         [resolver]\nnameservers = [\"{}\"]\ntimeout = 1.0\nattempts = 1\n",
+        dns.addr()
+    );
+    let list = start_dkim(dir.path(), &list_cfg, "inet:0@127.0.0.1").await;
+    let original =
+        k.ed.sign_ed25519(&message("list-post"), "author.example", "ed");
+    // Inbound: from outside, verified (no seal: the author's mail is not the list's).
+    let (out, inbound) = pass_through(&list, &original, "QLIST1").await;
+    assert!(
+        auth_results(&out).contains("dkim=pass"),
+        "{}",
+        auth_results(&out)
+    );
+    assert!(inserted(&out, "ARC-Seal").is_empty());
+    // The list software: tag the subject, add a footer, resend as the list.
+    let text = String::from_utf8(inbound).unwrap();
+    let resent = text
+        .replace("Subject: list-post", "Subject: [list] list-post")
+        .replace("this is a test.", "this is a test.\r\n-- \r\nlist footer")
+        .into_bytes();
+    let mut tx = Transaction::from_message(&resent)
+        .with_client("localhost", Some("127.0.0.1:40001".parse().unwrap()));
+    tx.mail_macros.push(("i".into(), "QLIST2".into()));
+    tx.eom_macros.push(("i".into(), "QLIST2".into()));
+    tx.mail_from = "list-bounces@lists.example".into();
+    let out = run(&list.endpoint(), &tx).await.unwrap();
+    let seals = inserted(&out, "ARC-Seal");
+    assert_eq!(seals.len(), 1, "{:?}", out.modifications);
+    let aar = inserted(&out, "ARC-Authentication-Results");
+    assert!(
+        aar[0].starts_with("i=1; mx.lists.example;") && aar[0].contains("dkim=pass"),
+        "the AAR records the inbound pass: {}",
+        aar[0]
+    );
+    let sealed = delivered(&tx, &out);
+    assert_eq!(dkimpy(&sealed, dns.addr()).0, "pass");
+
+    // The receiver.
+    let receiver = |trusted: &str, name: &str| {
+        format!(
+            "authserv_id = \"mx.receiver.example\"\nignore_hosts = []\nreject_failures = true\n\
+             history = \"{name}.sqlite\"\n{trusted}\n\
+             [resolver]\nnameservers = [\"{}\"]\ntimeout = 1.0\nattempts = 1\n",
+            dns.addr()
+        )
+    };
+    let rdir = tempfile::tempdir().unwrap();
+    let trusting = testkit::daemons::start_dmarc(
+        rdir.path(),
+        &receiver("trusted_arc_sealers = [\"lists.example\"]", "trusting"),
+        "inet:0@127.0.0.1",
+    )
+    .await;
+    let (out, _) = pass_through_dmarc(&trusting, &sealed, "QRCV1").await;
+    assert_eq!(out.reply, Reply::Accept);
+    let ar = auth_results(&out);
+    assert!(
+        ar.contains("dmarc=fail (p=reject dis=none; local_policy override: ARC sealed by lists.example) header.from=author.example"),
+        "{ar}"
+    );
+    assert!(
+        ar.contains("arc=pass smtp.remote-ip=192.0.2.55 arc.chain=lists.example"),
+        "{ar}"
+    );
+    assert!(lines_with("QRCV1").iter().any(|l| l.starts_with(
+        "QRCV1: ARC pass, policy pass > overriding DMARC fail (author.example, sealer lists.example, instance 1)"
+    )));
+    let (reason, comment, disposition): (String, String, String) =
+        rusqlite::Connection::open(rdir.path().join("trusting.sqlite"))
+            .unwrap()
+            .query_row(
+                "SELECT override_reason, override_comment, disposition FROM messages WHERE job_id = 'QRCV1'",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .unwrap();
+    assert_eq!(
+        (reason.as_str(), comment.as_str(), disposition.as_str()),
+        (
+            "local_policy",
+            "arc=pass as[1].d=lists.example aar dkim=pass",
+            "none"
+        )
+    );
+
+    // The same without the trust entry, and with a different trusted sealer: rejected.
+    for (n, trusted) in ["", "trusted_arc_sealers = [\"other.example\"]"]
+        .iter()
+        .enumerate()
+    {
+        let d = tempfile::tempdir().unwrap();
+        let strict = testkit::daemons::start_dmarc(
+            d.path(),
+            &receiver(trusted, "strict"),
+            "inet:0@127.0.0.1",
+        )
+        .await;
+        let qid = format!("QRCV{}", n + 2);
+        let (out, _) = pass_through_dmarc(&strict, &sealed, &qid).await;
+        assert_eq!(
+            out.reply,
+            Reply::ReplyCode("550 5.7.1 rejected by DMARC policy for author.example".into()),
+            "{trusted}"
+        );
+    }
+}
+
+async fn pass_through_dmarc(
+    milter: &RunningMilter<dmarc_policy::runtime::Runtime>,
+    raw: &[u8],
+    qid: &str,
+) -> (Outcome, Vec<u8>) {
+    let mut tx = external(raw, qid);
+    tx.mail_from = "list-bounces@lists.example".into();
+    let out = run(&milter.endpoint(), &tx).await.expect("milter session");
+    let msg = delivered(&tx, &out);
+    (out, msg)
+}
