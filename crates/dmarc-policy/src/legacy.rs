@@ -133,6 +133,33 @@ mod tests {
     }
 
     #[test]
+    fn arc_sealer_lists_convert_to_trusted_arc_sealers() {
+        let c =
+            conv("DomainWhitelist lists.example, fwd.example\nDomainWhitelistSize 100\n").unwrap();
+        let t: toml::Table = toml::from_str(&c.toml).unwrap();
+        let got: Vec<&str> = t["trusted_arc_sealers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|v| v.as_str())
+            .collect();
+        assert_eq!(got, vec!["lists.example", "fwd.example"]);
+        assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("sealers"),
+            "# trusted sealers\nlists.example\n\n  fwd.example # forwarder\n",
+        )
+        .unwrap();
+        let p = dir.path().join("opendmarc.conf");
+        let c = convert(&legacyconf::parse(&p, "DomainWhitelistFile sealers\n"), &p).unwrap();
+        let t: toml::Table = toml::from_str(&c.toml).unwrap();
+        assert_eq!(t["trusted_arc_sealers"].as_array().unwrap().len(), 2);
+        let e = conv("DomainWhitelistFile /nonexistent/sealers\n").unwrap_err();
+        assert!(e.to_string().contains("/nonexistent/sealers"), "{e}");
+    }
+
+    #[test]
     fn unknown_option_is_an_error_with_line() {
         let e = conv("Socket inet:8893@localhost\nBogusOption 1\n").unwrap_err();
         assert_eq!(
