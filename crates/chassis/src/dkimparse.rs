@@ -342,6 +342,28 @@ mod tests {
         assert!(body_specs(b"From: a@example.com\r\n\r\n", 10).is_empty());
     }
 
+    /// ARC adds at most one body hash (the newest ARC-Message-Signature's), however many AMS
+    /// fields with distinct `l=` a message carries.
+    #[test]
+    fn arc_message_signatures_add_one_body_hash() {
+        let mut raw = String::new();
+        for l in 0..30 {
+            raw.push_str(&sig(l + 1));
+        }
+        for i in 1..=1000u32 {
+            raw.push_str(&format!(
+                "ARC-Message-Signature: i={}; a=rsa-sha256; c=relaxed/relaxed; d=a.example; s=s; l={i}; h=from; bh=AAAA; b=AAAA\r\n",
+                i % 50 + 1
+            ));
+        }
+        raw.push_str("From: a@example.com\r\n\r\nbody line\r\n");
+        assert_eq!(body_specs(raw.as_bytes(), 10).len(), 11);
+        let capped = parse_capped(raw.as_bytes(), 10).unwrap();
+        assert_eq!(capped.message.body_hashes.len(), 11);
+        let arc_only = parse_capped(raw.as_bytes(), 0).unwrap();
+        assert_eq!(arc_only.message.body_hashes.len(), 1);
+    }
+
     #[test]
     fn headers_only_message() {
         let c = parse_capped(b"From: a@example.com\r\n", 10).unwrap();

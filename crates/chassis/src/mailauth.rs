@@ -208,6 +208,7 @@ mod contract {
 
     #[test]
     fn every_error_has_our_wording() {
+        use mail_auth::arc::ArcError as A;
         let cases = [
             (Error::ParseError, "syntax error"),
             (Error::Base64, "invalid base64"),
@@ -227,6 +228,26 @@ mod contract {
                 "no key for signature",
             ),
             (Error::Crypto(C::Library("x".into())), "key cannot be used"),
+            (Error::Arc(A::ChainTooLong), "more than 50 ARC sets"),
+            (
+                Error::Arc(A::InvalidInstance(51)),
+                "ARC instance missing, repeated or out of range",
+            ),
+            (
+                Error::Arc(A::InvalidCV),
+                "ARC-Seal cv= does not fit the chain",
+            ),
+            (Error::Arc(A::HasHeaderTag), "ARC-Seal carries an h= tag"),
+            (Error::Arc(A::BrokenChain), "ARC set incomplete"),
+            (
+                Error::Arc(A::FailedBodyHashMatch),
+                "body hash did not verify",
+            ),
+            (Error::Arc(A::SignatureExpired), "signature expired"),
+            (
+                Error::Arc(A::SignatureLength),
+                "ARC-Message-Signature carries l=",
+            ),
         ];
         for (e, want) in cases {
             assert_eq!(error_words(&e), want, "{e:?}");
