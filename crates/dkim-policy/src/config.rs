@@ -622,6 +622,46 @@ mod tests {
     }
 
     #[test]
+    fn arc_seal_entries_are_checked_at_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = dir.path().join("c.toml");
+        // Off by default: verify on, nothing sealed.
+        let c = Config::from_toml(&cfg, "").unwrap();
+        assert!(c.arc.verify && c.arc.seal.is_empty());
+        let e = Config::from_toml(
+            &cfg,
+            "mode = \"v\"\n[[arc.seal]]\ndomain = \"lists.example\"\nselector = \"arc\"\nkey_file = \"nope.pem\"\n",
+        )
+        .unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("arc"), "{e}");
+        assert!(
+            e.message.contains("arc.seal entry 1") && e.message.contains("nope.pem"),
+            "{e}"
+        );
+        let e = Config::from_toml(
+            &cfg,
+            "[[arc.seal]]\ndomain = \"lists.example\"\nselector = \"arc\"\nkey_file = \"k.pem\"\nbogus = 1\n",
+        )
+        .unwrap_err();
+        assert_eq!(e.line, Some(5), "{e}");
+        let key = dir.path().join("k.pem");
+        crate::keygen::create_key_file(&key, "lists.example", "arc").unwrap();
+        let c = Config::from_toml(
+            &cfg,
+            "[[arc.seal]]\ndomain = \"Lists.Example.\"\nselector = \"arc\"\nkey_file = \"k.pem\"\nsenders = [\".Lists.example\", \"*\"]\n",
+        )
+        .unwrap();
+        assert_eq!(c.arc.seal[0].domain, "lists.example");
+        assert_eq!(c.arc.seal[0].senders, vec!["lists.example", "*"]);
+        let e = Config::from_toml(
+            &cfg,
+            "[[arc.seal]]\ndomain = \"lists.example\"\nselector = \"arc\"\nkey_file = \"k.pem\"\nbody_canonicalization = \"loose\"\n",
+        )
+        .unwrap_err();
+        assert!(e.message.contains("body_canonicalization 'loose'"), "{e}");
+    }
+
+    #[test]
     fn missing_key_file_is_a_config_error() {
         let dir = tempfile::tempdir().unwrap();
         let cfg = dir.path().join("c.toml");
