@@ -720,3 +720,46 @@ async fn pass_through_dmarc(
     let msg = delivered(&tx, &out);
     (out, msg)
 }
+
+/// A trusted sealer whose key cannot be looked up (SERVFAIL): the override cannot be decided,
+/// so a reject becomes a tempfail (the retry decides); an untrusted sealer changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trusted_sealer_behind_a_dns_failure_tempfails_instead_of_rejecting() {
+    require_dkimpy_arc();
+    let k = Keys {
+        rsa: TestKey::rsa(2048),
+        ed: TestKey::ed25519(),
+    };
+    let z = zone(&k)
+        .txt("author.example", "v=spf1 -all")
+        .txt("_dmarc.author.example", "v=DMARC1; p=reject");
+    let dns = TestDns::start(&z).await.unwrap();
+    let mut pre =
+        b"Authentication-Results: mx.down.example; dkim=pass header.d=author.example\r\n".to_vec();
+    pre.extend_from_slice(&message("dns-trouble"));
+    let sealed = judges::dkimpy_arc_seal(&pre, &k.rsa, "down.example", "rsa", "mx.down.example")
+        .expect("dkimpy seals");
+    for (n, (trusted, want)) in [
+        (
+            "trusted_arc_sealers = [\"down.example\"]",
+            "451 4.7.5 temporary ARC evaluation error for author.example",
+        ),
+        (
+            "trusted_arc_sealers = [\"lists.example\"]",
+            "550 5.7.1 rejected by DMARC policy for author.example",
+        ),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let d = tempfile::tempdir().unwrap();
+        let cfg = format!(
+            "authserv_id = \"mx.receiver.example\"\nignore_hosts = []\nreject_failures = true\n{trusted}\n\
+             [resolver]\nnameservers = [\"{}\"]\ntimeout = 1.0\nattempts = 1\n",
+            dns.addr()
+        );
+        let m = testkit::daemons::start_dmarc(d.path(), &cfg, "inet:0@127.0.0.1").await;
+        let (out, _) = pass_through_dmarc(&m, &sealed, &format!("QDT{n}")).await;
+        assert_eq!(out.reply, Reply::ReplyCode(want.into()), "{trusted}");
+    }
+}

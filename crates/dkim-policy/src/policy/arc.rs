@@ -109,6 +109,10 @@ pub fn seal(
     if !msg.body_kept {
         return Err("message body not available".into());
     }
+    if msg.headers_truncated {
+        // ARC fields past the storage cap are not seen: the instance could be wrong.
+        return Err("message header too large".into());
+    }
     let recorded = if trusted {
         own_results(&msg.headers, id)
     } else {

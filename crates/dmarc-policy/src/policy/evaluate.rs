@@ -507,6 +507,15 @@ async fn assess(
     };
     let mut judged: Vec<Judged> = Vec::with_capacity(domains.len());
     for (check, from_domain) in checks.into_iter().zip(&domains) {
+        // A listed sealer's key could not be looked up: the override cannot be decided now.
+        let arc_unknown = arc_chain.as_ref().is_some_and(|c| {
+            c.word == chassis::authres::ResultWord::TempError
+                && c.sets.iter().any(|s| {
+                    cfg.trusted_arc_sealers
+                        .iter()
+                        .any(|t| t.eq_ignore_ascii_case(&s.domain))
+                })
+        });
         let trust = arc_chain.as_ref().and_then(|chain| {
             let strict = |tag: fn(&crate::history::Published) -> &str| {
                 check.published.as_ref().is_some_and(|p| tag(p) == "s")
@@ -519,7 +528,7 @@ async fn assess(
                 strict(|p| &p.aspf),
             )
         });
-        judged.push(dispose(cfg, check, from_domain, trust, qid));
+        judged.push(dispose(cfg, check, from_domain, trust, arc_unknown, qid));
     }
     let results: Vec<ResInfo> = judged.iter().map(|j| j.result.clone()).collect();
     // The strictest disposition wins; its check is the one reported.
@@ -572,12 +581,15 @@ fn severity(action: &Action) -> u8 {
 /// The disposition, action and A-R result for one author domain's check: `p=` with `pct=`
 /// sampling, enforced only with `reject_failures`; temperror per `[actions] temperror`. A
 /// trusted ARC sealer's aligned pass (`arc`) turns an enforced failure into a `local_policy`
-/// override (OpenDMARC's ARC override, for quarantine too).
+/// override (OpenDMARC's ARC override, for quarantine too); when a trusted sealer's chain could
+/// not be checked (`arc_unknown`: DNS trouble), a reject becomes a tempfail, so the retry can
+/// decide.
 fn dispose(
     cfg: &crate::config::Config,
     check: DmarcCheck,
     from_domain: &str,
     arc: Option<super::arc::ArcTrust>,
+    arc_unknown: bool,
     qid: &str,
 ) -> Judged {
     let mut policy = check.policy;
@@ -604,6 +616,19 @@ fn dispose(
                 }
             }
             match policy {
+                Policy::Reject if cfg.reject_failures && arc_unknown => {
+                    tracing::warn!(
+                        "{qid}: ARC chain of a trusted sealer could not be checked; temporarily failing instead of rejecting"
+                    );
+                    (
+                        "none",
+                        Action::Tempfail(SmtpReply::new(
+                            "451",
+                            "4.7.5",
+                            format!("temporary ARC evaluation error for {from_domain}"),
+                        )),
+                    )
+                }
                 Policy::Reject if cfg.reject_failures => (
                     "reject",
                     Action::Reject(SmtpReply::new(
