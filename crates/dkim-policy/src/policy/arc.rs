@@ -55,40 +55,47 @@ pub async fn check(rt: &Runtime, msg: &Message, budget: Duration) -> Chain {
     }
 }
 
-/// The topmost incoming Authentication-Results with authserv-id `id`, as text in the
-/// front-end form, with what its `arc=` result says.
+/// Every incoming Authentication-Results with authserv-id `id`, merged into one (in header
+/// order: dkim-milter's and dmarc-milter's, when both write our id), with what their `arc=`
+/// result says; `None` when there is none. Rewritten by our A-R writer, so what we copy into
+/// the ARC-Authentication-Results is always well-formed.
 fn own_results(headers: &[HeaderField], id: &str) -> Option<(String, Option<ResultWord>)> {
     let want = authres::id_key(id);
-    headers
+    let mut merged: Option<AuthResults> = None;
+    for h in headers
         .iter()
         .filter(|h| h.name_is("Authentication-Results"))
-        .find_map(|h| {
-            let text = String::from_utf8_lossy(&h.value).to_string();
-            let parsed = authres::parse(&text).ok()?;
-            if authres::id_key(&parsed.authserv_id) != want {
-                return None;
-            }
-            let arc = parsed
-                .results
-                .iter()
-                .filter(|r| r.method == "arc")
-                .map(|r| match r.result.as_str() {
-                    "pass" => ResultWord::Pass,
-                    "none" => ResultWord::None,
-                    "temperror" => ResultWord::TempError,
-                    _ => ResultWord::Fail,
-                })
-                .collect::<Vec<_>>();
-            // Two arc= results in one header contradict each other: a failed chain (as
-            // OpenDMARC and dkimpy read it).
-            let arc = match arc.len() {
-                0 => None,
-                1 => Some(arc[0]),
-                _ => Some(ResultWord::Fail),
-            };
-            let text = text.replace("\r\n", "\n").trim().to_string();
-            Some((text, arc))
+    {
+        let Ok(parsed) = authres::parse(&String::from_utf8_lossy(&h.value)) else {
+            continue;
+        };
+        if authres::id_key(&parsed.authserv_id) != want {
+            continue;
+        }
+        match &mut merged {
+            Some(m) => m.results.extend(parsed.results),
+            None => merged = Some(parsed),
+        }
+    }
+    let merged = merged?;
+    let arc: Vec<ResultWord> = merged
+        .results
+        .iter()
+        .filter(|r| r.method == "arc")
+        .map(|r| match r.result.as_str() {
+            "pass" => ResultWord::Pass,
+            "none" => ResultWord::None,
+            "temperror" => ResultWord::TempError,
+            _ => ResultWord::Fail,
         })
+        .collect();
+    // Two arc= results contradict each other: a failed chain (as dkimpy reads it).
+    let arc = match arc.len() {
+        0 => None,
+        1 => Some(arc[0]),
+        _ => Some(ResultWord::Fail),
+    };
+    Some((merged.to_value(), arc))
 }
 
 /// Seals the message for `rule`. `ours` is the Authentication-Results this pass writes (none
@@ -199,4 +206,44 @@ pub fn seal(
             value: set.seal,
         },
     ])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn own_results_are_merged_and_others_ignored() {
+        let headers = vec![
+            HeaderField::new(
+                "Authentication-Results",
+                " mx.lists.example;\r\n\tdmarc=pass header.from=author.example",
+            ),
+            HeaderField::new(
+                "Authentication-Results",
+                " other.example; dkim=pass header.d=forged.example; arc=pass",
+            ),
+            HeaderField::new(
+                "Authentication-Results",
+                " MX.Lists.Example; dkim=pass header.d=author.example; arc=none",
+            ),
+        ];
+        let (text, arc) = own_results(&headers, "mx.lists.example").unwrap();
+        assert_eq!(
+            text,
+            "mx.lists.example;\n\tdmarc=pass header.from=author.example;\n\tdkim=pass header.d=author.example;\n\tarc=none"
+        );
+        assert_eq!(arc, Some(ResultWord::None));
+        assert!(own_results(&headers, "nobody.example").is_none());
+        let mut twice = headers.clone();
+        twice.push(HeaderField::new(
+            "Authentication-Results",
+            " mx.lists.example; arc=pass",
+        ));
+        assert_eq!(
+            own_results(&twice, "mx.lists.example").unwrap().1,
+            Some(ResultWord::Fail),
+            "two arc= results contradict each other"
+        );
+    }
 }
