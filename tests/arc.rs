@@ -507,7 +507,7 @@ async fn hostile_chains_cost_bounded_work() {
         auth_results(&out)
     );
     assert!(queries <= 51, "{queries} DNS queries");
-    // A giant ARC-Seal (100 KB b=): malformed, no lookup.
+    // A giant ARC-Seal (100 KB b=): over the 16 KiB field limit, malformed, no lookup.
     let giant = format!(
         "ARC-Seal: i=1; a=rsa-sha256; cv=none; d=hop1.example; s=rsa; b={}\r\n{}",
         "A".repeat(100_000),
@@ -521,6 +521,39 @@ async fn hostile_chains_cost_bounded_work() {
         auth_results(&out)
     );
     assert_eq!(queries, 0);
+    // Giant ARC-Message-Signatures: h= naming 50,000 fields (about 300 KB) is over our 16 KiB
+    // field limit (malformed, no lookup); 2,500 fields (about 14 KB) under a sealer whose key
+    // exists, with the body's real bh=, is checked by mail-auth: one key lookup, bounded time.
+    let bh = {
+        use base64::Engine;
+        base64::engine::general_purpose::STANDARD.encode(chassis::arc::body_hash(
+            b"body\r\n",
+            chassis::mailauth::dkim::Canonicalization::Relaxed,
+        ))
+    };
+    let big = |n: usize| {
+        let names: Vec<String> = (0..n).map(|n| format!("x{n}")).collect();
+        format!(
+            "ARC-Seal: i=1; a=rsa-sha256; cv=none; d=hop1.example; s=rsa; b=AAAA\r\n\
+             ARC-Message-Signature: i=1; a=rsa-sha256; c=relaxed/relaxed; d=hop1.example; s=rsa; h={}; bh={bh}; b=AAAA\r\n\
+             ARC-Authentication-Results: i=1; mx.hop1.example; dkim=pass\r\n",
+            names.join(":")
+        )
+    };
+    let (out, queries, _) = run_case(format!("{}{head}{body}", big(50_000)), "QHOST4").await;
+    assert_eq!(
+        arc_clause(&auth_results(&out)),
+        "arc=fail reason=\"ARC-Message-Signature field without a usable instance (i=)\" smtp.remote-ip=192.0.2.55"
+    );
+    assert_eq!(queries, 0);
+    let (out, queries, took) = run_case(format!("{}{head}{body}", big(2_500)), "QHOST5").await;
+    assert_eq!(
+        arc_clause(&auth_results(&out)),
+        "arc=fail reason=\"signature verification failed\" smtp.remote-ip=192.0.2.55 arc.chain=hop1.example",
+        "the signature was checked (the body hash matched)"
+    );
+    assert_eq!(queries, 1, "one key lookup");
+    assert!(took < std::time::Duration::from_secs(10), "{took:?}");
     // Malformed tags: no '=', repeated tags, a bad cv=, binary junk.
     for (n, seal) in [
         "ARC-Seal: x",
