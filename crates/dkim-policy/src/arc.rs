@@ -50,6 +50,8 @@ pub struct SealRule {
     pub domain: String,
     pub selector: String,
     pub key: SharedKey,
+    /// Where the key was read from (for `authmilter testkey`).
+    pub key_file: PathBuf,
     /// Lower case, without a leading dot; `*` matches everything.
     pub senders: Vec<String>,
     pub body_canon: Canonicalization,
@@ -139,6 +141,7 @@ impl ArcSettings {
                 domain,
                 selector: s.selector.trim().to_string(),
                 key,
+                key_file: path,
                 senders,
                 body_canon,
             });
