@@ -263,6 +263,60 @@ async fn submission_is_signed_and_comes_back_byte_identical() {
     assert!(text.ends_with(&String::from_utf8_lossy(&raw).into_owned()));
 }
 
+/// ARC sealing through the OpenSMTPD filter (the same policy as over milter): submitted mail
+/// is DKIM-signed and sealed, and dkimpy's ARC verifier accepts the chain in the message the
+/// filter hands back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn submission_is_arc_sealed() {
+    assert!(
+        judges::judge_available("dkimpy-arc"),
+        "dkimpy's ARC judge is required (python3-dkim, python3-authres)"
+    );
+    let (_d, dns, _k, mut smtpd) = dkim_setup(
+        "[[arc.seal]]\ndomain = \"example.com\"\nselector = \"ed\"\nkey_file = \"ed.pem\"\n",
+    )
+    .await;
+    smtpd.handshake().await;
+    smtpd
+        .session(
+            "127.0.0.1:40000",
+            "127.0.0.1:587",
+            "alice@example.com",
+            "0badarc1",
+        )
+        .await;
+    let raw = message("alice@example.com", "osmtpd-seal");
+    let back = smtpd.data(&raw).await;
+    assert_eq!(
+        smtpd.commit().await,
+        format!("filter-result|{SID}|{TOKEN}|proceed")
+    );
+    let names = header_names(&back);
+    assert_eq!(
+        &names[..4],
+        [
+            "ARC-Seal",
+            "ARC-Message-Signature",
+            "ARC-Authentication-Results",
+            "DKIM-Signature"
+        ],
+        "{}",
+        String::from_utf8_lossy(&back)
+    );
+    let text = unfolded(&back);
+    assert!(
+        text.contains(&format!(
+            "ARC-Authentication-Results: i=1; {AUTHSERV}; arc=none\r\n"
+        )),
+        "{text}"
+    );
+    let (cv, reason) = judges::dkimpy_arc_verify(&back, dns.addr()).unwrap();
+    assert_eq!(cv, "pass", "{reason}");
+    assert!(lines_with("0badarc1")
+        .iter()
+        .any(|l| l == "0badarc1: ARC-Seal field added (s=ed, d=example.com, i=1, cv=none)"));
+}
+
 /// Forged Authentication-Results with our authserv-id (several, folded, interleaved with
 /// others) are left out of the message handed back; the others stay in place.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

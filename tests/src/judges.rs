@@ -329,7 +329,64 @@ pub fn mail_dkim_sign(message: &[u8], key: &TestKey, opts: &SignOptions) -> io::
     Ok(out.stdout)
 }
 
-/// Whether a judge (or tool) can run here: "dkimpy", "mail-dkim", "opendkim" or "miltertest".
+/// dkimpy's ARC chain verdict on `message`: (`pass`, `fail` or `none`, dkimpy's reason).
+pub fn dkimpy_arc_verify(message: &[u8], dns: SocketAddr) -> io::Result<(String, String)> {
+    let mut cmd = Command::new(PYTHON);
+    cmd.arg(judges_dir().join("dkimpy_arc.py"))
+        .arg("verify")
+        .arg("--dns")
+        .arg(dns.to_string());
+    let out = run_bounded(cmd, message, JUDGE_TIME_LIMIT)?;
+    let text = check_output("dkimpy-arc", &out)?;
+    let line = text
+        .lines()
+        .find_map(|l| l.strip_prefix("CV\t"))
+        .ok_or_else(|| io::Error::other(format!("dkimpy-arc printed no verdict: {text}")))?;
+    let (cv, reason) = line.split_once('\t').unwrap_or((line, ""));
+    Ok((cv.to_string(), reason.to_string()))
+}
+
+/// Seals `message` with dkimpy's ARC sealer as `d=domain; s=selector` (RSA: rsa-sha256,
+/// Ed25519: ed25519-sha256), taking cv= from the `arc=` result of the Authentication-Results
+/// with authserv-id `srv_id`; returns the message with the new set on top.
+pub fn dkimpy_arc_seal(
+    message: &[u8],
+    key: &TestKey,
+    domain: &str,
+    selector: &str,
+    srv_id: &str,
+) -> io::Result<Vec<u8>> {
+    let dir = tempfile::tempdir()?;
+    let (algorithm, key_file) = match key.kind {
+        KeyKind::Rsa(_) => ("rsa-sha256", key.write_pem(dir.path(), "key.pem", true)),
+        KeyKind::Ed25519 => {
+            let path = dir.path().join("key.b64");
+            std::fs::write(&path, key.ed25519_seed_b64.as_deref().unwrap_or_default())?;
+            ("ed25519-sha256", path)
+        }
+    };
+    let mut cmd = Command::new(PYTHON);
+    cmd.arg(judges_dir().join("dkimpy_arc.py"))
+        .arg("seal")
+        .arg("--key")
+        .arg(&key_file)
+        .arg("--domain")
+        .arg(domain)
+        .arg("--selector")
+        .arg(selector)
+        .arg("--srv-id")
+        .arg(srv_id)
+        .arg("--algorithm")
+        .arg(algorithm)
+        .arg("--headers")
+        .arg("from:to:subject:date:message-id");
+    let out = run_bounded(cmd, message, JUDGE_TIME_LIMIT)?;
+    check_output("dkimpy-arc", &out)?;
+    Ok(out.stdout)
+}
+
+/// Whether a judge (or tool) can run here: "dkimpy", "dkimpy-arc" (dkimpy with python3-authres,
+/// which its ARC sealer needs), "mail-dkim", "opendkim" or "miltertest".
 /// Checks the interpreter, the modules the scripts import, and the scripts themselves.
 pub fn judge_available(name: &str) -> bool {
     static CACHE: OnceLock<Mutex<HashMap<String, bool>>> = OnceLock::new();
@@ -348,6 +405,10 @@ pub fn judge_available(name: &str) -> bool {
         "dkimpy" => {
             judges_dir().join("dkimpy_verify.py").is_file()
                 && quiet(PYTHON, &["-c", "import dkim, dns.resolver, nacl"])
+        }
+        "dkimpy-arc" => {
+            judges_dir().join("dkimpy_arc.py").is_file()
+                && quiet(PYTHON, &["-c", "import dkim, authres, dns.resolver, nacl"])
         }
         "mail-dkim" => {
             judges_dir().join("mail_dkim_verify.pl").is_file()

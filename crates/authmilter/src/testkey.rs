@@ -37,11 +37,18 @@ impl KeyToTest {
     }
 }
 
-/// Every KeyTable entry (or the single key) of a dkim-milter configuration. Entries with `%`
-/// (the sender's domain) cannot be tested without a domain and come back as errors.
+/// Every KeyTable entry (or the single key) of a dkim-milter configuration, then its ARC
+/// sealing keys (`[[arc.seal]]`, named `arc.seal DOMAIN`). Entries with `%` (the sender's
+/// domain) cannot be tested without a domain and come back as errors.
 pub fn keys_from_config(cfg: &Config) -> Vec<KeyToTest> {
     let mut names: Vec<&String> = cfg.keys.keys().collect();
     names.sort();
+    let arc = cfg.arc.seal.iter().map(|r| KeyToTest {
+        name: format!("arc.seal {}", r.domain),
+        domain: r.domain.clone(),
+        selector: r.selector.clone(),
+        private: std::fs::read(&r.key_file).map_err(|e| format!("{}: {e}", r.key_file.display())),
+    });
     names
         .into_iter()
         .map(|name| {
@@ -63,6 +70,7 @@ pub fn keys_from_config(cfg: &Config) -> Vec<KeyToTest> {
                 private,
             }
         })
+        .chain(arc)
         .collect()
 }
 
@@ -420,6 +428,33 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert!(public_key_of(b"nonsense!").is_err());
+    }
+
+    #[test]
+    fn arc_sealing_keys_are_tested_too() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("arc.pem");
+        dkim_policy::keygen::create_key_file(&key, "lists.example", "arc").unwrap();
+        let cfg = dir.path().join("dkim-milter.toml");
+        let c = Config::from_toml(
+            &cfg,
+            "[[arc.seal]]\ndomain = \"lists.example\"\nselector = \"arc\"\nkey_file = \"arc.pem\"\n",
+        )
+        .unwrap();
+        let keys = keys_from_config(&c);
+        assert_eq!(keys.len(), 1);
+        assert_eq!(
+            (
+                keys[0].name.as_str(),
+                keys[0].domain.as_str(),
+                keys[0].selector.as_str()
+            ),
+            ("arc.seal lists.example", "lists.example", "arc")
+        );
+        assert_eq!(
+            keys[0].private.as_deref().ok(),
+            std::fs::read(&key).ok().as_deref()
+        );
     }
 
     #[test]

@@ -89,6 +89,12 @@ pub fn body_specs(header_block: &[u8], cap: usize) -> Vec<BodyHashSpec> {
             specs.push(spec);
         }
     }
+    // ARC: only the newest ARC-Message-Signature is checked (RFC 8617 §5.2), one hash more.
+    if let Some(spec) = crate::arc::newest_ams_spec(&msg) {
+        if !specs.contains(&spec) {
+            specs.push(spec);
+        }
+    }
     specs
 }
 
@@ -112,28 +118,31 @@ fn header_block_bound(raw: &[u8]) -> usize {
 }
 
 /// The body hashes the kept signatures need, one pass per distinct (c=, a=, l=), taken from
-/// `streamed` when they were computed as the body arrived.
+/// `streamed` when they were computed as the body arrived; plus the newest
+/// ARC-Message-Signature's (mail-auth's `verify_arc` expects to find it: it is the only one it
+/// checks).
 fn hash_bodies(msg: &mut AuthenticatedMessage<'_>, body: &[u8], streamed: &[BodyHash]) {
     msg.body_hashes.clear();
-    for h in &msg.dkim_headers {
-        let sig = &h.header;
-        let ha = HashAlgorithm::from(sig.a);
+    let mut wanted: Vec<BodyHashSpec> = msg
+        .dkim_headers
+        .iter()
+        .map(|h| (h.header.cb, HashAlgorithm::from(h.header.a), h.header.l))
+        .collect();
+    wanted.extend(crate::arc::newest_ams_spec(msg));
+    for (cb, ha, l) in wanted {
         if !msg
             .body_hashes
             .iter()
-            .any(|(c, a, l, _)| *c == sig.cb && *a == ha && *l == sig.l)
+            .any(|(c, a, ll, _)| *c == cb && *a == ha && *ll == l)
         {
             let bh = match streamed
                 .iter()
-                .find(|(c, a, l, _)| *c == sig.cb && *a == ha && *l == sig.l)
+                .find(|(c, a, ll, _)| *c == cb && *a == ha && *ll == l)
             {
                 Some(done) => done.3.clone(),
-                None => ha
-                    .hash(sig.cb.canonical_body(body, sig.l))
-                    .as_ref()
-                    .to_vec(),
+                None => ha.hash(cb.canonical_body(body, l)).as_ref().to_vec(),
             };
-            msg.body_hashes.push((sig.cb, ha, sig.l, bh));
+            msg.body_hashes.push((cb, ha, l, bh));
         }
     }
 }
@@ -331,6 +340,28 @@ mod tests {
         raw.push_str("From: a@example.com\r\n\r\n");
         assert_eq!(body_specs(raw.as_bytes(), 10).len(), 10);
         assert!(body_specs(b"From: a@example.com\r\n\r\n", 10).is_empty());
+    }
+
+    /// ARC adds at most one body hash (the newest ARC-Message-Signature's), however many AMS
+    /// fields with distinct `l=` a message carries.
+    #[test]
+    fn arc_message_signatures_add_one_body_hash() {
+        let mut raw = String::new();
+        for l in 0..30 {
+            raw.push_str(&sig(l + 1));
+        }
+        for i in 1..=1000u32 {
+            raw.push_str(&format!(
+                "ARC-Message-Signature: i={}; a=rsa-sha256; c=relaxed/relaxed; d=a.example; s=s; l={i}; h=from; bh=AAAA; b=AAAA\r\n",
+                i % 50 + 1
+            ));
+        }
+        raw.push_str("From: a@example.com\r\n\r\nbody line\r\n");
+        assert_eq!(body_specs(raw.as_bytes(), 10).len(), 11);
+        let capped = parse_capped(raw.as_bytes(), 10).unwrap();
+        assert_eq!(capped.message.body_hashes.len(), 11);
+        let arc_only = parse_capped(raw.as_bytes(), 0).unwrap();
+        assert_eq!(arc_only.message.body_hashes.len(), 1);
     }
 
     #[test]

@@ -8,6 +8,7 @@
 //! policy crate that depends on this crate alone cannot speak milter by accident.
 
 pub mod address;
+pub mod arc;
 pub mod authres;
 pub mod cli;
 pub mod configfile;

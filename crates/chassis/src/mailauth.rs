@@ -11,12 +11,16 @@
 //!   configured action it drives, and the reason in **our** words. mail-auth's error texts
 //!   (`Display`) never reach an A-R header or a log line, so they can change under an upgrade
 //!   without changing what operators see; the contract tests below pin every error variant
-//!   to its wording and fail when a new mail-auth adds, removes or moves one.
+//!   to its wording and fail when a new mail-auth adds, removes or moves one;
+//! * [`judge_arc`]: the same for mail-auth's ARC chain answer (its non-default `arc` feature,
+//!   switched on here): RFC 8617 knows `pass`, `fail` and `none`, so every mail-auth
+//!   "neutral" or "permerror" about an ARC set is a failed chain, and only a DNS failure is a
+//!   `temperror` (the sender may retry).
 
 use crate::authres::ResultWord;
 
 pub use mail_auth::{
-    AuthenticatedMessage, DkimOutput, DkimResult, DmarcResult, DnsError, Error,
+    ArcOutput, AuthenticatedMessage, DkimOutput, DkimResult, DmarcResult, DnsError, Error,
     MessageAuthenticator, Parameters, ResolverCache, Result, SpfOutput, SpfResult, Txt,
 };
 
@@ -24,6 +28,12 @@ pub use mail_auth::{
 pub mod dkim {
     pub use mail_auth::dkim::canonicalize::BodyHasher;
     pub use mail_auth::dkim::{Canonicalization, DkimError, DkimSigner, Signature};
+}
+
+/// ARC (RFC 8617) sets as mail-auth parses them; verification goes through
+/// [`crate::arc::verify`], sealing is ours ([`crate::arc::seal`]).
+pub mod arc {
+    pub use mail_auth::arc::{ArcError, ChainValidation, Results, Seal, Signature};
 }
 
 /// Keys, hashes and algorithms.
@@ -82,6 +92,7 @@ pub struct DkimJudgement {
 
 /// Our words for a mail-auth error, for `reason=` and log lines.
 pub fn error_words(e: &Error) -> &'static str {
+    use arc::ArcError as A;
     use dkim::DkimError as D;
     use mail_auth::common::crypto::CryptoError as C;
     match e {
@@ -107,6 +118,33 @@ pub fn error_words(e: &Error) -> &'static str {
         Error::Dkim(D::SignatureExpired) => "signature expired",
         Error::Dkim(D::SignatureLength) => "body shorter than l=",
         Error::Dkim2(_) => "unexpected error",
+        Error::Arc(A::ChainTooLong) => "more than 50 ARC sets",
+        Error::Arc(A::InvalidInstance(_)) => "ARC instance missing, repeated or out of range",
+        Error::Arc(A::InvalidCV) => "ARC-Seal cv= does not fit the chain",
+        Error::Arc(A::HasHeaderTag) => "ARC-Seal carries an h= tag",
+        Error::Arc(A::BrokenChain) => "ARC set incomplete",
+        Error::Arc(A::FailedBodyHashMatch) => "body hash did not verify",
+        Error::Arc(A::SignatureExpired) => "signature expired",
+        Error::Arc(A::SignatureLength) => "ARC-Message-Signature carries l=",
+    }
+}
+
+/// Maps mail-auth's ARC chain answer to the RFC 8617 word and our reason. mail-auth calls a
+/// body-hash mismatch or an expired AMS "neutral" and a missing key "permerror"; for ARC each
+/// of them means the chain does not validate (§5.2 steps 3-5), so they are `fail`.
+pub fn judge_arc(result: &DkimResult) -> (ResultWord, Option<String>) {
+    let words = |e: &Error| Some(error_words(e).to_string());
+    match result {
+        DkimResult::Pass => (ResultWord::Pass, None),
+        DkimResult::None => (ResultWord::None, None),
+        DkimResult::TempError(_) => (ResultWord::TempError, Some("key retrieval failed".into())),
+        DkimResult::Fail(Error::Crypto(_)) => (
+            ResultWord::Fail,
+            Some("signature verification failed".into()),
+        ),
+        DkimResult::Fail(e) | DkimResult::Neutral(e) | DkimResult::PermError(e) => {
+            (ResultWord::Fail, words(e))
+        }
     }
 }
 
@@ -170,6 +208,7 @@ mod contract {
 
     #[test]
     fn every_error_has_our_wording() {
+        use mail_auth::arc::ArcError as A;
         let cases = [
             (Error::ParseError, "syntax error"),
             (Error::Base64, "invalid base64"),
@@ -189,6 +228,26 @@ mod contract {
                 "no key for signature",
             ),
             (Error::Crypto(C::Library("x".into())), "key cannot be used"),
+            (Error::Arc(A::ChainTooLong), "more than 50 ARC sets"),
+            (
+                Error::Arc(A::InvalidInstance(51)),
+                "ARC instance missing, repeated or out of range",
+            ),
+            (
+                Error::Arc(A::InvalidCV),
+                "ARC-Seal cv= does not fit the chain",
+            ),
+            (Error::Arc(A::HasHeaderTag), "ARC-Seal carries an h= tag"),
+            (Error::Arc(A::BrokenChain), "ARC set incomplete"),
+            (
+                Error::Arc(A::FailedBodyHashMatch),
+                "body hash did not verify",
+            ),
+            (Error::Arc(A::SignatureExpired), "signature expired"),
+            (
+                Error::Arc(A::SignatureLength),
+                "ARC-Message-Signature carries l=",
+            ),
         ];
         for (e, want) in cases {
             assert_eq!(error_words(&e), want, "{e:?}");
@@ -344,6 +403,139 @@ mod contract {
         assert_eq!(
             (j.word, j.reason.as_deref()),
             (ResultWord::PermError, Some("key revoked"))
+        );
+    }
+
+    /// Our sealer and mail-auth's verifier agree: one and two hops pass; a changed body, a
+    /// changed ARC-Seal and an unknown key fail; every mail-auth ARC answer maps to an RFC
+    /// 8617 word.
+    #[tokio::test]
+    async fn sealed_chains_verify_and_tampering_fails() {
+        use crate::arc::{self, Cv, Sealer};
+        use std::time::{Duration, Instant};
+        let seed = hex_bytes("9d61b19deffd5a60ba844af492ec2cc44449c5697b326919703bac031cae7f60");
+        let public = hex_bytes("d75a980182b10ab7d54bfed3c964073a0ee172f3daa62325af021a68f707511a");
+        let p = "11qYAYKxCrfVS/7TyWQHOg7hcvPapiMlrwIaaPcHURo=";
+        let key = crypto::Ed25519Key::from_seed_and_public_key(&seed, &public).expect("key");
+        let auth = crate::dns::ResolverSettings {
+            nameservers: vec!["127.0.0.1:9".into()],
+            timeout: 0.2,
+            attempts: 1,
+            cache_size: 16,
+        }
+        .build()
+        .expect("resolver");
+        let cache = TxtCache::new(16);
+        for name in ["arc._domainkey.one.example.", "arc._domainkey.two.example."] {
+            let rec = format!("v=DKIM1; k=ed25519; p={p}");
+            let parsed = <common::DomainKey as common::TxtRecordParser>::parse(rec.as_bytes())
+                .map(|k| Txt::DomainKey(std::sync::Arc::new(k)))
+                .unwrap_or_else(Txt::Error);
+            cache.insert(
+                name.into(),
+                parsed,
+                Instant::now() + Duration::from_secs(60),
+            );
+        }
+        let headers = ["From".to_string(), "Subject".to_string()];
+        let chain_of = |raw: Vec<u8>| {
+            let auth = &auth;
+            let cache = &cache;
+            async move {
+                let msg = crate::message::Message::from_raw(&raw).expect("message");
+                let am = crate::dkimparse::parse_capped_with(&raw, 0, &[])
+                    .expect("parse")
+                    .message;
+                arc::verify(auth, cache, &msg.headers, &am).await
+            }
+        };
+        let add_set = |raw: &[u8], domain: &str, cv: Cv| -> Vec<u8> {
+            let msg = crate::message::Message::from_raw(raw).expect("message");
+            let sealer = Sealer {
+                domain,
+                selector: "arc",
+                key: &key,
+                sign_headers: &headers,
+                body_canon: dkim::Canonicalization::Relaxed,
+                timestamp: 1_700_000_000,
+            };
+            let body_at = raw.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+            let prior = arc::collect_sets(&msg.headers).unwrap();
+            let set = arc::seal(
+                &sealer,
+                &msg.headers,
+                &raw[body_at..],
+                &format!("mx.{domain}; dkim=pass header.d=author.example"),
+                &prior,
+                arc::next_instance(&msg.headers),
+                cv,
+            )
+            .expect("seal");
+            let crlf = |v: &str| v.replace('\n', "\r\n");
+            format!(
+                "ARC-Seal: {}\r\nARC-Message-Signature: {}\r\nARC-Authentication-Results: {}\r\n",
+                crlf(&set.seal),
+                crlf(&set.ams),
+                crlf(&set.aar)
+            )
+            .into_bytes()
+            .into_iter()
+            .chain(raw.iter().copied())
+            .collect()
+        };
+        let raw = b"From: a@author.example\r\nSubject: t\r\n\r\nHello\r\n".to_vec();
+        assert_eq!(chain_of(raw.clone()).await.word, ResultWord::None);
+        let one = add_set(&raw, "one.example", Cv::None);
+        let c = chain_of(one.clone()).await;
+        assert_eq!((c.word, c.reason.as_deref()), (ResultWord::Pass, None));
+        assert_eq!(c.chain_domains(), "one.example");
+        let two = add_set(&one, "two.example", Cv::Pass);
+        let c = chain_of(two.clone()).await;
+        assert_eq!(
+            (c.word, c.chain_domains().as_str()),
+            (ResultWord::Pass, "one.example:two.example")
+        );
+        assert_eq!(
+            c.sets[1].results.as_ref().map(|r| r.authserv_id.as_str()),
+            Some("mx.two.example")
+        );
+        let text = String::from_utf8(two.clone()).unwrap();
+        // The body changed after the newest seal: the newest AMS fails.
+        let c = chain_of(text.replace("Hello", "Bye").into_bytes()).await;
+        assert_eq!(
+            (c.word, c.reason.as_deref()),
+            (ResultWord::Fail, Some("body hash did not verify"))
+        );
+        // A changed ARC-Seal (its d= now names a domain without our key in the cache, then
+        // a changed t=): fails either way, never passes.
+        let c = chain_of(
+            text.replacen("t=1700000000;\r\n\tb=", "t=1700000001;\r\n\tb=", 1)
+                .into_bytes(),
+        )
+        .await;
+        assert_eq!(c.word, ResultWord::Fail, "{:?}", c.reason);
+        // mail-auth's answers in our words.
+        use mail_auth::arc::ArcError as A;
+        assert_eq!(
+            judge_arc(&DkimResult::Neutral(Error::Arc(A::FailedBodyHashMatch))),
+            (ResultWord::Fail, Some("body hash did not verify".into()))
+        );
+        assert_eq!(
+            judge_arc(&DkimResult::PermError(Error::Dns(
+                DnsError::RecordNotFound(ResponseCode::NXDomain)
+            ))),
+            (ResultWord::Fail, Some("no key for signature".into()))
+        );
+        assert_eq!(
+            judge_arc(&DkimResult::TempError(Error::Dns(DnsError::Resolver(
+                "x".into()
+            ))))
+            .0,
+            ResultWord::TempError
+        );
+        assert_eq!(
+            judge_arc(&DkimResult::Fail(Error::Arc(A::ChainTooLong))),
+            (ResultWord::Fail, Some("more than 50 ARC sets".into()))
         );
     }
 

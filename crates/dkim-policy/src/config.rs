@@ -100,6 +100,8 @@ chassis::raw_config_with_service_keys! {
         allow_sha1: bool,
         #[serde(default)]
         actions: RawActions,
+        #[serde(default)]
+        arc: crate::arc::RawArc,
     }
 }
 
@@ -214,6 +216,8 @@ pub struct Config {
     pub max_signatures_to_verify: usize,
     pub allow_sha1: bool,
     pub actions: Actions,
+    /// ARC verification and sealing (`[arc]`).
+    pub arc: crate::arc::ArcSettings,
     pub resolver: ResolverSettings,
     pub limits: Limits,
     pub message_timeout: Duration,
@@ -439,6 +443,13 @@ impl Config {
         if raw.max_signatures_to_verify == 0 {
             return Err(err("max_signatures_to_verify", "must be at least 1".into()));
         }
+        let arc = crate::arc::ArcSettings::from_raw(
+            std::mem::take(&mut raw.arc),
+            raw.require_safe_keys,
+            raw.minimum_signing_key_bits,
+            rel,
+        )
+        .map_err(|m| err("arc", m))?;
 
         Ok(Config {
             file: path.to_path_buf(),
@@ -471,6 +482,7 @@ impl Config {
             max_signatures_to_verify: raw.max_signatures_to_verify,
             allow_sha1: raw.allow_sha1,
             actions: raw.actions,
+            arc,
             resolver: raw.resolver,
             limits: raw.limits.message_limits(path),
             message_timeout: raw.limits.message_timeout(),
@@ -607,6 +619,46 @@ mod tests {
         assert_eq!(e.line, Some(2));
         let e = Config::from_toml(Path::new("/x.toml"), "socket = \"tcp:25\"\n").unwrap_err();
         assert_eq!((e.line, e.key.as_deref()), (Some(1), Some("socket")));
+    }
+
+    #[test]
+    fn arc_seal_entries_are_checked_at_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = dir.path().join("c.toml");
+        // Off by default: verify on, nothing sealed.
+        let c = Config::from_toml(&cfg, "").unwrap();
+        assert!(c.arc.verify && c.arc.seal.is_empty());
+        let e = Config::from_toml(
+            &cfg,
+            "mode = \"v\"\n[[arc.seal]]\ndomain = \"lists.example\"\nselector = \"arc\"\nkey_file = \"nope.pem\"\n",
+        )
+        .unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("arc"), "{e}");
+        assert!(
+            e.message.contains("arc.seal entry 1") && e.message.contains("nope.pem"),
+            "{e}"
+        );
+        let e = Config::from_toml(
+            &cfg,
+            "[[arc.seal]]\ndomain = \"lists.example\"\nselector = \"arc\"\nkey_file = \"k.pem\"\nbogus = 1\n",
+        )
+        .unwrap_err();
+        assert_eq!(e.line, Some(5), "{e}");
+        let key = dir.path().join("k.pem");
+        crate::keygen::create_key_file(&key, "lists.example", "arc").unwrap();
+        let c = Config::from_toml(
+            &cfg,
+            "[[arc.seal]]\ndomain = \"Lists.Example.\"\nselector = \"arc\"\nkey_file = \"k.pem\"\nsenders = [\".Lists.example\", \"*\"]\n",
+        )
+        .unwrap();
+        assert_eq!(c.arc.seal[0].domain, "lists.example");
+        assert_eq!(c.arc.seal[0].senders, vec!["lists.example", "*"]);
+        let e = Config::from_toml(
+            &cfg,
+            "[[arc.seal]]\ndomain = \"lists.example\"\nselector = \"arc\"\nkey_file = \"k.pem\"\nbody_canonicalization = \"loose\"\n",
+        )
+        .unwrap_err();
+        assert!(e.message.contains("body_canonicalization 'loose'"), "{e}");
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! protocol-free chassis only; the `dkim-milter` binary serves it over milter (`milterfront`),
 //! and any other front end can drive the same [`runtime::Runtime`].
 
+pub mod arc;
 pub mod config;
 pub mod keygen;
 pub mod keys;

@@ -68,8 +68,9 @@ impl Policy for Runtime {
     }
 
     /// Signing needs the body (mail-auth's signer reads the whole message); verifying needs only
-    /// the body hashes of the signatures present, computed as the body arrives, so a message
-    /// that is only verified is never stored, whatever its size.
+    /// the body hashes of the signatures present (DKIM and the newest ARC-Message-Signature),
+    /// computed as the body arrives, so a message that is only verified is never stored,
+    /// whatever its size. ARC sealing needs the body as signing does.
     fn plan(
         &self,
         env: &Envelope,
@@ -78,8 +79,14 @@ impl Policy for Runtime {
     ) -> HeadersPlan<Decision> {
         let cfg = &self.config;
         let decision = decide(cfg, env, headers);
+        // ARC sealing signs the body (the ARC-Message-Signature), so it keeps it.
+        let sealing = cfg.arc.rule_for(env, headers).is_some();
         let body = match &decision {
             Decision::Sign { .. } => BodyPlan::default(),
+            Decision::Verify { .. } if sealing => BodyPlan {
+                keep_body: true,
+                hashes: chassis::dkimparse::body_specs(header_block, cfg.max_signatures_to_verify),
+            },
             Decision::Verify { .. } => BodyPlan {
                 keep_body: false,
                 hashes: chassis::dkimparse::body_specs(header_block, cfg.max_signatures_to_verify),

@@ -21,6 +21,8 @@ chassis::raw_config_with_service_keys! {
         #[serde(default)]
         trusted_authserv_ids: Vec<String>,
         #[serde(default)]
+        trusted_arc_sealers: Vec<String>,
+        #[serde(default)]
         ignore_hosts: Option<HostList>,
         #[serde(default)]
         ignore_authenticated_clients: bool,
@@ -100,6 +102,9 @@ pub struct Config {
     pub authserv_id: Option<String>,
     /// Upstream authserv-ids whose DKIM (and SPF) results we take; empty: we verify DKIM ourselves.
     pub trusted_authserv_ids: Vec<String>,
+    /// ARC sealers (`d=` domains, lower case) whose ARC-Authentication-Results may override a
+    /// DMARC failure (policy/arc.rs); empty: ARC is not consulted.
+    pub trusted_arc_sealers: Vec<String>,
     pub ignore_hosts: HostList,
     pub ignore_authenticated_clients: bool,
     /// Lowercased From domains never evaluated.
@@ -182,6 +187,12 @@ impl Config {
                 .into_iter()
                 .map(|s| s.trim().to_string())
                 .filter(|s| !s.is_empty())
+                .collect(),
+            trusted_arc_sealers: raw
+                .trusted_arc_sealers
+                .iter()
+                .map(|d| d.trim().trim_end_matches('.').to_ascii_lowercase())
+                .filter(|d| !d.is_empty())
                 .collect(),
             ignore_hosts: raw.ignore_hosts.unwrap_or_else(HostList::default_internal),
             ignore_authenticated_clients: raw.ignore_authenticated_clients,

@@ -16,7 +16,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 /// The schema this code writes; bumped with every incompatible change, with a migration.
-pub const SCHEMA_VERSION: i64 = 2;
+pub const SCHEMA_VERSION: i64 = 3;
 
 const SCHEMA_TABLES: &str = "
 CREATE TABLE IF NOT EXISTS schema_version (
@@ -51,7 +51,8 @@ CREATE TABLE IF NOT EXISTS messages (
     disposition     TEXT    NOT NULL,
     action          TEXT    NOT NULL,
     override_reason TEXT,
-    message_key     TEXT
+    message_key     TEXT,
+    override_comment TEXT
 );
 CREATE INDEX IF NOT EXISTS messages_by_domain ON messages (policy_domain, received);
 CREATE TABLE IF NOT EXISTS dkim_results (
@@ -121,6 +122,8 @@ pub struct Record {
     /// RFC 9990 `reason/type` when the disposition differs from the policy (e.g.
     /// `local_policy`, `sampled_out`).
     pub override_reason: Option<String>,
+    /// RFC 9990 `reason/comment`: for the ARC override `arc=pass as[N].d=SEALER aar dkim=pass`.
+    pub override_comment: Option<String>,
     /// One message once: see [`message_key`]. A second record with the same key is not added.
     pub message_key: String,
 }
@@ -203,11 +206,23 @@ impl Store {
             Some(v) if v == SCHEMA_VERSION => {}
             Some(1) => {
                 // Version 1 had no message key: add it (old rows keep NULL, which never
-                // collides) and record the new version, in one transaction.
+                // collides), then version 3's override comment, and record the new version,
+                // in one transaction.
                 conn.execute_batch(
                     "BEGIN IMMEDIATE;
                      ALTER TABLE messages ADD COLUMN message_key TEXT;
-                     INSERT INTO schema_version (version) VALUES (2);
+                     ALTER TABLE messages ADD COLUMN override_comment TEXT;
+                     INSERT INTO schema_version (version) VALUES (3);
+                     COMMIT;",
+                )
+                .map_err(fail)?;
+            }
+            Some(2) => {
+                // Version 2 had no override comment (the ARC override's `reason/comment`).
+                conn.execute_batch(
+                    "BEGIN IMMEDIATE;
+                     ALTER TABLE messages ADD COLUMN override_comment TEXT;
+                     INSERT INTO schema_version (version) VALUES (3);
                      COMMIT;",
                 )
                 .map_err(fail)?;
@@ -252,9 +267,10 @@ impl Store {
             "INSERT INTO messages (received, job_id, reporter, source_ip, header_from, envelope_from,
                 envelope_to, policy_domain, p, sp, np, adkim, aspf, testing, pct, psd, rua,
                 policy_applied, spf_domain, spf_scope, spf_result, dkim_aligned, spf_aligned,
-                dmarc_result, disposition, action, override_reason, message_key)
+                dmarc_result, disposition, action, override_reason, message_key,
+                override_comment)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17,
-                ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28)
+                ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28, ?29)
              ON CONFLICT (message_key) DO NOTHING",
             params![
                 r.received,
@@ -285,6 +301,7 @@ impl Store {
                 r.action,
                 r.override_reason,
                 r.message_key,
+                r.override_comment,
             ],
         )
         .map_err(|e| failure(&tx, e))?;
@@ -379,6 +396,7 @@ mod tests {
             disposition: "none".into(),
             action: "accept".into(),
             override_reason: None,
+            override_comment: None,
             message_key: key.into(),
         }
     }
@@ -513,7 +531,10 @@ mod tests {
         let path = dir.path().join("h.sqlite");
         {
             let conn = Connection::open(&path).unwrap();
-            let v1 = SCHEMA_TABLES.replace(",\n    message_key     TEXT", "");
+            let v1 = SCHEMA_TABLES.replace(
+                ",\n    message_key     TEXT,\n    override_comment TEXT",
+                "",
+            );
             assert!(!v1.contains("message_key"));
             conn.execute_batch(&v1).unwrap();
             conn.execute_batch(
@@ -533,6 +554,36 @@ mod tests {
             .unwrap()
             .query_row("SELECT MAX(version) FROM schema_version", [], |r| r.get(0))
             .unwrap();
-        assert_eq!(v, 2);
+        assert_eq!(v, SCHEMA_VERSION);
+    }
+
+    /// A version-2 database (no override comment) is migrated in place and keeps its rows.
+    #[test]
+    fn version_2_is_migrated() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("h.sqlite");
+        {
+            let conn = Connection::open(&path).unwrap();
+            let v2 = SCHEMA_TABLES.replace(",\n    override_comment TEXT", "");
+            assert!(!v2.contains("override_comment"));
+            conn.execute_batch(&v2).unwrap();
+            conn.execute_batch("INSERT INTO schema_version (version) VALUES (2);")
+                .unwrap();
+        }
+        let store = Store::open(&path).unwrap();
+        let mut r = sample();
+        r.override_reason = Some("local_policy".into());
+        r.override_comment = Some("arc=pass as[1].d=lists.example aar dkim=pass".into());
+        let id = store.insert(&r, soon()).unwrap();
+        let (v, comment): (i64, String) = Connection::open(&path)
+            .unwrap()
+            .query_row(
+                "SELECT (SELECT MAX(version) FROM schema_version), override_comment FROM messages WHERE id = ?1",
+                [id],
+                |row| Ok((row.get(0)?, row.get(1)?)),
+            )
+            .unwrap();
+        assert_eq!(v, 3);
+        assert_eq!(comment, "arc=pass as[1].d=lists.example aar dkim=pass");
     }
 }

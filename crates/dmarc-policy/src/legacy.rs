@@ -16,7 +16,6 @@ const UNSUPPORTED: &[(&str, &str)] = &[
     ("BaseDirectory", ""),
     ("ChangeRootDirectory", "use systemd's sandboxing"),
     ("CopyFailuresTo", ""),
-    ("DomainWhitelist", ""),
     ("EnableCoredumps", ""),
     ("FailureReports", "failure reports are not sent yet"),
     ("FailureReportsBcc", "failure reports are not sent yet"),
@@ -46,6 +45,19 @@ fn unsupported(name: &str) -> Option<&'static str> {
         .map(|(_, advice)| *advice)
 }
 
+/// The domains of a DomainWhitelistFile: one a line, `#` comments, relative to the
+/// configuration file.
+fn sealer_file(e: &Entry) -> Result<Vec<String>, ConfigError> {
+    let path = chassis::configfile::relative_to(&e.file, Path::new(e.value.trim()));
+    let text = std::fs::read_to_string(&path)
+        .map_err(|err| e.error(format!("cannot read {}: {err}", path.display())))?;
+    Ok(text
+        .lines()
+        .map(|l| l.split('#').next().unwrap_or("").trim().to_string())
+        .filter(|l| !l.is_empty())
+        .collect())
+}
+
 /// Converts the entries of an opendmarc.conf.
 pub fn convert(entries: &[Entry], source: &Path) -> Result<Converted, ConfigError> {
     let mut b = TomlBuilder::default();
@@ -59,6 +71,11 @@ pub fn convert(entries: &[Entry], source: &Path) -> Result<Converted, ConfigErro
         match name.as_str() {
             "trustedauthservids" => b.set(e, "trusted_authserv_ids", strings(e.list())),
             "ignorehosts" => b.set(e, "ignore_hosts", text(e)),
+            // OpenDMARC 1.4's trusted ARC sealers (it wants every arc.chain domain listed; we
+            // trust the newest listed sealer's own results: docs/dmarc-milter.md, ARC).
+            "domainwhitelist" => b.set(e, "trusted_arc_sealers", strings(e.list())),
+            "domainwhitelistfile" => b.set(e, "trusted_arc_sealers", strings(sealer_file(e)?)),
+            "domainwhitelistsize" => {}
             "ignoreauthenticatedclients" => b.set(e, "ignore_authenticated_clients", flag(e)?),
             "ignoremailfrom" => b.set(e, "ignore_mail_from", strings(e.list())),
             "spfselfvalidate" => b.set(e, "spf_self_validate", flag(e)?),
@@ -113,6 +130,33 @@ mod tests {
             "{:?}",
             c.warnings
         );
+    }
+
+    #[test]
+    fn arc_sealer_lists_convert_to_trusted_arc_sealers() {
+        let c =
+            conv("DomainWhitelist lists.example, fwd.example\nDomainWhitelistSize 100\n").unwrap();
+        let t: toml::Table = toml::from_str(&c.toml).unwrap();
+        let got: Vec<&str> = t["trusted_arc_sealers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|v| v.as_str())
+            .collect();
+        assert_eq!(got, vec!["lists.example", "fwd.example"]);
+        assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("sealers"),
+            "# trusted sealers\nlists.example\n\n  fwd.example # forwarder\n",
+        )
+        .unwrap();
+        let p = dir.path().join("opendmarc.conf");
+        let c = convert(&legacyconf::parse(&p, "DomainWhitelistFile sealers\n"), &p).unwrap();
+        let t: toml::Table = toml::from_str(&c.toml).unwrap();
+        assert_eq!(t["trusted_arc_sealers"].as_array().unwrap().len(), 2);
+        let e = conv("DomainWhitelistFile /nonexistent/sealers\n").unwrap_err();
+        assert!(e.to_string().contains("/nonexistent/sealers"), "{e}");
     }
 
     #[test]

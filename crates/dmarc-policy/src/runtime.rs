@@ -68,9 +68,10 @@ impl Policy for Runtime {
         &self.config
     }
 
-    /// With trusted upstream results DKIM is not verified here: no body is needed at all.
+    /// With trusted upstream results DKIM is not verified here: no body is needed at all,
+    /// unless ARC sealers are trusted (the newest ARC-Message-Signature covers the body).
     fn needs_body(&self) -> bool {
-        !self.config.trusts_upstream()
+        !self.config.trusts_upstream() || !self.config.trusted_arc_sealers.is_empty()
     }
 
     fn on_connect(&self, env: &Envelope) -> ConnectDecision {
@@ -86,7 +87,12 @@ impl Policy for Runtime {
         header_block: &[u8],
     ) -> HeadersPlan<()> {
         let hashes = if self.config.trusts_upstream() {
-            Vec::new()
+            if self.config.trusted_arc_sealers.is_empty() {
+                Vec::new()
+            } else {
+                // No DKIM signature of our own to check (cap 0): the newest AMS's hash only.
+                chassis::dkimparse::body_specs(header_block, 0)
+            }
         } else {
             chassis::dkimparse::body_specs(
                 header_block,

@@ -58,6 +58,13 @@ pub async fn evaluate(
             return Verdict::new(edits, a);
         }
     }
+    let seal_rule = cfg.arc.rule_for(env, &msg.headers);
+    let arc_fields = super::arc::has_arc_fields(&msg.headers);
+    let trusted = super::decide::origin_trusted(cfg, env).is_some();
+    let budget = cfg
+        .message_timeout
+        .saturating_sub(Duration::from_secs(1))
+        .max(Duration::from_millis(500));
     match decision.unwrap_or_else(|| decide(cfg, env, &msg.headers)) {
         Decision::Skip(why) => {
             if cfg.service.log.why {
@@ -80,6 +87,13 @@ pub async fn evaluate(
                             name: "DKIM-Signature".into(),
                             value: s.value,
                         });
+                    }
+                    if let Some(rule) = seal_rule {
+                        let chain = super::arc::check(rt, msg, budget).await;
+                        match super::arc::seal(rt, qid, msg, rule, &chain, None, &id, trusted) {
+                            Ok(set) => edits.extend(set),
+                            Err(why) => tracing::info!("{qid}: not ARC sealing: {why}"),
+                        }
                     }
                     Verdict::new(edits, Action::Accept)
                 }
@@ -108,25 +122,92 @@ pub async fn evaluate(
             if cfg.service.log.why {
                 tracing::info!("{qid}: not signing: {why_not_sign}");
             }
-            let budget = cfg
-                .message_timeout
-                .saturating_sub(Duration::from_secs(1))
-                .max(Duration::from_millis(500));
-            let report = verify(
-                &rt.res.auth,
-                &rt.res.keys,
-                cfg,
-                msg.raw(),
-                &msg.body_hashes,
-                budget,
-            )
-            .await;
-            let (ar, action) = conclude(rt, env, &id, &report);
+            let want_chain = (cfg.arc.verify && arc_fields) || seal_rule.is_some();
+            // DKIM and ARC look their keys up side by side, within the same budget.
+            let (report, chain) = tokio::join!(
+                verify(
+                    &rt.res.auth,
+                    &rt.res.keys,
+                    cfg,
+                    msg.raw(),
+                    &msg.body_hashes,
+                    budget,
+                ),
+                async {
+                    if want_chain {
+                        Some(super::arc::check(rt, msg, budget).await)
+                    } else {
+                        None
+                    }
+                }
+            );
+            let (mut ar, mut action) = conclude(rt, env, &id, &report);
+            if let (Some(chain), true) = (&chain, cfg.arc.verify && arc_fields) {
+                action = conclude_arc(rt, env, chain, &mut ar, action);
+            }
+            if let (Some(rule), Some(chain)) = (seal_rule, &chain) {
+                if !matches!(
+                    action,
+                    Action::Reject(_) | Action::Tempfail(_) | Action::Discard
+                ) {
+                    match super::arc::seal(rt, qid, msg, rule, chain, Some(&ar), &id, trusted) {
+                        Ok(set) => edits.extend(set),
+                        Err(why) => tracing::info!("{qid}: not ARC sealing: {why}"),
+                    }
+                }
+            }
             Verdict {
                 edits,
                 results: Some(ar),
                 action,
             }
+        }
+    }
+}
+
+/// Adds the ARC result to our A-R and logs it; a key lookup that failed (temperror) drives
+/// the `dns_error` action, as for DKIM, when nothing stricter applies already.
+fn conclude_arc(
+    rt: &Runtime,
+    env: &Envelope,
+    chain: &chassis::arc::Chain,
+    ar: &mut AuthResults,
+    current: Action,
+) -> Action {
+    let cfg = &rt.config;
+    let qid = env.queue_id();
+    ar.results.push(chain.res_info(env.client_ip));
+    let chain_text = chain.chain_domains();
+    match chain.word {
+        chassis::authres::ResultWord::Pass => {
+            if cfg.service.log.success {
+                tracing::info!("{qid}: ARC verification successful (chain {chain_text})");
+            }
+            current
+        }
+        chassis::authres::ResultWord::TempError => {
+            tracing::warn!(
+                "{qid}: ARC key retrieval failed: {}",
+                chain.reason.as_deref().unwrap_or("unknown error")
+            );
+            if current == Action::Accept {
+                action(
+                    cfg.actions.dns_error,
+                    "ARC key retrieval failed",
+                    SmtpReply::new("451", "4.7.5", "ARC key retrieval failed"),
+                    "dkim-milter: DNS error",
+                )
+            } else {
+                current
+            }
+        }
+        _ => {
+            tracing::info!(
+                "{qid}: ARC chain {} ({})",
+                chain.word.as_str(),
+                chain.reason.as_deref().unwrap_or("")
+            );
+            current
         }
     }
 }

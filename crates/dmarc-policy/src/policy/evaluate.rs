@@ -73,6 +73,10 @@ struct Evaluation {
     disposition: &'static str,
     action: Action,
     override_reason: Option<&'static str>,
+    /// RFC 9990 `reason/comment` (the ARC override says which sealer).
+    override_comment: Option<String>,
+    /// The ARC chain, when trusted sealers are configured and the message carries one.
+    arc: Option<chassis::arc::Chain>,
 }
 
 /// The verdict for one message.
@@ -160,6 +164,9 @@ pub async fn evaluate(rt: Arc<Runtime>, env: Envelope, msg: Message) -> Verdict 
         }
     }
     ar.results.extend(ev.dmarc_result.iter().cloned());
+    if let Some(chain) = &ev.arc {
+        ar.results.push(chain.res_info(env.client_ip));
+    }
     let mut action = ev.action.clone();
     if !matches!(action, Action::Reject(_)) {
         if let (Some(s), true, true, Some(ip)) =
@@ -264,6 +271,8 @@ fn out_of_time(rt: &Runtime, env: &Envelope, author: &Author) -> Evaluation {
         disposition: "none",
         action,
         override_reason: None,
+        override_comment: None,
+        arc: None,
     }
 }
 
@@ -400,6 +409,8 @@ async fn assess(
                 disposition,
                 action,
                 override_reason: None,
+                override_comment: None,
+                arc: None,
             };
         }
     };
@@ -424,6 +435,8 @@ async fn assess(
             disposition: "none",
             action: Action::Accept,
             override_reason: None,
+            override_comment: None,
+            arc: None,
         };
     };
     let (spf_domain, spf_result) = match &spf {
@@ -449,7 +462,7 @@ async fn assess(
             (outs, entries, true)
         }
     };
-    let mut judged: Vec<Judged> = Vec::with_capacity(domains.len());
+    let mut checks: Vec<DmarcCheck> = Vec::with_capacity(domains.len());
     for (i, from_domain) in domains.iter().enumerate() {
         let other;
         let one = if i == 0 {
@@ -473,7 +486,50 @@ async fn assess(
             tracing::info!("{qid}: {from_domain}: {why}");
         }
         tracing::info!("{qid}: {from_domain} {}", check.outcome.as_str());
-        judged.push(dispose(cfg, check, from_domain));
+        checks.push(check);
+    }
+    // ARC is consulted only for a failure it could override, from trusted sealers.
+    let arc_chain = if !cfg.trusted_arc_sealers.is_empty()
+        && checks.iter().any(|c| c.outcome == Outcome::Fail)
+        && msg
+            .headers
+            .iter()
+            .any(|h| chassis::arc::ArcField::of(&h.name).is_some())
+    {
+        let chain = chassis::arc::verify(&rt.res.auth, &rt.res.keys, &msg.headers, &am).await;
+        tracing::info!(
+            "{qid}: ARC chain {} ({})",
+            chain.word.as_str(),
+            chain.chain_domains()
+        );
+        Some(chain)
+    } else {
+        None
+    };
+    let mut judged: Vec<Judged> = Vec::with_capacity(domains.len());
+    for (check, from_domain) in checks.into_iter().zip(&domains) {
+        // A listed sealer's key could not be looked up: the override cannot be decided now.
+        let arc_unknown = arc_chain.as_ref().is_some_and(|c| {
+            c.word == chassis::authres::ResultWord::TempError
+                && c.sets.iter().any(|s| {
+                    cfg.trusted_arc_sealers
+                        .iter()
+                        .any(|t| t.eq_ignore_ascii_case(&s.domain))
+                })
+        });
+        let trust = arc_chain.as_ref().and_then(|chain| {
+            let strict = |tag: fn(&crate::history::Published) -> &str| {
+                check.published.as_ref().is_some_and(|p| tag(p) == "s")
+            };
+            super::arc::trusted_pass(
+                chain,
+                &cfg.trusted_arc_sealers,
+                from_domain,
+                strict(|p| &p.adkim),
+                strict(|p| &p.aspf),
+            )
+        });
+        judged.push(dispose(cfg, check, from_domain, trust, arc_unknown, qid));
     }
     let results: Vec<ResInfo> = judged.iter().map(|j| j.result.clone()).collect();
     // The strictest disposition wins; its check is the one reported.
@@ -496,6 +552,8 @@ async fn assess(
         disposition: strictest.disposition,
         action: strictest.action,
         override_reason: strictest.override_reason,
+        override_comment: strictest.override_comment,
+        arc: arc_chain,
     }
 }
 
@@ -506,6 +564,7 @@ struct Judged {
     disposition: &'static str,
     action: Action,
     override_reason: Option<&'static str>,
+    override_comment: Option<String>,
     result: ResInfo,
 }
 
@@ -521,11 +580,34 @@ fn severity(action: &Action) -> u8 {
 }
 
 /// The disposition, action and A-R result for one author domain's check: `p=` with `pct=`
-/// sampling, enforced only with `reject_failures`; temperror per `[actions] temperror`.
-fn dispose(cfg: &crate::config::Config, check: DmarcCheck, from_domain: &str) -> Judged {
+/// sampling, enforced only with `reject_failures`; temperror per `[actions] temperror`. A
+/// trusted ARC sealer's aligned pass (`arc`) turns an enforced failure into a `local_policy`
+/// override (OpenDMARC's ARC override, for quarantine too); when a trusted sealer's chain could
+/// not be checked (`arc_unknown`: DNS trouble), a reject becomes a tempfail, so the retry can
+/// decide.
+fn dispose(
+    cfg: &crate::config::Config,
+    check: DmarcCheck,
+    from_domain: &str,
+    arc: Option<super::arc::ArcTrust>,
+    arc_unknown: bool,
+    qid: &str,
+) -> Judged {
     let mut policy = check.policy;
     let mut override_reason = None;
+    let mut override_comment = None;
     let (disposition, action) = match check.outcome {
+        Outcome::Fail if arc.is_some() && matches!(policy, Policy::Reject | Policy::Quarantine) => {
+            let trust = arc.as_ref().expect("checked");
+            tracing::info!(
+                "{qid}: ARC pass, policy pass > overriding DMARC fail ({from_domain}, sealer {}, instance {})",
+                trust.sealer,
+                trust.instance
+            );
+            override_reason = Some("local_policy");
+            override_comment = Some(trust.comment());
+            ("none", Action::Accept)
+        }
         Outcome::Fail => {
             let pct = check.published.as_ref().and_then(|p| p.pct);
             if let Some(pct) = pct.filter(|p| *p < 100) {
@@ -535,6 +617,19 @@ fn dispose(cfg: &crate::config::Config, check: DmarcCheck, from_domain: &str) ->
                 }
             }
             match policy {
+                Policy::Reject if cfg.reject_failures && arc_unknown => {
+                    tracing::warn!(
+                        "{qid}: ARC chain of a trusted sealer could not be checked; temporarily failing instead of rejecting"
+                    );
+                    (
+                        "none",
+                        Action::Tempfail(SmtpReply::new(
+                            "451",
+                            "4.7.5",
+                            format!("temporary ARC evaluation error for {from_domain}"),
+                        )),
+                    )
+                }
                 Policy::Reject if cfg.reject_failures => (
                     "reject",
                     Action::Reject(SmtpReply::new(
@@ -588,6 +683,14 @@ fn dispose(cfg: &crate::config::Config, check: DmarcCheck, from_domain: &str) ->
     if let Some(why) = &check.not_applied {
         result = result.with_reason(why);
     }
+    if let (Some(comment), Some(trust)) = (&result.comment, &arc) {
+        if override_comment.is_some() {
+            result.comment = Some(format!(
+                "{comment}; local_policy override: ARC sealed by {}",
+                trust.sealer
+            ));
+        }
+    }
     result = result.with_prop("header.from", from_domain);
     Judged {
         check,
@@ -595,6 +698,7 @@ fn dispose(cfg: &crate::config::Config, check: DmarcCheck, from_domain: &str) ->
         disposition,
         action,
         override_reason,
+        override_comment,
         result,
     }
 }
@@ -643,5 +747,6 @@ fn record(env: &Envelope, id: &str, ev: &Evaluation, action: &Action, msg: &Mess
         action: action.word().into(),
         message_key: crate::history::message_key(id, env, &msg.header_values("Message-ID")),
         override_reason: ev.override_reason.map(str::to_string),
+        override_comment: ev.override_comment.clone(),
     }
 }
