@@ -31,6 +31,8 @@ commands:
   audit DOMAIN [--selector SELECTOR]...
       Check the domain's mail DNS: MX, addresses, PTR/FCrDNS, SPF, DKIM (given selectors), DMARC,
       MTA-STS and TLS-RPT records.
+  reports run|... [-c /etc/dmarc-reports.toml]
+      DMARC aggregate reports from dmarc-milter's history (`authmilter reports help`).
 
 options (anywhere on the line):
   -c, --config FILE       dkim-milter (or dmarc-milter) configuration: its [resolver] settings are
@@ -153,6 +155,10 @@ pub fn resolver_settings(
 
 /// Runs the command line `argv` (without the program name); returns the exit status.
 pub fn run(argv: &[String], out: &mut dyn Write, err: &mut dyn Write) -> u8 {
+    // The report program owns its command line (crates/dmarc-reports/src/cli.rs).
+    if argv.first().map(String::as_str) == Some("reports") {
+        return dmarc_reports::cli::run(&argv[1..], out, err);
+    }
     let args = match parse_args(argv) {
         Ok(a) => a,
         Err(e) => {

@@ -1,0 +1,157 @@
+//! `authmilter reports ...`: the command line of the report program. The `authmilter` command
+//! hands everything after `reports` to [`run`]; this module owns its options.
+
+use crate::config::{Config, Method, DEFAULT_CONFIG};
+use std::io::Write;
+use std::path::PathBuf;
+
+pub const USAGE: &str = "usage: authmilter reports COMMAND [OPTIONS]
+
+commands:
+  run [-c FILE] [--dry-run DIR] [--now UNIX-TIME]
+      Make the aggregate reports that are due from the history store, send them (each once),
+      expire old rows. With --dry-run, write FILE.xml.gz and FILE.xml.gz.eml into DIR instead
+      and leave the store unchanged.
+
+options:
+  -c, --config FILE   report configuration (default /etc/dmarc-reports.toml)
+
+exit status: 0 done (some reports may wait for a retry: see the log), 64 usage error,
+  75 the store could not be read or written, 78 configuration error.";
+
+pub const EX_USAGE: u8 = 64;
+pub const EX_TEMPFAIL: u8 = 75;
+pub const EX_CONFIG: u8 = 78;
+
+#[derive(Debug, Default)]
+struct Args {
+    command: Option<String>,
+    config: Option<PathBuf>,
+    dry_run: Option<PathBuf>,
+    now: Option<i64>,
+    positional: Vec<String>,
+}
+
+fn parse(argv: &[String]) -> Result<Args, String> {
+    let mut a = Args::default();
+    let mut it = argv.iter();
+    while let Some(arg) = it.next() {
+        let (flag, inline) = match arg.split_once('=') {
+            Some((f, v)) if f.starts_with("--") => (f, Some(v.to_string())),
+            _ => (arg.as_str(), None),
+        };
+        let mut value = |name: &str| -> Result<String, String> {
+            match &inline {
+                Some(v) => Ok(v.clone()),
+                None => it.next().cloned().ok_or(format!("{name} needs a value")),
+            }
+        };
+        match flag {
+            "-c" | "--config" => a.config = Some(PathBuf::from(value(flag)?)),
+            "--dry-run" => a.dry_run = Some(PathBuf::from(value(flag)?)),
+            "--now" => {
+                let v = value(flag)?;
+                a.now = Some(
+                    v.parse()
+                        .map_err(|_| format!("--now: '{v}' is not a number"))?,
+                )
+            }
+            f if f.starts_with('-') && f.len() > 1 => return Err(format!("unknown option '{f}'")),
+            _ if a.command.is_none() => a.command = Some(arg.clone()),
+            _ => a.positional.push(arg.clone()),
+        }
+    }
+    Ok(a)
+}
+
+fn init_logging() {
+    let _ = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .without_time()
+        .with_ansi(false)
+        .try_init();
+}
+
+/// Runs `authmilter reports ARGS`; returns the exit status.
+pub fn run(argv: &[String], out: &mut dyn Write, err: &mut dyn Write) -> u8 {
+    let args = match parse(argv) {
+        Ok(a) => a,
+        Err(e) => {
+            let _ = writeln!(err, "authmilter reports: {e}\n{USAGE}");
+            return EX_USAGE;
+        }
+    };
+    match args.command.as_deref() {
+        Some("run") => {
+            init_logging();
+            let path = args.config.unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG));
+            let mut cfg = match Config::load(&path) {
+                Ok(c) => c,
+                Err(e) => {
+                    let _ = writeln!(err, "authmilter reports: {e}");
+                    return EX_CONFIG;
+                }
+            };
+            if let Some(dir) = args.dry_run {
+                cfg.method = Method::DryRun;
+                cfg.dry_run_dir = Some(dir);
+            }
+            let now = args.now.unwrap_or_else(now);
+            let mut sender = match crate::send::from_config(&cfg) {
+                Ok(s) => s,
+                Err(e) => {
+                    let _ = writeln!(err, "authmilter reports: {}: {e}", path.display());
+                    return EX_CONFIG;
+                }
+            };
+            let verifier = match crate::verify::DnsVerifier::new(&cfg.resolver) {
+                Ok(v) => v,
+                Err(e) => {
+                    let _ = writeln!(
+                        err,
+                        "authmilter reports: {}: [resolver]: {e}",
+                        path.display()
+                    );
+                    return EX_CONFIG;
+                }
+            };
+            match crate::run::run(&cfg, now, sender.as_mut(), &verifier) {
+                Ok(o) => {
+                    let _ = writeln!(
+                        out,
+                        "claimed {} sent {} skipped {} expired {} retry {} late {}",
+                        o.claimed, o.sent, o.skipped, o.expired, o.failed, o.late
+                    );
+                    0
+                }
+                Err(e) => {
+                    let _ = writeln!(err, "authmilter reports: {e}");
+                    EX_TEMPFAIL
+                }
+            }
+        }
+        Some("-h") | Some("help") | None => {
+            let _ = writeln!(out, "{USAGE}");
+            if args.command.is_none() {
+                EX_USAGE
+            } else {
+                0
+            }
+        }
+        Some(other) => {
+            let _ = writeln!(
+                err,
+                "authmilter reports: unknown command '{other}'\n{USAGE}"
+            );
+            EX_USAGE
+        }
+    }
+}
+
+fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}

@@ -1,0 +1,231 @@
+//! One run of the report program (what the systemd timer starts): claim every period that is
+//! due, send every pending report, expire what is old. Each step leaves the store consistent, so
+//! a run killed at any point is finished by the next one (see [`crate::store`]).
+
+use crate::aggregate::{self, Meta};
+use crate::config::{Config, Method};
+use crate::message::{self, Envelope};
+use crate::rua;
+use crate::send::Sender;
+use crate::store::{Claimed, Pending, ReportStore};
+use crate::verify::{Verdict, Verifier};
+use crate::xml;
+
+/// What a run did (also logged line by line).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Outcome {
+    pub claimed: usize,
+    pub sent: usize,
+    pub skipped: usize,
+    pub expired: usize,
+    /// Attempts that failed and will be retried.
+    pub failed: usize,
+    /// Rows that came in after their period was reported.
+    pub late: usize,
+    pub rows_deleted: usize,
+}
+
+/// Runs once at Unix time `now`.
+pub fn run(
+    cfg: &Config,
+    now: i64,
+    sender: &mut dyn Sender,
+    verifier: &dyn Verifier,
+) -> Result<Outcome, String> {
+    let mut store = ReportStore::open(&cfg.history)?;
+    let dry = cfg.method == Method::DryRun;
+    if dry {
+        // Everything happens in a transaction that is rolled back: the store is left as found.
+        store.begin()?;
+    }
+    let result = run_in(cfg, now, &mut store, sender, verifier);
+    if dry {
+        store.rollback()?;
+    }
+    result
+}
+
+fn run_in(
+    cfg: &Config,
+    now: i64,
+    store: &mut ReportStore,
+    sender: &mut dyn Sender,
+    verifier: &dyn Verifier,
+) -> Result<Outcome, String> {
+    let mut out = Outcome::default();
+    let cutoff = ((now - cfg.delay) / cfg.period) * cfg.period;
+    for (domain, begin) in store.due_periods(cfg.period, cutoff)? {
+        let end = begin + cfg.period - 1;
+        let id = aggregate::report_id(&cfg.submitter, &domain, begin, end);
+        match store.claim(&domain, begin, end, &id, now)? {
+            Claimed::Report(p) => {
+                tracing::info!(
+                    "report {id} for {domain} ({begin}-{end}): {} messages claimed",
+                    p.rows
+                );
+                out.claimed += 1;
+            }
+            Claimed::Late(n) => {
+                tracing::warn!(
+                    "{n} message(s) for {domain} arrived after the report for {begin}-{end} was made; not reported"
+                );
+                out.late += n;
+            }
+            Claimed::Nothing => {}
+        }
+    }
+    for p in store.pending()? {
+        if now - p.created > cfg.give_up {
+            tracing::warn!(
+                "report {} for {}: not sent within {} hours ({} attempts); expired",
+                p.report_id,
+                p.policy_domain,
+                cfg.give_up / 3600,
+                p.attempts
+            );
+            store.finish(p.id, "expired", Some("gave up"), now)?;
+            out.expired += 1;
+            continue;
+        }
+        match deliver(cfg, now, store, &p, sender, verifier)? {
+            Delivery::Sent => out.sent += 1,
+            Delivery::Skipped => out.skipped += 1,
+            Delivery::Retry => out.failed += 1,
+        }
+    }
+    let (m, r) = store.expire(now - cfg.retention)?;
+    if m + r > 0 {
+        tracing::info!(
+            "expired {m} history row(s) and {r} report(s) older than {} days",
+            cfg.retention / 86400
+        );
+    }
+    out.rows_deleted = m;
+    Ok(out)
+}
+
+enum Delivery {
+    Sent,
+    Skipped,
+    Retry,
+}
+
+/// The report `p` as it is sent: XML and mail, rebuilt from its claimed rows (the same on every
+/// attempt, apart from the Date header).
+pub fn render(
+    cfg: &Config,
+    store: &ReportStore,
+    p: &Pending,
+    to: &[String],
+    now: i64,
+) -> Result<(String, message::ReportMail), String> {
+    let rows = store.rows(p.id)?;
+    let meta = Meta {
+        config: cfg,
+        report_id: &p.report_id,
+        policy_domain: &p.policy_domain,
+        begin: p.begin,
+        end: p.end,
+    };
+    let built = aggregate::build(&meta, &rows);
+    let xml = xml::render(&built, cfg.schema);
+    let env = Envelope {
+        submitter: &cfg.submitter,
+        policy_domain: &p.policy_domain,
+        report_id: &p.report_id,
+        begin: p.begin,
+        end: p.end,
+        from: &cfg.email,
+        to,
+        date: now,
+    };
+    let mail = message::build(&env, &xml).map_err(|e| format!("building the message: {e}"))?;
+    Ok((xml, mail))
+}
+
+fn deliver(
+    cfg: &Config,
+    now: i64,
+    store: &mut ReportStore,
+    p: &Pending,
+    sender: &mut dyn Sender,
+    verifier: &dyn Verifier,
+) -> Result<Delivery, String> {
+    let tag = format!("report {} for {}", p.report_id, p.policy_domain);
+    let mut dests = Vec::new();
+    let mut unknown = None;
+    for uri in p.rua.split_whitespace() {
+        let d = match rua::parse(uri) {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::warn!("{tag}: rua {e}; skipped");
+                continue;
+            }
+        };
+        if rua::ignored(&d.address, &cfg.ignore_rua) {
+            tracing::info!("{tag}: {} is on ignore_rua; skipped", d.address);
+            continue;
+        }
+        match verifier.check(&p.policy_domain, &d) {
+            Verdict::Allowed => dests.push(d),
+            Verdict::Refused => tracing::warn!(
+                "{tag}: {} does not accept reports for {} (no v=DMARC1 at {}._report._dmarc.{}); skipped",
+                d.address,
+                p.policy_domain,
+                p.policy_domain,
+                d.domain()
+            ),
+            Verdict::Unknown(e) => {
+                tracing::warn!("{tag}: {e}; will try again");
+                unknown = Some(e);
+            }
+        }
+    }
+    if let Some(e) = unknown {
+        // Do not send to a subset and lose the rest: wait until every answer is known.
+        store.attempt_failed(p.id, &e)?;
+        return Ok(Delivery::Retry);
+    }
+    // Size limits are checked against the whole message; one too small for it is left out.
+    let all: Vec<String> = dests.iter().map(|d| d.address.clone()).collect();
+    let (_, probe) = render(cfg, store, p, &all, now)?;
+    let size = probe.message.len() as u64;
+    let mut to = Vec::new();
+    for d in &dests {
+        match d.limit {
+            Some(limit) if size > limit => tracing::warn!(
+                "{tag}: {size} bytes is over {}'s limit of {limit}; skipped",
+                d.address
+            ),
+            _ => {
+                if !to.contains(&d.address) {
+                    to.push(d.address.clone())
+                }
+            }
+        }
+    }
+    if to.is_empty() {
+        tracing::warn!("{tag}: no usable rua destination ({}); not sent", p.rua);
+        store.finish(p.id, "skipped", Some("no usable destination"), now)?;
+        return Ok(Delivery::Skipped);
+    }
+    let (_, mail) = render(cfg, store, p, &to, now)?;
+    match sender.send(&mail, &cfg.email, &to) {
+        Ok(()) => {
+            store.finish(p.id, "sent", None, now)?;
+            tracing::info!(
+                "{tag}: sent to {} ({} messages, {} bytes, {})",
+                to.join(", "),
+                p.rows,
+                mail.message.len(),
+                mail.filename
+            );
+            Ok(Delivery::Sent)
+        }
+        Err(e) => {
+            tracing::warn!("{tag}: cannot send: {e}; will try again");
+            store.attempt_failed(p.id, &e)?;
+            Ok(Delivery::Retry)
+        }
+    }
+}
