@@ -1,0 +1,493 @@
+//! `authmilter reports run` end to end on a history database written by the milter's own store:
+//! the reports are checked by independent judges (xmllint against the corpus XSDs, parsedmarc
+//! from PyPI) and by value against SQL over the history rows; exactly-once under `kill -9`,
+//! late rows, ignore list and retention.
+
+use dmarc_policy::history::{DkimEntry, Published, Record, Store};
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// 2024-10-04 00:00:00 UTC.
+const DAY: i64 = 20000 * 86400;
+const NOW: i64 = DAY + 2 * 86400 + 3600;
+const PARSEDMARC: &str = "/opt/authmilter-tests/parsedmarc-venv/bin/python";
+
+fn authmilter(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_authmilter"))
+        .args(args)
+        .output()
+        .expect("run authmilter");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[allow(clippy::too_many_arguments)]
+fn rec(
+    key: &str,
+    received: i64,
+    ip: Option<&str>,
+    domain: &str,
+    rua: &str,
+    dkim: &[(&str, &str, &str)],
+    spf: Option<(&str, &str, &str)>,
+    aligned: (&str, &str),
+    disposition: &str,
+    reason: Option<&str>,
+) -> Record {
+    Record {
+        received,
+        job_id: key.into(),
+        reporter: "rx.test".into(),
+        source_ip: ip.map(str::to_string),
+        header_from: domain.into(),
+        envelope_from: spf.map_or(domain, |s| s.0).into(),
+        envelope_to: "rx.test".into(),
+        policy_domain: Some(domain.into()),
+        published: Some(Published {
+            p: if domain == "example.org" {
+                "none"
+            } else {
+                "reject"
+            }
+            .into(),
+            sp: "quarantine".into(),
+            np: "reject".into(),
+            adkim: "r".into(),
+            aspf: "r".into(),
+            testing: false,
+            pct: (domain == "example.com").then_some(50),
+            psd: "u".into(),
+            rua: rua.split_whitespace().map(str::to_string).collect(),
+        }),
+        policy_applied: "reject".into(),
+        spf: spf.map(|(d, s, r)| (d.into(), s.into(), r.into())),
+        dkim: dkim
+            .iter()
+            .map(|(d, s, r)| DkimEntry {
+                domain: d.to_string(),
+                selector: s.to_string(),
+                result: r.to_string(),
+            })
+            .collect(),
+        dkim_aligned: aligned.0.into(),
+        spf_aligned: aligned.1.into(),
+        dmarc_result: if aligned.0 == "pass" || aligned.1 == "pass" {
+            "pass"
+        } else {
+            "fail"
+        }
+        .into(),
+        disposition: disposition.into(),
+        action: "accept".into(),
+        override_reason: reason.map(str::to_string),
+        message_key: key.into(),
+    }
+}
+
+/// The history of two days: example.com (several sources and results, IPv6, HELO SPF, local
+/// policy and pct overrides, one local submission), example.org (two DKIM signatures), a domain
+/// without rua and one on the ignore list.
+fn fill(path: &Path) {
+    let store = Store::open(path).unwrap();
+    let by = || Instant::now() + Duration::from_secs(10);
+    let com = "mailto:dmarc@example.com";
+    let pass = [("example.com", "s1", "pass")];
+    let mut n = 0;
+    let mut add = |r: Record| {
+        n += 1;
+        let mut r = r;
+        r.message_key = format!("k{n}");
+        store.insert(&r, by()).unwrap();
+    };
+    let t = DAY + 3600;
+    for i in 0..3 {
+        add(rec(
+            "a",
+            t + i,
+            Some("192.0.2.10"),
+            "example.com",
+            com,
+            &pass,
+            Some(("example.com", "mfrom", "pass")),
+            ("pass", "pass"),
+            "none",
+            None,
+        ));
+    }
+    for i in 0..2 {
+        add(rec(
+            "b",
+            t + 100 + i,
+            Some("198.51.100.7"),
+            "example.com",
+            com,
+            &[("example.com", "s1", "fail")],
+            Some(("example.com", "mfrom", "fail")),
+            ("fail", "fail"),
+            "reject",
+            None,
+        ));
+    }
+    add(rec(
+        "c",
+        t + 200,
+        Some("2001:db8::25"),
+        "example.com",
+        com,
+        &pass,
+        Some(("mx.example.com", "helo", "pass")),
+        ("pass", "fail"),
+        "none",
+        None,
+    ));
+    add(rec(
+        "d",
+        t + 300,
+        Some("203.0.113.9"),
+        "example.com",
+        com,
+        &[],
+        Some(("example.com", "mfrom", "softfail")),
+        ("fail", "fail"),
+        "none",
+        Some("local_policy"),
+    ));
+    add(rec(
+        "e",
+        t + 400,
+        Some("203.0.113.10"),
+        "example.com",
+        com,
+        &[],
+        Some(("example.com", "mfrom", "fail")),
+        ("fail", "fail"),
+        "none",
+        Some("sampled_out"),
+    ));
+    add(rec(
+        "f",
+        t + 500,
+        None,
+        "example.com",
+        com,
+        &pass,
+        None,
+        ("pass", "fail"),
+        "none",
+        None,
+    ));
+    add(rec(
+        "g",
+        DAY + 86400 + 7,
+        Some("192.0.2.10"),
+        "example.com",
+        com,
+        &pass,
+        Some(("example.com", "mfrom", "pass")),
+        ("pass", "pass"),
+        "none",
+        None,
+    ));
+    for i in 0..2 {
+        add(rec(
+            "h",
+            t + 600 + i,
+            Some("192.0.2.44"),
+            "example.org",
+            "mailto:dmarc@example.org",
+            &[("example.org", "a", "pass"), ("esp.example", "b", "pass")],
+            Some(("esp.example", "mfrom", "pass")),
+            ("pass", "fail"),
+            "none",
+            None,
+        ));
+    }
+    add(rec(
+        "i",
+        t + 700,
+        Some("192.0.2.50"),
+        "norua.example",
+        "",
+        &[],
+        None,
+        ("fail", "fail"),
+        "none",
+        None,
+    ));
+    add(rec(
+        "j",
+        t + 800,
+        Some("192.0.2.51"),
+        "ignored.example",
+        "mailto:reports@ignored.example",
+        &[],
+        None,
+        ("fail", "fail"),
+        "none",
+        None,
+    ));
+}
+
+fn config(dir: &Path, schema: &str, extra: &str) -> PathBuf {
+    let cfg = dir.join("reports.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "history = \"{}\"\norg_name = \"Receiver Test\"\nemail = \"dmarc-noreply@rx.test\"\n\
+             submitter = \"rx.test\"\nschema = \"{schema}\"\nignore_rua = [\"@ignored.example\"]\n\
+             {extra}\n[resolver]\nnameservers = [\"127.0.0.1:9\"]\ntimeout = 0.2\nattempts = 1\n",
+            dir.join("history.sqlite").display()
+        ),
+    )
+    .unwrap();
+    cfg
+}
+
+fn require(tool: &str, path: &str) {
+    assert!(
+        Path::new(path).exists(),
+        "{tool} is missing at {path}: run tests/run.sh as root once to install it"
+    );
+}
+
+fn xsds() -> Option<PathBuf> {
+    let dir = testkit::corpus::shared_dir()?.join("corpus/dmarc-reports/xsd");
+    if dir.is_dir() {
+        Some(dir)
+    } else {
+        eprintln!(
+            "!!!!! SKIPPED: {} not found; reports were not schema-checked !!!!!",
+            dir.display()
+        );
+        None
+    }
+}
+
+/// xmllint's verdict on `xml` (a file) against `xsd`.
+fn xmllint(xsd: &Path, xml: &Path) -> (bool, String) {
+    require("xmllint (libxml2-utils)", "/usr/bin/xmllint");
+    let out = Command::new("/usr/bin/xmllint")
+        .arg("--noout")
+        .arg("--schema")
+        .arg(xsd)
+        .arg(xml)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn gunzip(path: &Path) -> Vec<u8> {
+    let out = Command::new("gzip").arg("-dc").arg(path).output().unwrap();
+    assert!(
+        out.status.success(),
+        "gzip -dc {}: not gzip",
+        path.display()
+    );
+    out.stdout
+}
+
+/// parsedmarc's reading of report files (.xml.gz or a whole mail).
+fn parsedmarc(files: &[PathBuf]) -> Vec<Value> {
+    require("parsedmarc (venv)", PARSEDMARC);
+    let judge = testkit::judges::judges_dir().join("parsedmarc_report.py");
+    let out = Command::new(PARSEDMARC)
+        .arg(judge)
+        .args(files)
+        .env("TZ", "UTC")
+        .stderr(Stdio::inherit())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "parsedmarc rejected {files:?}");
+    serde_json::from_slice::<Vec<Value>>(&out.stdout).unwrap()
+}
+
+/// What the history says a report for (domain, day) must hold, by SQL over the rows:
+/// (source, disposition, dkim, spf) -> count.
+fn expected(
+    db: &Path,
+    domain: &str,
+    begin: i64,
+) -> BTreeMap<(IpAddr, String, String, String), i64> {
+    let c = rusqlite::Connection::open(db).unwrap();
+    let mut st = c
+        .prepare(
+            "SELECT source_ip, disposition, dkim_aligned, spf_aligned, COUNT(*) FROM messages
+             WHERE policy_domain = ?1 AND received BETWEEN ?2 AND ?3 AND source_ip IS NOT NULL
+             GROUP BY 1, 2, 3, 4",
+        )
+        .unwrap();
+    st.query_map(rusqlite::params![domain, begin, begin + 86399], |r| {
+        Ok((
+            (
+                r.get::<_, String>(0)?.parse().unwrap(),
+                r.get(1)?,
+                r.get(2)?,
+                r.get(3)?,
+            ),
+            r.get(4)?,
+        ))
+    })
+    .unwrap()
+    .map(Result::unwrap)
+    .collect()
+}
+
+fn judged(report: &Value) -> BTreeMap<(IpAddr, String, String, String), i64> {
+    let mut m = BTreeMap::new();
+    for r in report["records"].as_array().unwrap() {
+        let key = (
+            r["ip"].as_str().unwrap().parse().unwrap(),
+            r["disposition"].as_str().unwrap().to_string(),
+            r["dkim"].as_str().unwrap().to_string(),
+            r["spf"].as_str().unwrap().to_string(),
+        );
+        *m.entry(key).or_default() += r["count"].as_i64().unwrap();
+    }
+    m
+}
+
+fn record<'a>(report: &'a Value, ip: &str) -> &'a Value {
+    let want: IpAddr = ip.parse().unwrap();
+    report["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["ip"].as_str().unwrap().parse::<IpAddr>().unwrap() == want)
+        .unwrap_or_else(|| panic!("no record for {ip} in {report:#}"))
+}
+
+fn check_schema(schema: &str, xsd: &str, pct: Option<&str>) {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("history.sqlite");
+    fill(&db);
+    let cfg = config(dir.path(), schema, "");
+    let out_dir = dir.path().join("out");
+    let (code, stdout, stderr) = authmilter(&[
+        "reports",
+        "run",
+        "-c",
+        cfg.to_str().unwrap(),
+        "--dry-run",
+        out_dir.to_str().unwrap(),
+        "--now",
+        &NOW.to_string(),
+    ]);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert!(
+        stderr.contains("reports@ignored.example is on ignore_rua; skipped"),
+        "{stderr}"
+    );
+    // A dry run leaves the store as it found it.
+    let c = rusqlite::Connection::open(&db).unwrap();
+    let reports: i64 = c
+        .query_row("SELECT COUNT(*) FROM reports", [], |r| r.get(0))
+        .unwrap();
+    let claims: i64 = c
+        .query_row("SELECT COUNT(*) FROM report_rows", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!((reports, claims), (0, 0));
+
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&out_dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.to_string_lossy().ends_with(".xml.gz"))
+        .collect();
+    files.sort();
+    let names: Vec<String> = files
+        .iter()
+        .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+        .collect();
+    let day2 = DAY + 86400;
+    let prefixes = [
+        format!("rx.test!example.com!{DAY}!{}!", DAY + 86399),
+        format!("rx.test!example.com!{day2}!{}!", day2 + 86399),
+        format!("rx.test!example.org!{DAY}!{}!", DAY + 86399),
+    ];
+    assert_eq!(names.len(), 3, "{names:?}");
+    for (n, p) in names.iter().zip(&prefixes) {
+        assert!(n.starts_with(p), "{n} does not start with {p}");
+    }
+
+    let judged_all = parsedmarc(&files);
+    for ((file, name), report) in files.iter().zip(&names).zip(&judged_all) {
+        if let Some(xsd_dir) = xsds() {
+            let xml = dir.path().join(name.trim_end_matches(".gz"));
+            std::fs::write(&xml, gunzip(file)).unwrap();
+            let (ok, msg) = xmllint(&xsd_dir.join(xsd), &xml);
+            assert!(
+                ok,
+                "{name} is not valid against {xsd}: {msg}\n{}",
+                std::fs::read_to_string(&xml).unwrap()
+            );
+        }
+        let domain = report["domain"].as_str().unwrap();
+        let begin = if name.contains(&format!("!{day2}!")) {
+            day2
+        } else {
+            DAY
+        };
+        // The id in the file name is the report's id.
+        let id = report["report_id"].as_str().unwrap();
+        assert!(
+            name.ends_with(&format!("!{id}.xml.gz")),
+            "{name} vs id {id}"
+        );
+        assert_eq!(report["org_name"], "Receiver Test");
+        assert_eq!(report["org_email"], "dmarc-noreply@rx.test");
+        assert_eq!(judged(report), expected(&db, domain, begin), "{name}");
+        assert_eq!(report["sp"], "quarantine");
+        if domain == "example.com" {
+            assert_eq!(report["p"], "reject");
+            assert_eq!(report["pct"].as_str(), pct);
+        } else {
+            assert_eq!(report["p"], "none");
+        }
+    }
+    let com = &judged_all[0];
+    assert_eq!(com["begin"], "2024-10-04 00:00:00");
+    assert_eq!(com["end"], "2024-10-04 23:59:59");
+    let helo = record(com, "2001:db8::25");
+    assert_eq!(helo["spf_results"][0][0], "mx.example.com");
+    assert_eq!(helo["spf_results"][0][2], "pass");
+    if schema == "rfc7489" {
+        assert_eq!(helo["spf_results"][0][1], "helo");
+        assert_eq!(record(com, "203.0.113.10")["reasons"][0], "sampled_out");
+    } else {
+        assert_eq!(record(com, "203.0.113.10")["reasons"][0], "other");
+    }
+    assert_eq!(record(com, "203.0.113.9")["reasons"][0], "local_policy");
+    assert_eq!(
+        record(com, "198.51.100.7")["dkim_results"][0],
+        serde_json::json!(["example.com", "s1", "fail"])
+    );
+    let org = record(&judged_all[2], "192.0.2.44");
+    assert_eq!(org["count"], 2);
+    assert_eq!(
+        org["dkim_results"],
+        serde_json::json!([["example.org", "a", "pass"], ["esp.example", "b", "pass"]])
+    );
+    assert_eq!(
+        org["spf_results"][0],
+        serde_json::json!(["esp.example", "mfrom", "pass"])
+    );
+}
+
+#[test]
+fn rfc9990_reports_validate_and_parsedmarc_agrees_with_the_history() {
+    check_schema("rfc9990", "pydmarc-dmarc-2.0.xsd", None);
+}
+
+#[test]
+fn rfc7489_reports_validate_and_parsedmarc_agrees_with_the_history() {
+    check_schema("rfc7489", "pydmarc-dmarc.xsd", Some("50"));
+}
