@@ -491,3 +491,284 @@ fn rfc9990_reports_validate_and_parsedmarc_agrees_with_the_history() {
 fn rfc7489_reports_validate_and_parsedmarc_agrees_with_the_history() {
     check_schema("rfc7489", "pydmarc-dmarc.xsd", Some("50"));
 }
+
+/// A stand-in for sendmail that keeps each message (and its arguments) in `dir/sink` and, when
+/// `dir/hang-after` names its number, hangs after taking that message: the report is
+/// delivered, the report program has not marked it yet.
+fn fake_sendmail(dir: &Path) -> PathBuf {
+    let sink = dir.join("sink");
+    std::fs::create_dir_all(&sink).unwrap();
+    let script = dir.join("sendmail");
+    let d = dir.display();
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\nn=$(ls {d}/sink | wc -l)\nn=$((n+1))\nprintf '%s\\n' \"$*\" > {d}/args.$n\n\
+             cat > {d}/sink/.tmp.$n && mv {d}/sink/.tmp.$n {d}/sink/msg.$n\n\
+             if [ -e {d}/hang-after ] && [ \"$n\" -eq \"$(cat {d}/hang-after)\" ]; then\n\
+             echo $$ > {d}/hanging.tmp && mv {d}/hanging.tmp {d}/hanging\n  exec sleep 60\nfi\n"
+        ),
+    )
+    .unwrap();
+    Command::new("chmod")
+        .arg("755")
+        .arg(&script)
+        .status()
+        .unwrap();
+    script
+}
+
+fn sink(dir: &Path) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir.join("sink"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.file_name().unwrap().to_string_lossy().starts_with("msg."))
+        .collect();
+    v.sort_by_key(|p| {
+        p.extension()
+            .and_then(|e| e.to_str())
+            .and_then(|e| e.parse::<u32>().ok())
+    });
+    v
+}
+
+fn header(msg: &str, name: &str) -> String {
+    // Unfolded value of the first `name:` header.
+    let head = msg
+        .split("\r\n\r\n")
+        .next()
+        .unwrap()
+        .replace("\r\n ", " ")
+        .replace("\r\n\t", " ");
+    head.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name}: ")))
+        .unwrap_or_else(|| panic!("no {name} in {head}"))
+        .to_string()
+}
+
+fn states(db: &Path) -> BTreeMap<String, i64> {
+    let c = rusqlite::Connection::open(db).unwrap();
+    let mut st = c
+        .prepare("SELECT state, COUNT(*) FROM reports GROUP BY 1")
+        .unwrap();
+    st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect()
+}
+
+fn count(db: &Path, sql: &str) -> i64 {
+    rusqlite::Connection::open(db)
+        .unwrap()
+        .query_row(sql, [], |r| r.get(0))
+        .unwrap()
+}
+
+#[test]
+fn kill_9_mid_send_resends_only_that_report_and_every_other_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("history.sqlite");
+    fill(&db);
+    let sendmail = fake_sendmail(dir.path());
+    let cfg = config(
+        dir.path(),
+        "rfc9990",
+        &format!(
+            "method = \"sendmail\"\nsendmail = \"{}\"\n",
+            sendmail.display()
+        ),
+    );
+    let cfg_s = cfg.to_str().unwrap().to_string();
+    let now = NOW.to_string();
+    let args = ["reports", "run", "-c", &cfg_s, "--now", &now];
+
+    // Run 1: killed while "sendmail" holds the second report (delivered, not yet marked).
+    std::fs::write(dir.path().join("hang-after"), "2").unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_authmilter"))
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let hanging = dir.path().join("hanging");
+    let until = Instant::now() + Duration::from_secs(30);
+    while !hanging.exists() {
+        assert!(
+            Instant::now() < until,
+            "the fake sendmail never got a second report"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    let sleeper = std::fs::read_to_string(&hanging).unwrap();
+    Command::new("kill")
+        .arg("-9")
+        .arg(sleeper.trim())
+        .status()
+        .unwrap();
+    std::fs::remove_file(dir.path().join("hang-after")).unwrap();
+    assert_eq!(sink(dir.path()).len(), 2);
+    assert_eq!(
+        states(&db),
+        BTreeMap::from([("pending".to_string(), 3), ("sent".to_string(), 1)])
+    );
+
+    // Run 2 finishes the job: the interrupted report once more, the rest once.
+    let (code, stdout, stderr) = authmilter(&args);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert_eq!(
+        stdout.trim(),
+        "claimed 0 sent 2 skipped 1 expired 0 retry 0 late 0"
+    );
+    let msgs = sink(dir.path());
+    assert_eq!(msgs.len(), 4, "{msgs:?}");
+    let text: Vec<String> = msgs
+        .iter()
+        .map(|p| std::fs::read_to_string(p).unwrap())
+        .collect();
+    let judged = parsedmarc(&msgs);
+    let ids: Vec<&str> = judged
+        .iter()
+        .map(|r| r["report_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        ids[1], ids[2],
+        "the interrupted report is sent again with its id"
+    );
+    assert_eq!(judged[1], judged[2], "and the same content");
+    assert_eq!(
+        header(&text[1], "Message-ID"),
+        header(&text[2], "Message-ID")
+    );
+    assert!(
+        ids[0] != ids[1] && ids[1] != ids[3] && ids[0] != ids[3],
+        "{ids:?}"
+    );
+    assert_eq!(
+        judged
+            .iter()
+            .map(|r| r["domain"].as_str().unwrap())
+            .collect::<Vec<_>>(),
+        ["example.com", "example.org", "example.org", "example.com"]
+    );
+    // Rows claimed = rows reported (counted once per distinct report).
+    let reported: i64 = [0, 1, 3]
+        .iter()
+        .flat_map(|&i| judged[i]["records"].as_array().unwrap().iter())
+        .map(|r| r["count"].as_i64().unwrap())
+        .sum();
+    let claimed = count(
+        &db,
+        "SELECT COUNT(*) FROM report_rows c JOIN reports r ON r.id = c.report WHERE r.state = 'sent'",
+    );
+    assert_eq!((reported, claimed), (11, 11));
+    assert_eq!(
+        states(&db),
+        BTreeMap::from([("sent".to_string(), 3), ("skipped".to_string(), 1)])
+    );
+
+    // The mail as the RFC asks for it.
+    let m = &text[0];
+    let id = ids[0];
+    assert_eq!(
+        header(m, "Subject"),
+        format!("Report Domain: example.com Submitter: rx.test Report-ID: <{id}>")
+    );
+    assert_eq!(header(m, "To"), "<dmarc@example.com>");
+    assert_eq!(header(m, "From"), "<dmarc-noreply@rx.test>");
+    assert_eq!(header(m, "Auto-Submitted"), "auto-generated");
+    assert_eq!(header(m, "Message-ID"), format!("<{id}@rx.test>"));
+    let filename = format!("rx.test!example.com!{DAY}!{}!{id}.xml.gz", DAY + 86399);
+    assert!(m.contains(&format!("filename=\"{filename}\"")), "{m}");
+    assert!(m.contains("Content-Type: application/gzip"), "{m}");
+    let args1 = std::fs::read_to_string(dir.path().join("args.1")).unwrap();
+    assert_eq!(args1.trim(), "-oi -t -f dmarc-noreply@rx.test");
+
+    // Run 3: nothing more to send.
+    let (code, stdout, _) = authmilter(&args);
+    assert_eq!(
+        (code, stdout.trim()),
+        (0, "claimed 0 sent 0 skipped 0 expired 0 retry 0 late 0")
+    );
+    assert_eq!(sink(dir.path()).len(), 4);
+
+    // A row that turns up after its period was reported is set aside, not reported twice.
+    {
+        let store = Store::open(&db).unwrap();
+        store
+            .insert(
+                &rec(
+                    "late",
+                    DAY + 5000,
+                    Some("192.0.2.99"),
+                    "example.com",
+                    "mailto:dmarc@example.com",
+                    &[],
+                    None,
+                    ("fail", "fail"),
+                    "none",
+                    None,
+                ),
+                Instant::now() + Duration::from_secs(10),
+            )
+            .unwrap();
+    }
+    let (code, stdout, stderr) = authmilter(&args);
+    assert_eq!(code, 0);
+    assert_eq!(
+        stdout.trim(),
+        "claimed 0 sent 0 skipped 0 expired 0 retry 0 late 1"
+    );
+    assert!(
+        stderr.contains("1 message(s) for example.com arrived after the report for"),
+        "{stderr}"
+    );
+    assert_eq!(sink(dir.path()).len(), 4);
+
+    // Retention (180 days by default): rows and finished reports go.
+    let later = (NOW + 200 * 86400).to_string();
+    let (code, _, stderr) = authmilter(&["reports", "run", "-c", &cfg_s, "--now", &later]);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(count(&db, "SELECT COUNT(*) FROM messages"), 0);
+    assert_eq!(count(&db, "SELECT COUNT(*) FROM reports"), 0);
+    assert_eq!(count(&db, "SELECT COUNT(*) FROM report_rows"), 0);
+}
+
+#[test]
+fn undeliverable_reports_are_retried_then_expire() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("history.sqlite");
+    fill(&db);
+    let cfg = config(
+        dir.path(),
+        "rfc9990",
+        "method = \"sendmail\"\nsendmail = \"/bin/false\"\ngive_up_hours = 24\n",
+    );
+    let cfg_s = cfg.to_str().unwrap();
+    let (code, stdout, stderr) =
+        authmilter(&["reports", "run", "-c", cfg_s, "--now", &NOW.to_string()]);
+    assert_eq!(code, 0);
+    assert_eq!(
+        stdout.trim(),
+        "claimed 4 sent 0 skipped 1 expired 0 retry 3 late 0"
+    );
+    assert!(
+        stderr.contains("cannot send: /bin/false exited with exit status: 1"),
+        "{stderr}"
+    );
+    let later = (NOW + 25 * 3600).to_string();
+    let (_, stdout, stderr) = authmilter(&["reports", "run", "-c", cfg_s, "--now", &later]);
+    assert_eq!(
+        stdout.trim(),
+        "claimed 0 sent 0 skipped 0 expired 3 retry 0 late 0"
+    );
+    assert!(
+        stderr.contains("not sent within 24 hours (1 attempts); expired"),
+        "{stderr}"
+    );
+    assert_eq!(
+        states(&db),
+        BTreeMap::from([("expired".to_string(), 3), ("skipped".to_string(), 1)])
+    );
+}

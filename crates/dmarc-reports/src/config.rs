@@ -247,6 +247,13 @@ mod tests {
     }
 
     #[test]
+    fn shipped_example_parses() {
+        let c = parse(include_str!("../../../etc/dmarc-reports.toml")).unwrap();
+        assert_eq!(c.submitter, "mx.example.net");
+        assert_eq!(c.smtp.port, 587);
+    }
+
+    #[test]
     fn errors_name_the_key() {
         let e = parse(&format!("{BASE}period_hours = 5\n")).unwrap_err();
         assert_eq!(e.key.as_deref(), Some("period_hours"));

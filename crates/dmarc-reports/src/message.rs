@@ -5,6 +5,7 @@
 
 use flate2::{write::GzEncoder, Compression};
 use mail_builder::headers::address::Address;
+use mail_builder::headers::raw::Raw;
 use mail_builder::headers::HeaderType;
 use mail_builder::MessageBuilder;
 use std::io::Write;
@@ -71,7 +72,9 @@ pub fn build(env: &Envelope<'_>, xml: &str) -> std::io::Result<ReportMail> {
     MessageBuilder::new()
         .from(Address::from(env.from))
         .to(Address::new_list(to))
-        .subject(subject.as_str())
+        // Raw: the RFC's subject as plain text (folded at spaces), not RFC 2047-encoded,
+        // which mail-builder does for `<`; receivers match it literally.
+        .header("Subject", Raw::new(subject.as_str()))
         .date(env.date)
         .message_id(format!("{}@{}", env.report_id, env.submitter))
         .header("Auto-Submitted", HeaderType::Text("auto-generated".into()))
