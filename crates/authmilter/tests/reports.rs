@@ -772,3 +772,171 @@ fn undeliverable_reports_are_retried_then_expire() {
         BTreeMap::from([("expired".to_string(), 3), ("skipped".to_string(), 1)])
     );
 }
+
+/// History with one row for each of these (policy domain, rua) pairs, on DAY.
+fn fill_rua(path: &Path, domains: &[(&str, &str)]) {
+    let store = Store::open(path).unwrap();
+    for (i, (domain, rua)) in domains.iter().enumerate() {
+        let mut r = rec(
+            "x",
+            DAY + 100 + i as i64,
+            Some("192.0.2.10"),
+            domain,
+            rua,
+            &[],
+            Some((domain, "mfrom", "pass")),
+            ("fail", "pass"),
+            "none",
+            None,
+        );
+        r.message_key = format!("k{i}");
+        store
+            .insert(&r, Instant::now() + Duration::from_secs(10))
+            .unwrap();
+    }
+}
+
+/// Recipients (To) of each delivered report, by policy domain (from the subject).
+fn delivered_to(dir: &Path) -> BTreeMap<String, String> {
+    sink(dir)
+        .iter()
+        .map(|p| {
+            let m = std::fs::read_to_string(p).unwrap();
+            let subject = header(&m, "Subject");
+            let domain = subject
+                .strip_prefix("Report Domain: ")
+                .and_then(|s| s.split(' ').next())
+                .unwrap()
+                .to_string();
+            (domain, header(&m, "To"))
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn external_destinations_need_their_consent_in_dns() {
+    use testkit::dns::{TestDns, Zone};
+    let zone = Zone::new()
+        .txt("ext-yes.example._report._dmarc.vendor.example", "v=DMARC1")
+        .txt("wrong.example._report._dmarc.vendor.example", "v=spf1 -all");
+    let dns = TestDns::start(&zone).await.expect("dns");
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("history.sqlite");
+    fill_rua(
+        &db,
+        &[
+            ("ext-yes.example", "mailto:agg@vendor.example!10m"),
+            (
+                "ext-no.example",
+                "mailto:agg@vendor.example mailto:dmarc@ext-no.example",
+            ),
+            ("ext-none.example", "mailto:agg@vendor.example"),
+            ("wrong.example", "mailto:agg@vendor.example"),
+            (
+                "mail.ext-yes.example",
+                "mailto:d@ext-yes.example mailto:x@sub.mail.ext-yes.example",
+            ),
+            (
+                "bad-uri.example",
+                "https://vendor.example/dmarc mailto:ok@bad-uri.example",
+            ),
+        ],
+    );
+    let sendmail = fake_sendmail(dir.path());
+    let cfg = config(
+        dir.path(),
+        "rfc9990",
+        &format!(
+            "method = \"sendmail\"\nsendmail = \"{}\"\n",
+            sendmail.display()
+        ),
+    );
+    // Point the report program at the test DNS server.
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("127.0.0.1:9", &dns.addr().to_string());
+    std::fs::write(&cfg, text).unwrap();
+    let (code, stdout, stderr) = tokio::task::block_in_place(|| {
+        authmilter(&[
+            "reports",
+            "run",
+            "-c",
+            cfg.to_str().unwrap(),
+            "--now",
+            &NOW.to_string(),
+        ])
+    });
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(
+        stdout.trim(),
+        "claimed 6 sent 4 skipped 2 expired 0 retry 0 late 0",
+        "{stderr}"
+    );
+    assert_eq!(
+        delivered_to(dir.path()),
+        BTreeMap::from([
+            (
+                "bad-uri.example".to_string(),
+                "<ok@bad-uri.example>".to_string()
+            ),
+            (
+                "ext-no.example".to_string(),
+                "<dmarc@ext-no.example>".to_string()
+            ),
+            (
+                "ext-yes.example".to_string(),
+                "<agg@vendor.example>".to_string()
+            ),
+            (
+                "mail.ext-yes.example".to_string(),
+                "<d@ext-yes.example>, <x@sub.mail.ext-yes.example>".to_string()
+            ),
+        ])
+    );
+    for line in [
+        "agg@vendor.example does not accept reports for ext-no.example (no v=DMARC1 at ext-no.example._report._dmarc.vendor.example); skipped",
+        "agg@vendor.example does not accept reports for wrong.example",
+        "for ext-none.example: no usable rua destination (mailto:agg@vendor.example); not sent",
+        "rua 'https://vendor.example/dmarc': only mailto: destinations are supported; skipped",
+    ] {
+        assert!(stderr.contains(line), "missing '{line}' in\n{stderr}");
+    }
+}
+
+#[test]
+fn dns_trouble_defers_a_report_with_an_external_destination() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("history.sqlite");
+    fill_rua(&db, &[("ext.example", "mailto:agg@vendor.example")]);
+    let sendmail = fake_sendmail(dir.path());
+    // The resolver of config() is 127.0.0.1:9, where nothing answers.
+    let cfg = config(
+        dir.path(),
+        "rfc9990",
+        &format!(
+            "method = \"sendmail\"\nsendmail = \"{}\"\n",
+            sendmail.display()
+        ),
+    );
+    let (code, stdout, stderr) = authmilter(&[
+        "reports",
+        "run",
+        "-c",
+        cfg.to_str().unwrap(),
+        "--now",
+        &NOW.to_string(),
+    ]);
+    assert_eq!(code, 0);
+    assert_eq!(
+        stdout.trim(),
+        "claimed 1 sent 0 skipped 0 expired 0 retry 1 late 0"
+    );
+    assert!(
+        stderr.contains(
+            "DNS lookup of ext.example._report._dmarc.vendor.example failed; will try again"
+        ),
+        "{stderr}"
+    );
+    assert!(sink(dir.path()).is_empty());
+    assert_eq!(states(&db), BTreeMap::from([("pending".to_string(), 1)]));
+}

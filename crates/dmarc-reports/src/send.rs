@@ -66,6 +66,12 @@ impl Sender for Sendmail {
                 String::from_utf8_lossy(&out.stderr).trim()
             ));
         }
+        if let Some(Err(e)) = written {
+            return Err(format!(
+                "{}: writing the message: {e}",
+                self.program.display()
+            ));
+        }
         Ok(())
     }
 }
