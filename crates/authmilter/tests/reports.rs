@@ -940,3 +940,237 @@ fn dns_trouble_defers_a_report_with_an_external_destination() {
     assert!(sink(dir.path()).is_empty());
     assert_eq!(states(&db), BTreeMap::from([("pending".to_string(), 1)]));
 }
+
+/// `authmilter reports inspect FILE` under a 1 GiB address-space limit: (status, out, err).
+fn inspect(file: &Path) -> (i32, String, String) {
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg("ulimit -v 1048576; exec \"$0\" reports inspect \"$1\"")
+        .arg(env!("CARGO_BIN_EXE_authmilter"))
+        .arg(file)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn gzip_file(input: &Path, output: &Path) {
+    let f = std::fs::File::create(output).unwrap();
+    assert!(Command::new("gzip")
+        .arg("-c")
+        .arg(input)
+        .stdout(f)
+        .status()
+        .unwrap()
+        .success());
+}
+
+#[test]
+fn inspect_summarises_our_reports_and_received_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    fill(&dir.path().join("history.sqlite"));
+    let cfg = config(dir.path(), "rfc7489", "");
+    let out_dir = dir.path().join("out");
+    let (code, _, stderr) = authmilter(&[
+        "reports",
+        "run",
+        "-c",
+        cfg.to_str().unwrap(),
+        "--dry-run",
+        out_dir.to_str().unwrap(),
+        "--now",
+        &NOW.to_string(),
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    let gz = std::fs::read_dir(&out_dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| {
+            let n = p.file_name().unwrap().to_string_lossy().into_owned();
+            n.starts_with(&format!("rx.test!example.com!{DAY}!")) && n.ends_with(".xml.gz")
+        })
+        .unwrap();
+    let eml = PathBuf::from(format!("{}.eml", gz.display()));
+    for file in [&gz, &eml] {
+        let (code, out, err) = inspect(file);
+        assert_eq!(code, 0, "{err}");
+        let id = gz
+            .to_string_lossy()
+            .rsplit('!')
+            .next()
+            .unwrap()
+            .trim_end_matches(".xml.gz")
+            .to_string();
+        for line in [
+            format!("DMARC aggregate report {id} from Receiver Test <dmarc-noreply@rx.test>"),
+            "domain example.com: 2024-10-04 00:00:00 UTC to 2024-10-04 23:59:59 UTC".into(),
+            "published policy: p=reject sp=quarantine adkim=r aspf=r".into(),
+            "messages: 8 from 5 source(s); DMARC pass 4 (50%), fail 4 (50%)".into(),
+            "  198.51.100.7 (2 message(s)): DKIM fail for d=example.com s=s1; SPF fail for example.com".into(),
+            "  203.0.113.9 (1 message(s)): no DKIM signature; SPF softfail for example.com".into(),
+        ] {
+            assert!(out.lines().any(|l| l == line), "missing '{line}' in\n{out}");
+        }
+        let src = out.lines().find(|l| l.starts_with("192.0.2.10 ")).unwrap();
+        assert_eq!(
+            src.split_whitespace().collect::<Vec<_>>(),
+            ["192.0.2.10", "3", "none", "pass", "pass", "example.com"]
+        );
+    }
+    // Reports others wrote (the shared corpus: parsedmarc's and mail-auth's samples).
+    let Some(shared) = testkit::corpus::shared_dir() else {
+        return;
+    };
+    let c = shared.join("corpus/dmarc-reports");
+    for (file, needle) in [
+        ("parsedmarc-samples/samples/aggregate/rfc9990-sample.xml", "messages: 123 from 1 source(s)"),
+        ("parsedmarc-samples/samples/extract_report/nice-input.xml.gz", "DMARC aggregate report"),
+        ("stalwart-mail-auth-dmarc-feedback/100.eml", "DMARC aggregate report"),
+        ("parsedmarc-samples/samples/aggregate/estadocuenta1.infonacot.gob.mx!example.com!1536853302!1536939702!2940.xml.zip", "zip archives"),
+    ] {
+        let (code, out, err) = inspect(&c.join(file));
+        assert!(out.contains(needle) || err.contains(needle), "{file}: {out}{err}");
+        assert!(code == 0 || needle == "zip archives", "{file}: {err}");
+    }
+}
+
+#[test]
+fn inspect_refuses_hostile_input_with_a_clear_error_and_bounded_memory() {
+    use base64::Engine;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let write = |name: &str, data: &[u8]| {
+        let p = d.join(name);
+        std::fs::write(&p, data).unwrap();
+        p
+    };
+    let report = "<?xml version=\"1.0\"?>\n<feedback><report_metadata><org_name>x</org_name>\
+        <email>a@x.example</email><report_id>1</report_id><date_range><begin>0</begin>\
+        <end>1</end></date_range></report_metadata><policy_published><domain>x.example</domain>\
+        <p>none</p></policy_published><record><row><source_ip>192.0.2.1</source_ip><count>1</count>\
+        <policy_evaluated><disposition>none</disposition><dkim>pass</dkim><spf>pass</spf>\
+        </policy_evaluated></row><identifiers><header_from>x.example</header_from></identifiers>\
+        <auth_results></auth_results></record></feedback>\n";
+    let xml = write("ok.xml", report.as_bytes());
+    gzip_file(&xml, &d.join("ok.xml.gz"));
+    assert_eq!(inspect(&d.join("ok.xml.gz")).0, 0, "the base case reads");
+    let gz = std::fs::read(d.join("ok.xml.gz")).unwrap();
+
+    let laughs = {
+        let mut s =
+            String::from("<?xml version=\"1.0\"?>\n<!DOCTYPE feedback [\n<!ENTITY l0 \"lol\">\n");
+        for i in 1..10 {
+            let prev = format!("&l{};", i - 1);
+            s.push_str(&format!("<!ENTITY l{i} \"{}\">\n", prev.repeat(10)));
+        }
+        s.push_str("]>\n<feedback><report_metadata><org_name>&l9;</org_name></report_metadata></feedback>\n");
+        s
+    };
+    let bomb_xml = write("laughs.xml", laughs.as_bytes());
+    gzip_file(&bomb_xml, &d.join("laughs.xml.gz"));
+    let laughs_gz = std::fs::read(d.join("laughs.xml.gz")).unwrap();
+    let mail = |ctype: &str, name: &str, data: &[u8]| {
+        format!(
+            "From: <r@x.example>\r\nTo: <d@y.example>\r\nSubject: Report Domain: y.example\r\n\
+             MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=\"b\"\r\n\r\n\
+             --b\r\nContent-Type: text/plain\r\n\r\nreport\r\n--b\r\nContent-Type: {ctype}\r\n\
+             Content-Transfer-Encoding: base64\r\nContent-Disposition: attachment; filename=\"{name}\"\r\n\r\n{}\r\n--b--\r\n",
+            base64::engine::general_purpose::STANDARD.encode(data)
+        )
+    };
+    // A gzip bomb: 200 MB of zeros in about 200 KB.
+    let zeros = d.join("zeros.gz");
+    assert!(Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "head -c 200000000 /dev/zero | gzip -1 > {}",
+            zeros.display()
+        ))
+        .status()
+        .unwrap()
+        .success());
+    let mut forged = gz.clone();
+    let n = forged.len();
+    forged[n - 4..].copy_from_slice(&(1u32 << 30).to_le_bytes()); // ISIZE: 1 GiB
+    let cases: Vec<(PathBuf, &str)> = vec![
+        (write("truncated.xml.gz", &gz[..gz.len() / 2]), "gzip: "),
+        (zeros.clone(), "larger than 67108864 bytes decompressed"),
+        (write("forged-size.xml.gz", &forged), "gzip: "),
+        (
+            bomb_xml,
+            "document type declaration (<!DOCTYPE>) is not allowed",
+        ),
+        (
+            write(
+                "laughs.eml",
+                mail("application/gzip", "r.xml.gz", &laughs_gz).as_bytes(),
+            ),
+            "document type declaration (<!DOCTYPE>) is not allowed",
+        ),
+        (
+            write(
+                "zeros.eml",
+                mail(
+                    "application/gzip",
+                    "z.xml.gz",
+                    &std::fs::read(&zeros).unwrap(),
+                )
+                .as_bytes(),
+            ),
+            "larger than 67108864 bytes decompressed",
+        ),
+        (
+            write(
+                "ns.xml",
+                report
+                    .replace("<feedback>", "<feedback xmlns=\"urn:example:other\">")
+                    .as_bytes(),
+            ),
+            "namespace 'urn:example:other' is not a DMARC aggregate report namespace",
+        ),
+        (
+            write(
+                "prefixed.xml",
+                b"<x:feedback xmlns:x=\"urn:ietf:params:xml:ns:dmarc-2.0\"/>",
+            ),
+            "the root element is <x:feedback>, not <feedback>",
+        ),
+        (
+            write(
+                "plain.eml",
+                b"From: <a@x.example>\r\nSubject: hello\r\n\r\nJust a note.\r\n",
+            ),
+            "the message holds no DMARC aggregate report",
+        ),
+        (
+            write("html.xml", b"<html><body>no</body></html>"),
+            "the root element is <html>",
+        ),
+        (
+            write("broken.xml", b"<feedback><report_metadata></feedback>"),
+            "XML: ",
+        ),
+        (write("empty", b""), ""),
+    ];
+    for (file, needle) in cases {
+        let started = Instant::now();
+        let (code, out, err) = inspect(&file);
+        assert_eq!(code, 65, "{}: {out}{err}", file.display());
+        assert!(
+            err.contains(needle),
+            "{}: '{needle}' not in {err}",
+            file.display()
+        );
+        assert!(!err.contains("panicked"), "{err}");
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "{}",
+            file.display()
+        );
+    }
+    let (code, _, err) = inspect(&d.join("missing.xml"));
+    assert_eq!(code, 66, "{err}");
+}

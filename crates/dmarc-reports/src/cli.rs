@@ -13,13 +13,20 @@ commands:
       expire old rows. With --dry-run, write FILE.xml.gz and FILE.xml.gz.eml into DIR instead
       and leave the store unchanged.
 
+  inspect FILE
+      Summarise a DMARC aggregate report you received (FILE.xml, FILE.xml.gz or the report
+      mail): sources, counts, results per mechanism, which sources fail DMARC and why.
+
 options:
   -c, --config FILE   report configuration (default /etc/dmarc-reports.toml)
 
 exit status: 0 done (some reports may wait for a retry: see the log), 64 usage error,
+  65 inspect: not a readable report, 66 inspect: cannot open FILE,
   75 the store could not be read or written, 78 configuration error.";
 
 pub const EX_USAGE: u8 = 64;
+pub const EX_DATAERR: u8 = 65;
+pub const EX_NOINPUT: u8 = 66;
 pub const EX_TEMPFAIL: u8 = 75;
 pub const EX_CONFIG: u8 = 78;
 
@@ -131,6 +138,13 @@ pub fn run(argv: &[String], out: &mut dyn Write, err: &mut dyn Write) -> u8 {
                 }
             }
         }
+        Some("inspect") => {
+            let [file] = args.positional.as_slice() else {
+                let _ = writeln!(err, "authmilter reports: inspect takes one FILE\n{USAGE}");
+                return EX_USAGE;
+            };
+            inspect(file, out, err)
+        }
         Some("-h") | Some("help") | None => {
             let _ = writeln!(out, "{USAGE}");
             if args.command.is_none() {
@@ -154,4 +168,26 @@ fn now() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
         .unwrap_or(0)
+}
+
+fn inspect(file: &str, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
+    use std::io::Read;
+    let max = crate::inspect::MAX_SIZE;
+    let mut bytes = Vec::new();
+    let read =
+        std::fs::File::open(file).and_then(|f| f.take(max as u64 + 1).read_to_end(&mut bytes));
+    if let Err(e) = read {
+        let _ = writeln!(err, "authmilter reports: {file}: {e}");
+        return EX_NOINPUT;
+    }
+    match crate::inspect::parse(&bytes, max) {
+        Ok(report) => {
+            let _ = write!(out, "{}", crate::inspect::summary(&report));
+            0
+        }
+        Err(e) => {
+            let _ = writeln!(err, "authmilter reports: {file}: {e}");
+            EX_DATAERR
+        }
+    }
 }

@@ -10,11 +10,13 @@
 //! - [`message`]: the gzip'd attachment and the report mail;
 //! - [`rua`], [`verify`]: destinations, size limits, ignore list, external verification;
 //! - [`send`]: sendmail pipe, SMTP, dry run;
-//! - [`run`]: one run of the program; [`cli`]: its command line.
+//! - [`run`]: one run of the program; [`cli`]: its command line;
+//! - [`inspect`]: reading a received report (hostile input) into the same model, summarised.
 
 pub mod aggregate;
 pub mod cli;
 pub mod config;
+pub mod inspect;
 pub mod message;
 pub mod rua;
 pub mod run;
