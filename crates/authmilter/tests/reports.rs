@@ -1174,3 +1174,64 @@ fn inspect_refuses_hostile_input_with_a_clear_error_and_bounded_memory() {
     let (code, _, err) = inspect(&d.join("missing.xml"));
     assert_eq!(code, 66, "{err}");
 }
+
+/// For bench/reports.sh (not a test): fills `$BENCH_HISTORY` with `$BENCH_ROWS` rows of one
+/// day (DAY), 200 policy domains, 5,000 sources, mixed results, through the milter's own
+/// schema (Store::open), in one transaction.
+#[test]
+#[ignore]
+fn bench_fill_history() {
+    let Ok(path) = std::env::var("BENCH_HISTORY") else {
+        return;
+    };
+    let rows: i64 = std::env::var("BENCH_ROWS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1_000_000);
+    drop(Store::open(Path::new(&path)).unwrap());
+    let mut c = rusqlite::Connection::open(&path).unwrap();
+    let tx = c.transaction().unwrap();
+    {
+        let mut m = tx
+            .prepare(
+                "INSERT INTO messages (received, job_id, reporter, source_ip, header_from,
+                 envelope_from, envelope_to, policy_domain, p, sp, np, adkim, aspf, testing, psd,
+                 rua, policy_applied, spf_domain, spf_scope, spf_result, dkim_aligned,
+                 spf_aligned, dmarc_result, disposition, action, message_key)
+                 VALUES (?1, 'Q', 'rx.test', ?2, ?3, ?3, 'rx.test', ?3, 'reject', 'reject',
+                 'reject', 'r', 'r', 0, 'u', ?4, 'reject', ?3, 'mfrom', ?5, ?6, ?7, ?8, ?9,
+                 'accept', ?10)",
+            )
+            .unwrap();
+        let mut d = tx
+            .prepare("INSERT INTO dkim_results (message_id, domain, selector, result) VALUES (?1, ?2, 's1', ?3)")
+            .unwrap();
+        for i in 0..rows {
+            let dom = format!("d{}.example", i % 200);
+            let ip = format!(
+                "10.{}.{}.{}",
+                (i % 5000) / 65536,
+                (i % 5000) / 256 % 256,
+                i % 256
+            );
+            let pass = i % 10 != 0;
+            let word = if pass { "pass" } else { "fail" };
+            m.execute(rusqlite::params![
+                DAY + i % 86400,
+                ip,
+                dom,
+                format!("mailto:dmarc@{dom}"),
+                word,
+                word,
+                word,
+                word,
+                if pass { "none" } else { "reject" },
+                format!("b{i}"),
+            ])
+            .unwrap();
+            d.execute(rusqlite::params![tx.last_insert_rowid(), dom, word])
+                .unwrap();
+        }
+    }
+    tx.commit().unwrap();
+}

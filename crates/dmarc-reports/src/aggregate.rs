@@ -72,17 +72,46 @@ struct Key {
 
 /// Builds the report for `rows` (all of one policy domain and period).
 pub fn build(meta: &Meta<'_>, rows: &[Record]) -> Built {
-    let cfg = meta.config;
-    let mut groups: BTreeMap<Key, u64> = BTreeMap::new();
-    let mut bad_ip = 0u64;
+    let mut g = Grouper::new(meta.config);
     for r in rows {
+        g.add(r);
+    }
+    g.finish(meta)
+}
+
+/// Rows in, one at a time; the report out. Holds one entry per distinct record, not per row.
+pub struct Grouper<'a> {
+    cfg: &'a Config,
+    groups: BTreeMap<Key, u64>,
+    bad_ip: u64,
+    /// (received, published) of the newest row with a published record.
+    newest: Option<(i64, dmarc_policy::history::Published)>,
+}
+
+impl<'a> Grouper<'a> {
+    pub fn new(cfg: &'a Config) -> Self {
+        Grouper {
+            cfg,
+            groups: BTreeMap::new(),
+            bad_ip: 0,
+            newest: None,
+        }
+    }
+
+    pub fn add(&mut self, r: &Record) {
+        let cfg = self.cfg;
+        if let Some(p) = &r.published {
+            if self.newest.as_ref().is_none_or(|(t, _)| r.received >= *t) {
+                self.newest = Some((r.received, p.clone()));
+            }
+        }
         let Some(ip) = r
             .source_ip
             .as_deref()
             .and_then(|s| s.trim().parse::<IpAddr>().ok())
         else {
-            bad_ip += 1;
-            continue;
+            self.bad_ip += 1;
+            return;
         };
         let key = Key {
             source_ip: ip,
@@ -112,68 +141,69 @@ pub fn build(meta: &Meta<'_>, rows: &[Record]) -> Built {
                 .as_ref()
                 .map(|(d, s, res)| (clean(d), s.to_ascii_lowercase(), res.to_ascii_lowercase())),
         };
-        *groups.entry(key).or_default() += 1;
+        *self.groups.entry(key).or_default() += 1;
     }
-    // The newest published record is the one the report shows.
-    let newest = rows
-        .iter()
-        .filter(|r| r.published.is_some())
-        .max_by_key(|r| r.received);
-    let published = newest.and_then(|r| r.published.clone()).unwrap_or_default();
-    let mut policy = PolicyPublished {
-        domain: meta.policy_domain.to_string(),
-        version_published: None,
-        adkim: alignment(&published.adkim),
-        aspf: alignment(&published.aspf),
-        p: disposition(&published.p),
-        sp: disposition(&published.sp),
-        np: disposition(&published.np),
-        testing: published.testing,
-        discovery_method: Discovery::Treewalk,
-        fo: None,
-    };
-    if policy.p == Disposition::Unspecified {
-        policy.p = Disposition::None;
-    }
-    let mut errors = Vec::new();
-    if bad_ip > 0 {
-        errors.push(format!(
-            "{bad_ip} message(s) without a valid source address left out"
-        ));
-    }
-    let mut report = Report::new()
-        .with_version(1.0)
-        .with_org_name(clean(&cfg.org_name))
-        .with_email(clean(&cfg.email))
-        .with_report_id(meta.report_id)
-        .with_date_range_begin(meta.begin.max(0) as u64)
-        .with_date_range_end(meta.end.max(0) as u64)
-        .with_policy_published(policy);
-    report.report_metadata = ReportMetadata {
-        extra_contact_info: cfg.extra_contact_info.as_deref().map(clean),
-        generator: Some(format!("authmilter {}", env!("CARGO_PKG_VERSION"))),
-        error: errors,
-        ..report.report_metadata
-    };
-    report.report_metadata.date_range = DateRange {
-        begin: meta.begin.max(0) as u64,
-        end: meta.end.max(0) as u64,
-    };
-    let mut messages = 0u64;
-    for (key, count) in groups {
-        messages += count;
-        // mail-auth's count is 32 bits: a larger group is written as several records.
-        let mut left = count;
-        while left > 0 {
-            let n = left.min(u64::from(u32::MAX));
-            left -= n;
-            report.add_record(record(&key, n as u32, cfg.schema));
+
+    pub fn finish(self, meta: &Meta<'_>) -> Built {
+        let cfg = self.cfg;
+        let (groups, bad_ip) = (self.groups, self.bad_ip);
+        // The newest published record is the one the report shows.
+        let published = self.newest.map(|(_, p)| p).unwrap_or_default();
+        let mut policy = PolicyPublished {
+            domain: meta.policy_domain.to_string(),
+            version_published: None,
+            adkim: alignment(&published.adkim),
+            aspf: alignment(&published.aspf),
+            p: disposition(&published.p),
+            sp: disposition(&published.sp),
+            np: disposition(&published.np),
+            testing: published.testing,
+            discovery_method: Discovery::Treewalk,
+            fo: None,
+        };
+        if policy.p == Disposition::Unspecified {
+            policy.p = Disposition::None;
         }
-    }
-    Built {
-        report,
-        pct: published.pct.unwrap_or(100),
-        messages,
+        let mut errors = Vec::new();
+        if bad_ip > 0 {
+            errors.push(format!(
+                "{bad_ip} message(s) without a valid source address left out"
+            ));
+        }
+        let mut report = Report::new()
+            .with_version(1.0)
+            .with_org_name(clean(&cfg.org_name))
+            .with_email(clean(&cfg.email))
+            .with_report_id(meta.report_id)
+            .with_date_range_begin(meta.begin.max(0) as u64)
+            .with_date_range_end(meta.end.max(0) as u64)
+            .with_policy_published(policy);
+        report.report_metadata = ReportMetadata {
+            extra_contact_info: cfg.extra_contact_info.as_deref().map(clean),
+            generator: Some(format!("authmilter {}", env!("CARGO_PKG_VERSION"))),
+            error: errors,
+            ..report.report_metadata
+        };
+        report.report_metadata.date_range = DateRange {
+            begin: meta.begin.max(0) as u64,
+            end: meta.end.max(0) as u64,
+        };
+        let mut messages = 0u64;
+        for (key, count) in groups {
+            messages += count;
+            // mail-auth's count is 32 bits: a larger group is written as several records.
+            let mut left = count;
+            while left > 0 {
+                let n = left.min(u64::from(u32::MAX));
+                left -= n;
+                report.add_record(record(&key, n as u32, cfg.schema));
+            }
+        }
+        Built {
+            report,
+            pct: published.pct.unwrap_or(100),
+            messages,
+        }
     }
 }
 

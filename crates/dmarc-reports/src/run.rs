@@ -110,16 +110,8 @@ enum Delivery {
     Retry,
 }
 
-/// The report `p` as it is sent: XML and mail, rebuilt from its claimed rows (the same on every
-/// attempt, apart from the Date header).
-pub fn render(
-    cfg: &Config,
-    store: &ReportStore,
-    p: &Pending,
-    to: &[String],
-    now: i64,
-) -> Result<(String, message::ReportMail), String> {
-    let rows = store.rows(p.id)?;
+/// The report `p` as XML, rebuilt from its claimed rows (the same on every attempt).
+pub fn report_xml(cfg: &Config, store: &ReportStore, p: &Pending) -> Result<String, String> {
     let meta = Meta {
         config: cfg,
         report_id: &p.report_id,
@@ -127,8 +119,20 @@ pub fn render(
         begin: p.begin,
         end: p.end,
     };
-    let built = aggregate::build(&meta, &rows);
-    let xml = xml::render(&built, cfg.schema);
+    let mut grouper = aggregate::Grouper::new(cfg);
+    store.for_each_row(p.id, &mut |r| grouper.add(&r))?;
+    Ok(xml::render(&grouper.finish(&meta), cfg.schema))
+}
+
+/// The report mail for `xml`, addressed to `to` (only the Date header differs between
+/// attempts).
+pub fn mail(
+    cfg: &Config,
+    p: &Pending,
+    xml: &str,
+    to: &[String],
+    now: i64,
+) -> Result<message::ReportMail, String> {
     let env = Envelope {
         submitter: &cfg.submitter,
         policy_domain: &p.policy_domain,
@@ -139,8 +143,7 @@ pub fn render(
         to,
         date: now,
     };
-    let mail = message::build(&env, &xml).map_err(|e| format!("building the message: {e}"))?;
-    Ok((xml, mail))
+    message::build(&env, xml).map_err(|e| format!("building the message: {e}"))
 }
 
 fn deliver(
@@ -188,7 +191,8 @@ fn deliver(
     }
     // Size limits are checked against the whole message; one too small for it is left out.
     let all: Vec<String> = dests.iter().map(|d| d.address.clone()).collect();
-    let (_, probe) = render(cfg, store, p, &all, now)?;
+    let xml = report_xml(cfg, store, p)?;
+    let probe = mail(cfg, p, &xml, &all, now)?;
     let size = probe.message.len() as u64;
     let mut to = Vec::new();
     for d in &dests {
@@ -209,7 +213,7 @@ fn deliver(
         store.finish(p.id, "skipped", Some("no usable destination"), now)?;
         return Ok(Delivery::Skipped);
     }
-    let (_, mail) = render(cfg, store, p, &to, now)?;
+    let mail = mail(cfg, p, &xml, &to, now)?;
     match sender.send(&mail, &cfg.email, &to) {
         Ok(()) => {
             store.finish(p.id, "sent", None, now)?;

@@ -268,34 +268,17 @@ impl ReportStore {
         rows.collect::<Result<_, _>>().map_err(sql(&self.path))
     }
 
-    /// The history rows claimed by report `report`, in row order.
+    /// The history rows claimed by report `report`, in row order (tests and small reports).
     pub fn rows(&self, report: i64) -> Result<Vec<Record>, String> {
+        let mut out = Vec::new();
+        self.for_each_row(report, &mut |r| out.push(r))?;
+        Ok(out)
+    }
+
+    /// Calls `f` with each history row claimed by report `report`, in row order, holding one
+    /// row at a time (a report of a million messages does not need a million rows in memory).
+    pub fn for_each_row(&self, report: i64, f: &mut dyn FnMut(Record)) -> Result<(), String> {
         let fail = sql(&self.path);
-        let mut dkim_st = self
-            .conn
-            .prepare_cached(
-                "SELECT d.message_id, d.domain, d.selector, d.result FROM dkim_results d
-                 JOIN report_rows r ON r.message_id = d.message_id
-                 WHERE r.report = ?1 ORDER BY d.message_id, d.rowid",
-            )
-            .map_err(&fail)?;
-        let mut dkim: std::collections::HashMap<i64, Vec<DkimEntry>> = Default::default();
-        let found = dkim_st
-            .query_map([report], |r| {
-                Ok((
-                    r.get::<_, i64>(0)?,
-                    DkimEntry {
-                        domain: r.get(1)?,
-                        selector: r.get(2)?,
-                        result: r.get(3)?,
-                    },
-                ))
-            })
-            .map_err(&fail)?;
-        for f in found {
-            let (id, entry) = f.map_err(&fail)?;
-            dkim.entry(id).or_default().push(entry);
-        }
         let mut st = self
             .conn
             .prepare_cached(
@@ -303,73 +286,41 @@ impl ReportStore {
                     m.envelope_from, m.envelope_to, m.policy_domain, m.p, m.sp, m.np, m.adkim,
                     m.aspf, m.testing, m.pct, m.psd, m.rua, m.policy_applied, m.spf_domain,
                     m.spf_scope, m.spf_result, m.dkim_aligned, m.spf_aligned, m.dmarc_result,
-                    m.disposition, m.action, m.override_reason, m.message_key
-                 FROM messages m JOIN report_rows r ON r.message_id = m.id
-                 WHERE r.report = ?1 ORDER BY m.id",
+                    m.disposition, m.action, m.override_reason, m.message_key,
+                    d.domain, d.selector, d.result
+                 FROM report_rows r JOIN messages m ON m.id = r.message_id
+                 LEFT JOIN dkim_results d ON d.message_id = m.id
+                 WHERE r.report = ?1 ORDER BY m.id, d.rowid",
             )
             .map_err(&fail)?;
-        let rows = st
-            .query_map([report], |r| {
-                let id: i64 = r.get(0)?;
-                let p: Option<String> = r.get(9)?;
-                let text = |i: usize| -> rusqlite::Result<String> {
-                    Ok(r.get::<_, Option<String>>(i)?.unwrap_or_default())
-                };
-                let published = match p {
-                    Some(p) => Some(Published {
-                        p,
-                        sp: text(10)?,
-                        np: text(11)?,
-                        adkim: text(12)?,
-                        aspf: text(13)?,
-                        testing: r.get::<_, Option<i64>>(14)?.unwrap_or(0) != 0,
-                        pct: r.get::<_, Option<i64>>(15)?.map(|v| v.clamp(0, 100) as u8),
-                        psd: text(16)?,
-                        rua: text(17)?.split_whitespace().map(str::to_string).collect(),
-                    }),
-                    None => None,
-                };
-                let spf = match (
-                    r.get::<_, Option<String>>(19)?,
-                    r.get::<_, Option<String>>(20)?,
-                    r.get::<_, Option<String>>(21)?,
-                ) {
-                    (Some(d), Some(s), Some(res)) => Some((d, s, res)),
-                    _ => None,
-                };
-                Ok((
-                    id,
-                    Record {
-                        received: r.get(1)?,
-                        job_id: r.get(2)?,
-                        reporter: r.get(3)?,
-                        source_ip: r.get(4)?,
-                        header_from: r.get(5)?,
-                        envelope_from: r.get(6)?,
-                        envelope_to: r.get(7)?,
-                        policy_domain: r.get(8)?,
-                        published,
-                        policy_applied: r.get(18)?,
-                        spf,
-                        dkim: Vec::new(),
-                        dkim_aligned: r.get(22)?,
-                        spf_aligned: r.get(23)?,
-                        dmarc_result: r.get(24)?,
-                        disposition: r.get(25)?,
-                        action: r.get(26)?,
-                        override_reason: r.get(27)?,
-                        message_key: text(28)?,
-                    },
-                ))
-            })
-            .map_err(&fail)?;
-        let mut out = Vec::new();
-        for row in rows {
-            let (id, mut rec) = row.map_err(&fail)?;
-            rec.dkim = dkim.remove(&id).unwrap_or_default();
-            out.push(rec);
+        let mut rows = st.query([report]).map_err(&fail)?;
+        let mut current: Option<(i64, Record)> = None;
+        while let Some(r) = rows.next().map_err(&fail)? {
+            let id: i64 = r.get(0).map_err(&fail)?;
+            let dkim = match r.get::<_, Option<String>>(29).map_err(&fail)? {
+                Some(domain) => Some(DkimEntry {
+                    domain,
+                    selector: r.get(30).map_err(&fail)?,
+                    result: r.get(31).map_err(&fail)?,
+                }),
+                None => None,
+            };
+            match &mut current {
+                Some((cid, rec)) if *cid == id => rec.dkim.extend(dkim),
+                _ => {
+                    if let Some((_, done)) = current.take() {
+                        f(done);
+                    }
+                    let mut rec = record(r).map_err(&fail)?;
+                    rec.dkim.extend(dkim);
+                    current = Some((id, rec));
+                }
+            }
         }
-        Ok(out)
+        if let Some((_, done)) = current {
+            f(done);
+        }
+        Ok(())
     }
 
     /// Counts one more attempt (and its error) for a pending report.
@@ -431,4 +382,54 @@ impl ReportStore {
             .map_err(sql(&self.path))?;
         rows.collect::<Result<_, _>>().map_err(sql(&self.path))
     }
+}
+
+/// One `messages` row (columns as selected by [`ReportStore::for_each_row`]) as a record.
+fn record(r: &rusqlite::Row<'_>) -> rusqlite::Result<Record> {
+    let text = |i: usize| -> rusqlite::Result<String> {
+        Ok(r.get::<_, Option<String>>(i)?.unwrap_or_default())
+    };
+    let published = match r.get::<_, Option<String>>(9)? {
+        Some(p) => Some(Published {
+            p,
+            sp: text(10)?,
+            np: text(11)?,
+            adkim: text(12)?,
+            aspf: text(13)?,
+            testing: r.get::<_, Option<i64>>(14)?.unwrap_or(0) != 0,
+            pct: r.get::<_, Option<i64>>(15)?.map(|v| v.clamp(0, 100) as u8),
+            psd: text(16)?,
+            rua: text(17)?.split_whitespace().map(str::to_string).collect(),
+        }),
+        None => None,
+    };
+    let spf = match (
+        r.get::<_, Option<String>>(19)?,
+        r.get::<_, Option<String>>(20)?,
+        r.get::<_, Option<String>>(21)?,
+    ) {
+        (Some(d), Some(s), Some(res)) => Some((d, s, res)),
+        _ => None,
+    };
+    Ok(Record {
+        received: r.get(1)?,
+        job_id: r.get(2)?,
+        reporter: r.get(3)?,
+        source_ip: r.get(4)?,
+        header_from: r.get(5)?,
+        envelope_from: r.get(6)?,
+        envelope_to: r.get(7)?,
+        policy_domain: r.get(8)?,
+        published,
+        policy_applied: r.get(18)?,
+        spf,
+        dkim: Vec::new(),
+        dkim_aligned: r.get(22)?,
+        spf_aligned: r.get(23)?,
+        dmarc_result: r.get(24)?,
+        disposition: r.get(25)?,
+        action: r.get(26)?,
+        override_reason: r.get(27)?,
+        message_key: text(28)?,
+    })
 }

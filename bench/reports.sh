@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Report generation for BENCHMARKS.md: fills an SQLite history with ROWS rows (default 1,000,000)
+# of one day, then times `authmilter reports run` (release build): a dry run (claim, build,
+# gzip, write; rolled back) and a real run (claim, build, "send" to /bin/true, mark sent).
+#   bench/reports.sh [ROWS]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+rows=${1:-1000000}
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+cargo build --release -q -p authmilter-cli --bin authmilter
+t0=$(date +%s.%N)
+BENCH_HISTORY="$work/history.sqlite" BENCH_ROWS="$rows" \
+  cargo test --release -q -p authmilter-cli --test reports bench_fill_history -- --ignored >/dev/null
+t1=$(date +%s.%N)
+echo "filled $rows rows in $(echo "$t1 - $t0" | bc) s; database $(du -h "$work/history.sqlite" | cut -f1)"
+cat > "$work/reports.toml" <<TOML
+history = "$work/history.sqlite"
+org_name = "Bench"
+email = "dmarc@rx.test"
+method = "sendmail"
+sendmail = "/bin/true"
+[resolver]
+nameservers = ["127.0.0.1:9"]
+TOML
+now=$(( 20000 * 86400 + 2 * 86400 ))
+for mode in dry real; do
+  extra=()
+  [ "$mode" = dry ] && extra=(--dry-run "$work/out")
+  /usr/bin/time -f "$mode run: %e s elapsed, %U s user, %S s sys, max RSS %M KB" \
+    target/release/authmilter reports run -c "$work/reports.toml" --now "$now" "${extra[@]}" 2>&1 >/dev/null \
+    | grep -v ' INFO '
+done
