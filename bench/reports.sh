@@ -11,7 +11,7 @@ trap 'rm -rf "$work"' EXIT
 cargo build --release -q -p authmilter-cli --bin authmilter
 t0=$(date +%s.%N)
 BENCH_HISTORY="$work/history.sqlite" BENCH_ROWS="$rows" \
-  cargo test --release -q -p authmilter-cli --test reports bench_fill_history -- --ignored >/dev/null
+  cargo test -q -p authmilter-cli --test reports bench_fill_history -- --ignored >/dev/null
 t1=$(date +%s.%N)
 echo "filled $rows rows in $(echo "$t1 - $t0" | bc) s; database $(du -h "$work/history.sqlite" | cut -f1)"
 cat > "$work/reports.toml" <<TOML

@@ -178,7 +178,7 @@ impl Config {
             return Err(bad("email", format!("'{}' is not an address", raw.email)));
         }
         let p = raw.period_hours;
-        if p == 0 || !(24 % p == 0 || p % 24 == 0) {
+        if p == 0 || !(24u32.is_multiple_of(p) || p.is_multiple_of(24)) {
             return Err(bad(
                 "period_hours",
                 format!(

@@ -327,7 +327,7 @@ pub fn summary(r: &Report) -> String {
             .unwrap_or_else(|| "?".into());
         *sources.entry(ip).or_default() += u64::from(x.count());
     }
-    let pct = |n: u64| if total == 0 { 0 } else { n * 100 / total };
+    let pct = |n: u64| (n * 100).checked_div(total).unwrap_or(0);
     let _ = writeln!(
         o,
         "messages: {total} from {} source(s); DMARC pass {pass} ({}%), fail {} ({}%)",
@@ -342,7 +342,7 @@ pub fn summary(r: &Report) -> String {
         "source", "count", "disposition", "dkim", "spf"
     );
     let mut rows: Vec<&Record> = r.record.iter().collect();
-    rows.sort_by(|a, b| b.count().cmp(&a.count()));
+    rows.sort_by_key(|r| std::cmp::Reverse(r.count()));
     for x in &rows {
         let ip = x
             .source_ip()
