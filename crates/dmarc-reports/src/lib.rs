@@ -12,10 +12,12 @@
 //! - [`send`]: sendmail pipe, SMTP, dry run;
 //! - [`run`]: one run of the program; [`cli`]: its command line;
 //! - [`inspect`]: reading a received report (hostile input) into the same model, summarised.
+//! - [`failure`]: failure reports (fo=, redaction, AFRF mail); not wired to the milter yet.
 
 pub mod aggregate;
 pub mod cli;
 pub mod config;
+pub mod failure;
 pub mod inspect;
 pub mod message;
 pub mod rua;
