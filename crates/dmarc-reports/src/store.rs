@@ -433,3 +433,55 @@ fn record(r: &rusqlite::Row<'_>) -> rusqlite::Result<Record> {
         message_key: text(28)?,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::aggregate::tests::row;
+    use std::time::Instant;
+
+    #[test]
+    fn a_period_is_claimed_once_even_by_two_programs() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("h.sqlite");
+        let store = dmarc_policy::history::Store::open(&path).unwrap();
+        for (i, key) in ["a", "b", "c"].iter().enumerate() {
+            let mut r = row("192.0.2.1", "pass", "pass");
+            r.message_key = key.to_string();
+            r.received += i as i64;
+            store
+                .insert(&r, Instant::now() + Duration::from_secs(5))
+                .unwrap();
+        }
+        let begin = (86400 * 20000 + 100) / 86400 * 86400;
+        let mut one = ReportStore::open(&path).unwrap();
+        let mut two = ReportStore::open(&path).unwrap();
+        assert_eq!(
+            one.due_periods(86400, begin + 86400).unwrap(),
+            [("example.com".to_string(), begin)]
+        );
+        let first = one
+            .claim("example.com", begin, begin + 86399, "r1", 1)
+            .unwrap();
+        assert!(
+            matches!(&first, Claimed::Report(p) if p.rows == 3),
+            "{first:?}"
+        );
+        // The other program (another host of a fleet) finds nothing left to claim.
+        assert!(two.due_periods(86400, begin + 86400).unwrap().is_empty());
+        assert_eq!(
+            two.claim("example.com", begin, begin + 86399, "r2", 2)
+                .unwrap(),
+            Claimed::Nothing
+        );
+        assert_eq!(two.pending().unwrap().len(), 1);
+        assert_eq!(two.rows(first_id(&first)).unwrap().len(), 3);
+    }
+
+    fn first_id(c: &Claimed) -> i64 {
+        match c {
+            Claimed::Report(p) => p.id,
+            _ => unreachable!(),
+        }
+    }
+}
