@@ -1235,3 +1235,135 @@ fn bench_fill_history() {
     }
     tx.commit().unwrap();
 }
+
+#[test]
+fn failure_reports_follow_fo_and_the_rate_limit() {
+    use dmarc_policy::history::Failure;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("history.sqlite");
+    let store = Store::open(&db).unwrap();
+    let failure = |n: usize, fo: &str, dkim: &str, spf_aligned: bool, ruf: &str| Failure {
+        received: NOW - 600 + n as i64,
+        job_id: format!("F{n}"),
+        reporter: "rx.test".into(),
+        policy_domain: "example.com".into(),
+        ruf: vec![ruf.into()],
+        fo: fo.into(),
+        source_ip: Some("198.51.100.7".into()),
+        mail_from: "bounce@other.example".into(),
+        rcpt_to: "bob@rx.test".into(),
+        auth_results: "rx.test; dmarc=fail header.from=example.com".into(),
+        dkim: vec![DkimEntry {
+            domain: "example.com".into(),
+            selector: "s1".into(),
+            result: dkim.into(),
+        }],
+        spf: Some(("other.example".into(), "mfrom".into(), "pass".into())),
+        dkim_aligned: dkim == "pass",
+        spf_aligned,
+        disposition: "none".into(),
+        headers: format!("From: Alice <alice@example.com>\r\nSubject: F{n}\r\n"),
+    };
+    let ruf = "mailto:ruf@example.com";
+    for f in [
+        failure(1, "0", "fail", false, ruf), // DMARC failed: sent
+        failure(2, "0", "fail", true, ruf),  // DMARC passed by SPF: not asked for
+        failure(3, "d", "fail", true, ruf),  // a signature failed: sent
+        failure(4, "s", "pass", true, ruf),  // SPF passed: not asked for
+        failure(5, "1", "fail", true, ruf),  // DKIM not aligned: sent (3rd this hour)
+        failure(6, "1", "fail", true, ruf),  // over the limit of 3 an hour
+        failure(7, "0", "fail", false, "mailto:x@vendor.example"), // consent unknown: skipped
+    ] {
+        store.insert_failure(&f).unwrap();
+    }
+    drop(store);
+    let sendmail = fake_sendmail(dir.path());
+    let cfg = config(
+        dir.path(),
+        "rfc9990",
+        &format!(
+            "method = \"sendmail\"\nsendmail = \"{}\"\nfailure_rate_per_hour = 3\n",
+            sendmail.display()
+        ),
+    );
+    let args = [
+        "reports",
+        "run",
+        "-c",
+        cfg.to_str().unwrap(),
+        "--now",
+        &NOW.to_string(),
+    ];
+    let (code, stdout, stderr) = authmilter(&args);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(
+        stdout.lines().collect::<Vec<_>>(),
+        [
+            "claimed 0 sent 0 skipped 0 expired 0 retry 0 late 0",
+            "failure reports: sent 3 skipped 4"
+        ]
+    );
+    assert!(
+        stderr
+            .contains("rate limit: 3 failure reports to ruf@example.com in the last hour; skipped"),
+        "{stderr}"
+    );
+    let msgs: Vec<String> = sink(dir.path())
+        .iter()
+        .map(|p| std::fs::read_to_string(p).unwrap())
+        .collect();
+    assert_eq!(msgs.len(), 3);
+    let subjects: Vec<String> = msgs
+        .iter()
+        .map(|m| {
+            let part = m.split("text/rfc822-headers").nth(1).unwrap();
+            part.lines()
+                .find(|l| l.starts_with("Subject: F"))
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    assert_eq!(subjects, ["Subject: F1", "Subject: F3", "Subject: F5"]);
+    for m in &msgs {
+        assert_eq!(header(m, "To"), "<ruf@example.com>");
+        assert_eq!(
+            header(m, "Subject"),
+            "DMARC failure report for example.com from 198.51.100.7"
+        );
+        assert!(m.contains("Feedback-Type: auth-failure\r\n"), "{m}");
+        assert!(m.contains("Auth-Failure: dmarc\r\n"), "{m}");
+        assert!(m.contains("From: Alice <redacted@example.com>\r\n"), "{m}");
+        assert!(!m.contains("alice@"), "{m}");
+    }
+    let c = rusqlite::Connection::open(&db).unwrap();
+    let mut st = c
+        .prepare("SELECT job_id, state FROM failures ORDER BY id")
+        .unwrap();
+    let states: Vec<(String, String)> = st
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    let want = [
+        ("F1", "sent"),
+        ("F2", "not_requested"),
+        ("F3", "sent"),
+        ("F4", "not_requested"),
+        ("F5", "sent"),
+        ("F6", "skipped"),
+        ("F7", "skipped"),
+    ];
+    assert_eq!(
+        states,
+        want.iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect::<Vec<_>>()
+    );
+    // Sent once: a second run sends nothing.
+    let (_, stdout, _) = authmilter(&args);
+    assert_eq!(
+        stdout.trim(),
+        "claimed 0 sent 0 skipped 0 expired 0 retry 0 late 0"
+    );
+    assert_eq!(sink(dir.path()).len(), 3);
+}

@@ -4,12 +4,12 @@
 //! (sorted groups, ids from the period), which is what makes a re-sent report identical.
 
 use crate::config::{Config, Schema};
-use dmarc_policy::history::Record;
-use mail_auth::report::{
+use chassis::mailauth::report::{
     ActionDisposition, Alignment, DKIMAuthResult, DateRange, Discovery, Disposition, DkimResult,
     DmarcResult, Identifier, PolicyOverride, PolicyOverrideReason, PolicyPublished, Report,
     ReportMetadata, SPFAuthResult, SPFDomainScope, SpfResult,
 };
+use dmarc_policy::history::Record;
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
@@ -207,8 +207,8 @@ impl<'a> Grouper<'a> {
     }
 }
 
-fn record(key: &Key, count: u32, schema: Schema) -> mail_auth::report::Record {
-    let mut rec = mail_auth::report::Record::new()
+fn record(key: &Key, count: u32, schema: Schema) -> chassis::mailauth::report::Record {
+    let mut rec = chassis::mailauth::report::Record::new()
         .with_source_ip(key.source_ip)
         .with_count(count)
         .with_action_disposition(action(&key.disposition))

@@ -130,6 +130,13 @@ pub fn run(argv: &[String], out: &mut dyn Write, err: &mut dyn Write) -> u8 {
                         "claimed {} sent {} skipped {} expired {} retry {} late {}",
                         o.claimed, o.sent, o.skipped, o.expired, o.failed, o.late
                     );
+                    if o.failures_sent + o.failures_skipped > 0 {
+                        let _ = writeln!(
+                            out,
+                            "failure reports: sent {} skipped {}",
+                            o.failures_sent, o.failures_skipped
+                        );
+                    }
                     0
                 }
                 Err(e) => {

@@ -107,8 +107,27 @@ struct RawConfig {
     dry_run_dir: Option<PathBuf>,
     #[serde(default)]
     smtp: Smtp,
+    #[serde(default = "default_failure_rate")]
+    failure_rate_per_hour: u32,
+    #[serde(default)]
+    failure_redaction: Redaction,
     #[serde(default)]
     resolver: ResolverSettings,
+}
+
+fn default_failure_rate() -> u32 {
+    10
+}
+
+/// What failure reports show of the failing message's addresses.
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Redaction {
+    /// Local parts replaced by `redacted` (RFC 6590).
+    #[default]
+    Localparts,
+    /// Addresses as received.
+    None,
 }
 
 fn default_period() -> u32 {
@@ -158,6 +177,9 @@ pub struct Config {
     pub sendmail: PathBuf,
     pub dry_run_dir: Option<PathBuf>,
     pub smtp: Smtp,
+    /// Failure reports per destination address and hour, at most.
+    pub failure_rate_per_hour: u32,
+    pub failure_redaction: Redaction,
     pub resolver: ResolverSettings,
 }
 
@@ -220,6 +242,8 @@ impl Config {
             sendmail: raw.sendmail,
             dry_run_dir: raw.dry_run_dir,
             smtp: raw.smtp,
+            failure_rate_per_hour: raw.failure_rate_per_hour,
+            failure_redaction: raw.failure_redaction,
             resolver: raw.resolver,
         })
     }

@@ -2,13 +2,13 @@
 //! asks to hear about, redaction of the copied header, and the report mail — plain functions
 //! over one evaluated message, so they are tested without a milter or a store.
 //!
-//! Not wired yet: dmarc-milter does not capture failing messages for the report program (see
-//! docs/dmarc-reports.md, "Not yet").
+//! dmarc-milter keeps failing messages of domains with `ruf=` (`failure_reports = true`); the
+//! report program ([`crate::run`]) applies `fo=`, the destinations' rules and the rate limit.
 
-use dmarc_policy::history::DkimEntry;
-use mail_auth::report::{
+use chassis::mailauth::report::{
     AuthFailureType, DeliveryResult, Feedback, FeedbackType, IdentityAlignment,
 };
+use dmarc_policy::history::DkimEntry;
 use mail_builder::headers::address::Address;
 use mail_builder::headers::content_type::ContentType;
 use mail_builder::headers::raw::Raw;
@@ -227,15 +227,8 @@ pub fn message(
     Ok(out)
 }
 
-/// Report mail is never the subject of a failure report (RFC 7489 §7.3: no report loops):
-/// a multipart/report, or a message with an aggregate report's subject.
-pub fn is_report_mail(headers: &str) -> bool {
-    let lower = headers.to_ascii_lowercase();
-    lower.lines().any(|l| {
-        (l.starts_with("content-type:") && l.contains("multipart/report"))
-            || l.starts_with("subject: report domain:")
-    })
-}
+/// Report mail is never the subject of a failure report (the milter's check, shared).
+pub use dmarc_policy::history::is_report_mail;
 
 #[cfg(test)]
 mod tests {

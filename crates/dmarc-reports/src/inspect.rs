@@ -9,11 +9,11 @@
 //! either), the root must be `feedback` in no namespace or a DMARC one, and every failure is an
 //! error message, never a panic.
 
-use flate2::read::GzDecoder;
-use mail_auth::report::{
+use chassis::mailauth::report::{
     ActionDisposition, DkimResult, DmarcResult, PolicyOverride, Record, Report, SPFDomainScope,
     SpfResult,
 };
+use flate2::read::GzDecoder;
 use quick_xml::events::Event;
 use quick_xml::Reader;
 use std::collections::BTreeMap;
@@ -91,7 +91,7 @@ fn parse_mail(bytes: &[u8], max: usize) -> Result<Report, String> {
     if zip {
         return match Report::parse_rfc5322(bytes, max) {
             Ok(r) => Ok(r),
-            Err(mail_auth::report::Error::ReportTooLarge) => Err(format!(
+            Err(chassis::mailauth::report::Error::ReportTooLarge) => Err(format!(
                 "the report is larger than {max} bytes decompressed"
             )),
             Err(e) => Err(format!(

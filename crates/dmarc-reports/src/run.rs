@@ -23,6 +23,9 @@ pub struct Outcome {
     /// Rows that came in after their period was reported.
     pub late: usize,
     pub rows_deleted: usize,
+    pub failures_sent: usize,
+    /// Failures not reported: not asked for by fo=, no usable destination, rate limit.
+    pub failures_skipped: usize,
 }
 
 /// Runs once at Unix time `now`.
@@ -93,6 +96,7 @@ fn run_in(
             Delivery::Retry => out.failed += 1,
         }
     }
+    failures(cfg, now, store, sender, verifier, &mut out)?;
     let (m, r) = store.expire(now - cfg.retention)?;
     if m + r > 0 {
         tracing::info!(
@@ -232,4 +236,107 @@ fn deliver(
             Ok(Delivery::Retry)
         }
     }
+}
+
+/// Sends the failure reports the milter kept: `fo=` decides which, then the ruf destinations
+/// (mailto only, ignore list, external consent, size limit) and the per-destination hourly rate
+/// limit. A failure report is sent once or not at all: one attempt, no retries (the incident is
+/// old news an hour later; RFC 9991 asks for timeliness, not persistence).
+fn failures(
+    cfg: &Config,
+    now: i64,
+    store: &mut ReportStore,
+    sender: &mut dyn Sender,
+    verifier: &dyn Verifier,
+    out: &mut Outcome,
+) -> Result<(), String> {
+    use crate::failure;
+    let redaction = match cfg.failure_redaction {
+        crate::config::Redaction::Localparts => failure::Redaction::LocalParts,
+        crate::config::Redaction::None => failure::Redaction::None,
+    };
+    for f in store.pending_failures()? {
+        let i = &f.incident;
+        let tag = format!("failure report for {} ({})", i.policy_domain, f.reporter);
+        if !failure::wanted(&f.fo, i) {
+            store.finish_failure(f.id, "not_requested", None, None, now)?;
+            out.failures_skipped += 1;
+            continue;
+        }
+        let mut to = Vec::new();
+        let mut limits = Vec::new();
+        for uri in f.ruf.split_whitespace() {
+            let d = match rua::parse(uri) {
+                Ok(d) => d,
+                Err(e) => {
+                    tracing::warn!("{tag}: ruf {e}; skipped");
+                    continue;
+                }
+            };
+            if rua::ignored(&d.address, &cfg.ignore_rua) {
+                tracing::info!("{tag}: {} is on ignore_rua; skipped", d.address);
+                continue;
+            }
+            if verifier.check(&i.policy_domain, &d) != Verdict::Allowed {
+                tracing::warn!(
+                    "{tag}: {} does not accept reports for {}; skipped",
+                    d.address,
+                    i.policy_domain
+                );
+                continue;
+            }
+            let sent = store.failures_sent_to(&d.address, now - 3600)?;
+            if sent >= i64::from(cfg.failure_rate_per_hour) {
+                tracing::warn!(
+                    "{tag}: rate limit: {sent} failure reports to {} in the last hour; skipped",
+                    d.address
+                );
+                continue;
+            }
+            if !to.contains(&d.address) {
+                to.push(d.address.clone());
+                limits.push(d.limit);
+            }
+        }
+        let msg = failure::message(i, &cfg.submitter, &cfg.email, &to, redaction, now)
+            .map_err(|e| format!("building a failure report: {e}"))?;
+        let size = msg.len() as u64;
+        let keep: Vec<String> = to
+            .iter()
+            .zip(&limits)
+            .filter(|(_, l)| l.is_none_or(|l| size <= l))
+            .map(|(a, _)| a.clone())
+            .collect();
+        if keep.is_empty() {
+            store.finish_failure(f.id, "skipped", None, Some("no usable destination"), now)?;
+            out.failures_skipped += 1;
+            continue;
+        }
+        let msg = if keep.len() == to.len() {
+            msg
+        } else {
+            failure::message(i, &cfg.submitter, &cfg.email, &keep, redaction, now)
+                .map_err(|e| format!("building a failure report: {e}"))?
+        };
+        let mail = message::ReportMail {
+            // For a dry run: the file name of the mail (there is no attachment).
+            filename: format!("failure!{}!{}!{}", i.policy_domain, i.arrival, f.id),
+            subject: String::new(),
+            gzip: Vec::new(),
+            message: msg,
+        };
+        match sender.send(&mail, &cfg.email, &keep) {
+            Ok(()) => {
+                tracing::info!("{tag}: sent to {}", keep.join(", "));
+                store.finish_failure(f.id, "sent", Some(&keep.join(" ")), None, now)?;
+                out.failures_sent += 1;
+            }
+            Err(e) => {
+                tracing::warn!("{tag}: cannot send: {e}; dropped");
+                store.finish_failure(f.id, "failed", None, Some(&e), now)?;
+                out.failures_skipped += 1;
+            }
+        }
+    }
+    Ok(())
 }

@@ -87,7 +87,9 @@ impl Sender for DryRun {
         std::fs::create_dir_all(&self.dir).map_err(|e| format!("{}: {e}", self.dir.display()))?;
         let gz = self.dir.join(&mail.filename);
         let eml = self.dir.join(format!("{}.eml", mail.filename));
-        std::fs::write(&gz, &mail.gzip).map_err(|e| format!("{}: {e}", gz.display()))?;
+        if !mail.gzip.is_empty() {
+            std::fs::write(&gz, &mail.gzip).map_err(|e| format!("{}: {e}", gz.display()))?;
+        }
         std::fs::write(&eml, &mail.message).map_err(|e| format!("{}: {e}", eml.display()))?;
         self.written.push(gz);
         Ok(())

@@ -60,6 +60,16 @@ pub struct Pending {
     pub attempts: i64,
 }
 
+/// A kept failure, not yet reported.
+#[derive(Debug, Clone)]
+pub struct PendingFailure {
+    pub id: i64,
+    pub ruf: String,
+    pub fo: String,
+    pub reporter: String,
+    pub incident: crate::failure::Incident,
+}
+
 /// What one claim did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Claimed {
@@ -367,8 +377,107 @@ impl ReportStore {
                 [before],
             )
             .map_err(&fail)?;
+        tx.execute("DELETE FROM failures WHERE received < ?1", [before])
+            .map_err(&fail)?;
         tx.commit().map_err(&fail)?;
         Ok((m, r))
+    }
+
+    /// Failures not yet reported, oldest first.
+    pub fn pending_failures(&self) -> Result<Vec<PendingFailure>, String> {
+        let fail = sql(&self.path);
+        let mut st = self
+            .conn
+            .prepare_cached(
+                "SELECT id, received, reporter, policy_domain, ruf, fo, source_ip, mail_from,
+                    rcpt_to, auth_results, dkim, spf, dkim_aligned, spf_aligned, disposition,
+                    headers
+                 FROM failures WHERE state = 'pending' ORDER BY id",
+            )
+            .map_err(&fail)?;
+        let rows = st
+            .query_map([], |r| {
+                let dkim: String = r.get(10)?;
+                let spf: Option<String> = r.get(11)?;
+                let disposition: String = r.get(14)?;
+                let three = |s: &str| {
+                    let mut it = s.split(' ');
+                    (
+                        it.next().unwrap_or("").to_string(),
+                        it.next().unwrap_or("").to_string(),
+                        it.next().unwrap_or("").to_string(),
+                    )
+                };
+                Ok(PendingFailure {
+                    id: r.get(0)?,
+                    ruf: r.get(4)?,
+                    fo: r.get(5)?,
+                    reporter: r.get(2)?,
+                    incident: crate::failure::Incident {
+                        arrival: r.get(1)?,
+                        source_ip: r.get::<_, Option<String>>(6)?.and_then(|s| s.parse().ok()),
+                        mail_from: r.get(7)?,
+                        rcpt_to: r.get(8)?,
+                        policy_domain: r.get(3)?,
+                        authentication_results: r.get(9)?,
+                        dkim: dkim
+                            .split(';')
+                            .filter(|s| !s.is_empty())
+                            .map(|s| {
+                                let (domain, selector, result) = three(s);
+                                DkimEntry {
+                                    domain,
+                                    selector,
+                                    result,
+                                }
+                            })
+                            .collect(),
+                        spf: spf.as_deref().map(three),
+                        dkim_aligned: r.get(12)?,
+                        spf_aligned: r.get(13)?,
+                        headers: r.get(15)?,
+                        delivery: match disposition.as_str() {
+                            "reject" => chassis::mailauth::report::DeliveryResult::Reject,
+                            "quarantine" => chassis::mailauth::report::DeliveryResult::Spam,
+                            _ => chassis::mailauth::report::DeliveryResult::Delivered,
+                        },
+                    },
+                })
+            })
+            .map_err(&fail)?;
+        rows.collect::<Result<_, _>>().map_err(&fail)
+    }
+
+    /// Ends a pending failure: `sent` (to `sent_to`), `not_requested` (fo=), `skipped`,
+    /// `expired`.
+    pub fn finish_failure(
+        &mut self,
+        id: i64,
+        state: &str,
+        sent_to: Option<&str>,
+        error: Option<&str>,
+        now: i64,
+    ) -> Result<(), String> {
+        self.conn
+            .execute(
+                "UPDATE failures SET state = ?2, sent_to = ?3, last_error = ?4, finished = ?5
+                 WHERE id = ?1 AND state = 'pending'",
+                params![id, state, sent_to, error, now],
+            )
+            .map_err(sql(&self.path))?;
+        Ok(())
+    }
+
+    /// Failure reports sent to `address` since `since` (the per-destination rate limit).
+    pub fn failures_sent_to(&self, address: &str, since: i64) -> Result<i64, String> {
+        self.conn
+            .query_row(
+                "SELECT COUNT(*) FROM failures WHERE state = 'sent' AND finished >= ?2
+                   AND (' ' || sent_to || ' ') LIKE ('% ' || ?1 || ' %')",
+                params![address, since],
+                |r| r.get(0),
+            )
+            .map_err(sql(&self.path))
     }
 
     /// (state, count) of all reports: for `status` and the tests.

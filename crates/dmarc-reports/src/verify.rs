@@ -3,8 +3,8 @@
 //! `policy.example._report._dmarc.dest.example` holds a `v=DMARC1` record.
 
 use crate::rua::{same_organization, Destination};
-use mail_auth::common::cache::NoCache;
-use mail_auth::{MessageAuthenticator, Txt};
+use chassis::mailauth::common::NoCache;
+use chassis::mailauth::{MessageAuthenticator, Txt};
 
 /// The answer for one destination.
 #[derive(Debug, Clone, PartialEq, Eq)]

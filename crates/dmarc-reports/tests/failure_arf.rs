@@ -1,9 +1,9 @@
 //! The AFRF failure report mail, read by an independent parser: Python's `email` package
 //! (Debian's python3), with the RFC 6591 fields checked by value.
 
+use chassis::mailauth::report::DeliveryResult;
 use dmarc_policy::history::DkimEntry;
 use dmarc_reports::failure::{message, Incident, Redaction};
-use mail_auth::report::DeliveryResult;
 use std::io::Write;
 use std::process::{Command, Stdio};
 
