@@ -10,7 +10,7 @@ pub const USAGE: &str = "usage: authmilter reports COMMAND [OPTIONS]
 commands:
   run [-c FILE] [--dry-run DIR] [--now UNIX-TIME]
       Make the aggregate reports that are due from the history store, send them (each once),
-      expire old rows. With --dry-run, write FILE.xml.gz and FILE.xml.gz.eml into DIR instead
+      send the failure reports dmarc-milter kept, expire old rows. With --dry-run, write FILE.xml.gz and FILE.xml.gz.eml into DIR instead
       and leave the store unchanged.
 
   inspect FILE
@@ -152,13 +152,13 @@ pub fn run(argv: &[String], out: &mut dyn Write, err: &mut dyn Write) -> u8 {
             };
             inspect(file, out, err)
         }
-        Some("-h") | Some("help") | None => {
+        Some("-h") | Some("help") => {
             let _ = writeln!(out, "{USAGE}");
-            if args.command.is_none() {
-                EX_USAGE
-            } else {
-                0
-            }
+            0
+        }
+        None => {
+            let _ = writeln!(err, "authmilter reports: no command given\n{USAGE}");
+            EX_USAGE
         }
         Some(other) => {
             let _ = writeln!(
