@@ -198,3 +198,33 @@ fn inspect(file: &str, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn code(args: &[&str]) -> (u8, String) {
+        let argv: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        let (mut out, mut err) = (Vec::new(), Vec::new());
+        let c = run(&argv, &mut out, &mut err);
+        (c, String::from_utf8_lossy(&err).into_owned())
+    }
+
+    #[test]
+    fn usage_and_configuration_errors() {
+        assert_eq!(code(&[]).0, EX_USAGE);
+        assert_eq!(code(&["frobnicate"]).0, EX_USAGE);
+        assert_eq!(code(&["inspect"]).0, EX_USAGE);
+        assert_eq!(code(&["run", "--bogus"]).0, EX_USAGE);
+        assert_eq!(code(&["run", "--now", "soon"]).0, EX_USAGE);
+        assert_eq!(code(&["help"]).0, 0);
+        let (c, err) = code(&["run", "-c", "/nonexistent/reports.toml"]);
+        assert_eq!(c, EX_CONFIG);
+        assert!(
+            err.contains("/nonexistent/reports.toml: cannot read"),
+            "{err}"
+        );
+        let (c, err) = code(&["inspect", "/nonexistent/r.xml"]);
+        assert_eq!(c, EX_NOINPUT, "{err}");
+    }
+}
