@@ -496,9 +496,19 @@ async fn odd_and_large_messages_pass_byte_identical_in_bounded_memory() {
     );
 }
 
-/// The pid of our filter started with `config` (found in /proc by its command line).
+/// The pid of our filter started with `config` (found in /proc by its command line). smtpd
+/// forks the filter at start, but on a loaded machine its exec may not have happened yet when
+/// smtpd already accepts connections: look again for a few seconds.
 fn filter_pid(config: &Path) -> Option<u32> {
-    testkit::binary::pid_with_cmdline(&["--opensmtpd", &config.display().to_string()])
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let found =
+            testkit::binary::pid_with_cmdline(&["--opensmtpd", &config.display().to_string()]);
+        if found.is_some() || std::time::Instant::now() > deadline {
+            return found;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 fn vm_kib(pid: u32, key: &str) -> u64 {

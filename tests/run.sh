@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-packages=(opendkim opendkim-tools miltertest python3-dkim python3-dnspython libmail-dkim-perl libnet-dns-perl openssl postfix sendmail-cf m4 libwrap0 libevent-2.1-7 libdb5.3 libopensmtpd0 systemd python3-pip python3-yaml libxml2-utils python3-venv)
+packages=(opendkim opendkim-tools miltertest python3-dkim python3-dnspython libmail-dkim-perl libnet-dns-perl openssl postfix sendmail-cf m4 libwrap0 libevent-2.1-7 libdb5.3 libopensmtpd0 systemd python3-pip python3-yaml lintian man-db groff-base python3-matplotlib libxml2-utils python3-venv)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -80,6 +80,22 @@ if ! cargo machete --version 2>/dev/null | grep -q '0.9.2'; then
 fi
 cargo machete
 
+# The Debian package's build (tests/deb_package.sh): cargo-deb, pinned like cargo-machete.
+if ! cargo deb --version 2>/dev/null | grep -q '3.8.0'; then
+  cargo install cargo-deb --version 3.8.0 --locked
+fi
+
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
 cargo test --workspace
+
+# bench/plot.py draws the committed benchmark rows (BENCHMARKS.md's charts) without error.
+plots=$(mktemp -d)
+/usr/bin/python3 bench/plot.py bench/results.jsonl "$plots"
+for chart in msgs-per-s cpu-per-message; do
+  grep -q '<svg' "$plots/$chart.svg" || { echo "tests/run.sh: bench/plot.py drew no $chart.svg" >&2; exit 1; }
+done
+rm -rf "$plots"
+
+# The Debian package: build (one release build), lintian, install, serve, purge, on this machine.
+tests/deb_package.sh

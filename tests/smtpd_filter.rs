@@ -181,7 +181,12 @@ async fn dkim_setup(extra: &str) -> (tempfile::TempDir, TestDns, TestKey, Smtpd)
 async fn registers_after_config_ready() {
     let (_d, _dns, _k, mut smtpd) = dkim_setup("").await;
     let got = smtpd.handshake().await;
-    assert_eq!(got, smtpdfront::proto::registration());
+    assert_eq!(
+        got,
+        smtpdfront::proto::registration(
+            <dkim_policy::runtime::Runtime as chassis::policy::Policy>::FACTS
+        )
+    );
     for expected in [
         "register|report|smtp-in|link-connect",
         "register|report|smtp-in|tx-mail",

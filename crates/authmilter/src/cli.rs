@@ -1,119 +1,149 @@
-//! The command line: `authmilter [OPTIONS] genkey|testkey|audit ...`.
+//! The command line: `authmilter [OPTIONS] genkey|testkey|audit|completions ...`, on clap (the
+//! same parsing, help and one-line usage errors as the daemons, see `chassis::cli`).
+//!
+//! Adding a command: a variant of [`Command`] (its arguments a `clap::Args` struct, here or in
+//! the crate that implements it) and one arm in [`dispatch`], which hands it the parsed
+//! [`GlobalArgs`] and the output streams and returns the exit status.
 
 use crate::audit::{audit, AuditOptions};
 use crate::dns::Dns;
 use crate::genkey::{genkey, key_kind, GenkeyOptions};
 use crate::report::Report;
 use crate::testkey::{keys_from_config, testkey, KeyToTest};
+use chassis::cli;
 use chassis::dns::ResolverSettings;
+use clap::{Args, CommandFactory, Parser, Subcommand};
 use dkim_policy::config::Config;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
 /// sysexits(3), as the daemons use them.
-pub const EX_USAGE: u8 = 64;
+pub const EX_USAGE: u8 = cli::EX_USAGE;
 pub const EX_CANTCREAT: u8 = 73;
 pub const EX_CONFIG: u8 = 78;
 
 /// Where the daemons' configuration lives by default; its `[resolver]` is used when present.
-pub const DEFAULT_CONFIG: &str = "/etc/dkim-milter.toml";
+pub const DEFAULT_CONFIG: &str = "/etc/authmilter/dkim-milter.toml";
 
-pub const USAGE: &str = "usage: authmilter [OPTIONS] COMMAND [ARGS]
+/// The exit statuses, for `--help` and the man page.
+macro_rules! exit_status {
+    () => {
+        "testkey and audit: 0 all OK, 1 worst finding WARN, 2 worst finding FAIL; genkey: 0 \
+         done; any command: 64 usage error, 73 cannot write the key, 78 configuration error."
+    };
+}
+const EXIT_STATUS: &str = exit_status!();
 
-commands:
-  genkey --domain DOMAIN --selector SELECTOR [--type rsa|ed25519] [--bits 2048|3072|4096]
-         [--out FILE]
-      Make a DKIM key (default RSA 2048; FILE default SELECTOR.private, mode 0600, never
-      overwritten) and print its DNS record and KeyTable/SigningTable lines.
-  testkey [--domain DOMAIN --selector SELECTOR --key FILE]
-      Check that the published key record matches the private key: the one given, or every
-      KeyTable entry of the configuration (-c).
-  audit DOMAIN [--selector SELECTOR]...
-      Check the domain's mail DNS: MX, addresses, PTR/FCrDNS, SPF, DKIM (given selectors), DMARC,
-      MTA-STS and TLS-RPT records.
-  reports run|... [-c /etc/dmarc-reports.toml]
-      DMARC aggregate reports from dmarc-milter's history (`authmilter reports help`).
-
-options (anywhere on the line):
-  -c, --config FILE       dkim-milter (or dmarc-milter) configuration: its [resolver] settings are
-                          used, and testkey checks its keys (default /etc/dkim-milter.toml)
-  --nameserver IP[:PORT]  ask this name server instead (repeatable; overrides the config)
-  --timeout SECONDS       per-query timeout
-  --json                  machine-readable output
-  -h, --help | -V, --version
-
-exit status: testkey and audit: 0 all OK, 1 worst finding WARN, 2 worst finding FAIL;
-  genkey: 0 done; any command: 64 usage error, 73 cannot write the key, 78 configuration error.";
-
-/// Parsed command line.
-#[derive(Debug, Default)]
-struct Args {
-    config: Option<PathBuf>,
-    nameservers: Vec<String>,
-    timeout: Option<f64>,
-    json: bool,
-    command: Option<String>,
-    positional: Vec<String>,
-    domain: Option<String>,
-    selectors: Vec<String>,
-    key: Option<PathBuf>,
-    key_type: Option<String>,
-    bits: Option<usize>,
-    out: Option<PathBuf>,
-    help: bool,
-    version: bool,
+/// The command line. Options of the whole program (`-c`, `--nameserver`, `--timeout`, `--json`)
+/// go anywhere on the line; each command is one variant of [`Command`] with its own arguments.
+#[derive(Debug, Parser)]
+#[command(
+    name = "authmilter",
+    version,
+    about = "Operator tools for dkim-milter and dmarc-milter: DKIM keys and a mail DNS audit",
+    long_about = "authmilter makes DKIM keys (genkey), checks published key records against the \
+        private keys (testkey), and audits a domain's mail DNS (audit). Every lookup goes through \
+        the resolver settings of the daemons' configuration, so the tools see what the milters see.",
+    after_long_help = concat!("Exit status: ", exit_status!()),
+    disable_help_subcommand = true,
+    propagate_version = true
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    #[command(subcommand)]
+    pub command: Command,
 }
 
-fn parse_args(argv: &[String]) -> Result<Args, String> {
-    let mut a = Args::default();
-    let mut it = argv.iter();
-    while let Some(arg) = it.next() {
-        let (flag, inline) = match arg.split_once('=') {
-            Some((f, v)) if f.starts_with("--") => (f, Some(v.to_string())),
-            _ => (arg.as_str(), None),
-        };
-        let mut value = |name: &str| -> Result<String, String> {
-            match &inline {
-                Some(v) => Ok(v.clone()),
-                None => it.next().cloned().ok_or(format!("{name} needs a value")),
-            }
-        };
-        match flag {
-            "-c" | "--config" => a.config = Some(PathBuf::from(value(flag)?)),
-            "--nameserver" => a.nameservers.push(value(flag)?),
-            "--timeout" => {
-                let v = value(flag)?;
-                a.timeout = Some(
-                    v.parse()
-                        .map_err(|_| format!("--timeout: '{v}' is not a number"))?,
-                )
-            }
-            "--json" => a.json = true,
-            "-d" | "--domain" => a.domain = Some(value(flag)?),
-            "-s" | "--selector" => a.selectors.push(value(flag)?),
-            "-k" | "--key" => a.key = Some(PathBuf::from(value(flag)?)),
-            "-t" | "--type" => a.key_type = Some(value(flag)?),
-            "-b" | "--bits" => {
-                let v = value(flag)?;
-                a.bits = Some(
-                    v.parse()
-                        .map_err(|_| format!("--bits: '{v}' is not a number"))?,
-                )
-            }
-            "-o" | "--out" => a.out = Some(PathBuf::from(value(flag)?)),
-            "-h" | "--help" => a.help = true,
-            "-V" | "--version" => a.version = true,
-            f if f.starts_with('-') && f.len() > 1 => return Err(format!("unknown option '{f}'")),
-            _ => {
-                if a.command.is_none() {
-                    a.command = Some(arg.clone());
-                } else {
-                    a.positional.push(arg.clone());
-                }
-            }
-        }
-    }
-    Ok(a)
+/// The options every command takes.
+#[derive(Debug, Args)]
+pub struct GlobalArgs {
+    /// dkim-milter (or dmarc-milter) configuration: its [resolver] settings are used, and
+    /// testkey checks its keys [default: /etc/authmilter/dkim-milter.toml]
+    #[arg(short = 'c', long = "config", value_name = "FILE", global = true)]
+    pub config: Option<PathBuf>,
+    /// Ask this name server instead (repeatable; overrides the configuration)
+    #[arg(long = "nameserver", value_name = "IP[:PORT]", global = true)]
+    pub nameservers: Vec<String>,
+    /// Per-query timeout in seconds
+    #[arg(long, value_name = "SECONDS", global = true)]
+    pub timeout: Option<f64>,
+    /// Machine-readable output (one JSON object)
+    #[arg(long, global = true)]
+    pub json: bool,
+}
+
+/// The commands. A new one is a variant here and an arm in [`dispatch`].
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Make a DKIM key and print its DNS record and KeyTable/SigningTable lines
+    #[command(
+        long_about = "Make a DKIM key (default RSA 2048) in FILE (default SELECTOR.private, \
+            mode 0600, never overwritten) and print its DNS record and KeyTable/SigningTable lines."
+    )]
+    Genkey(GenkeyArgs),
+    /// Check that the published key record matches the private key
+    #[command(
+        long_about = "Check that the published key record matches the private key: the one \
+            given with --domain, --selector and --key, or every KeyTable entry of the \
+            configuration (-c)."
+    )]
+    Testkey(TestkeyArgs),
+    /// Check a domain's mail DNS: MX, addresses, PTR/FCrDNS, SPF, DKIM, DMARC, MTA-STS, TLS-RPT
+    Audit(AuditArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell)
+    Completions {
+        #[arg(value_enum)]
+        shell: cli::Shell,
+    },
+    /// Write the man pages (roff) into DIR: authmilter.1 and one per command, for packaging
+    #[command(hide = true)]
+    Manpages {
+        #[arg(value_name = "DIR")]
+        dir: PathBuf,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct GenkeyArgs {
+    /// The signing domain (d=)
+    #[arg(short = 'd', long, value_name = "DOMAIN")]
+    pub domain: String,
+    /// The selector (s=)
+    #[arg(short = 's', long, value_name = "SELECTOR")]
+    pub selector: String,
+    /// Key type: rsa or ed25519 [default: rsa]
+    #[arg(short = 't', long = "type", value_name = "TYPE")]
+    pub key_type: Option<String>,
+    /// RSA key size: 2048 (default), 3072 or 4096
+    #[arg(short = 'b', long, value_name = "BITS")]
+    pub bits: Option<usize>,
+    /// The private key file [default: SELECTOR.private]
+    #[arg(short = 'o', long, value_name = "FILE")]
+    pub out: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct TestkeyArgs {
+    /// The signing domain of the key to test (with --selector and --key)
+    #[arg(short = 'd', long, value_name = "DOMAIN")]
+    pub domain: Option<String>,
+    /// Its selector
+    #[arg(short = 's', long, value_name = "SELECTOR")]
+    pub selector: Option<String>,
+    /// Its private key file
+    #[arg(short = 'k', long, value_name = "FILE")]
+    pub key: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct AuditArgs {
+    /// The mail domain to audit
+    #[arg(value_name = "DOMAIN")]
+    pub domain: String,
+    /// DKIM selectors to check (repeatable)
+    #[arg(short = 's', long = "selector", value_name = "SELECTOR")]
+    pub selectors: Vec<String>,
 }
 
 /// The resolver settings: the config file's `[resolver]` (when there is one), then command-line
@@ -155,96 +185,115 @@ pub fn resolver_settings(
 
 /// Runs the command line `argv` (without the program name); returns the exit status.
 pub fn run(argv: &[String], out: &mut dyn Write, err: &mut dyn Write) -> u8 {
-    // The report program owns its command line (crates/dmarc-reports/src/cli.rs).
+    // The report program owns its command line (crates/dmarc-reports/src/cli.rs,
+    // docs/dmarc-reports.md): `authmilter reports run|inspect|help ...`.
     if argv.first().map(String::as_str) == Some("reports") {
         return dmarc_reports::cli::run(&argv[1..], out, err);
     }
-    let args = match parse_args(argv) {
-        Ok(a) => a,
-        Err(e) => {
-            let _ = writeln!(err, "authmilter: {e}\n{USAGE}");
-            return EX_USAGE;
-        }
-    };
-    if args.help {
-        let _ = writeln!(out, "{USAGE}");
-        return 0;
-    }
-    if args.version {
-        let _ = writeln!(out, "authmilter {}", env!("CARGO_PKG_VERSION"));
-        return 0;
-    }
-    let usage = |err: &mut dyn Write, msg: &str| {
-        let _ = writeln!(err, "authmilter: {msg}\n{USAGE}");
-        EX_USAGE
-    };
-    let Some(command) = args.command.clone() else {
-        return usage(err, "no command given");
-    };
-    match command.as_str() {
-        "genkey" => run_genkey(&args, out, err),
-        "testkey" | "audit" => {
-            if command == "audit" && args.positional.len() != 1 {
-                return usage(err, "audit takes one DOMAIN");
-            }
-            if command == "testkey" && !args.positional.is_empty() {
-                return usage(err, "testkey takes no positional arguments");
-            }
-            let settings =
-                match resolver_settings(args.config.as_deref(), &args.nameservers, args.timeout) {
-                    Ok(s) => s,
-                    Err(e) => {
-                        let _ = writeln!(err, "authmilter: {e}");
-                        return EX_CONFIG;
-                    }
-                };
-            let dns = match Dns::from_settings(&settings) {
-                Ok(d) => d,
-                Err(e) => {
-                    let _ = writeln!(err, "authmilter: {e}");
-                    return EX_CONFIG;
-                }
-            };
-            let runtime = match tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            {
-                Ok(r) => r,
-                Err(e) => {
-                    let _ = writeln!(err, "authmilter: cannot start the runtime: {e}");
-                    return EX_CONFIG;
-                }
-            };
-            let report = if command == "audit" {
-                let opts = AuditOptions {
-                    domain: args.positional[0].clone(),
-                    selectors: args.selectors.clone(),
-                };
-                runtime.block_on(audit(&dns, &opts))
-            } else {
-                let keys = match testkey_keys(&args) {
-                    Ok(k) => k,
-                    Err((code, e)) => {
-                        if code == EX_USAGE {
-                            return usage(err, &e);
-                        }
-                        let _ = writeln!(err, "authmilter: {e}");
-                        return code;
-                    }
-                };
-                runtime.block_on(testkey(&dns, &keys))
-            };
-            print_report(&report, args.json, &dns, out)
-        }
-        other => usage(err, &format!("unknown command '{other}'")),
+    let argv = std::iter::once("authmilter".to_string()).chain(argv.iter().cloned());
+    match cli::parse::<Cli>(Cli::command(), argv, out, err) {
+        Ok(parsed) => dispatch(parsed, out, err),
+        Err(code) => code,
     }
 }
 
-fn testkey_keys(args: &Args) -> Result<Vec<KeyToTest>, (u8, String)> {
-    match (&args.domain, args.selectors.as_slice(), &args.key) {
-        (Some(d), [s], Some(k)) => Ok(vec![KeyToTest::from_file(d, s, k)]),
-        (None, [], None) => {
-            let path = args
+/// Runs one parsed command.
+pub fn dispatch(parsed: Cli, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
+    let g = &parsed.global;
+    match parsed.command {
+        Command::Genkey(a) => run_genkey(g, &a, out, err),
+        Command::Testkey(a) => {
+            let keys = match testkey_keys(g, &a) {
+                Ok(k) => k,
+                Err((code, e)) => {
+                    let _ = writeln!(err, "authmilter: {e}");
+                    return code;
+                }
+            };
+            let (dns, runtime) = match dns_runtime(g, err) {
+                Ok(d) => d,
+                Err(code) => return code,
+            };
+            print_report(&runtime.block_on(testkey(&dns, &keys)), g.json, &dns, out)
+        }
+        Command::Audit(a) => {
+            let opts = AuditOptions {
+                domain: a.domain,
+                selectors: a.selectors,
+            };
+            let (dns, runtime) = match dns_runtime(g, err) {
+                Ok(d) => d,
+                Err(code) => return code,
+            };
+            print_report(&runtime.block_on(audit(&dns, &opts)), g.json, &dns, out)
+        }
+        Command::Completions { shell } => {
+            cli::completions(Cli::command(), shell, out);
+            0
+        }
+        Command::Manpages { dir } => {
+            let page = std::fs::File::create(dir.join("authmilter.1"));
+            let sections = [
+                ("EXIT STATUS", vec![EXIT_STATUS.to_string()]),
+                (
+                    "FILES",
+                    vec![format!(
+                        "{DEFAULT_CONFIG}: the configuration whose [resolver] table is used and \
+                         whose keys testkey checks, when -c is not given."
+                    )],
+                ),
+                (
+                    "SEE ALSO",
+                    vec!["dkim-milter(8), dmarc-milter(8), dkim-milter.conf(5)".to_string()],
+                ),
+            ];
+            let cmd = Cli::command().after_long_help(None::<&str>);
+            match page.and_then(|mut f| cli::manpage(cmd, "1", &sections, &mut f, Some(&dir))) {
+                Ok(()) => 0,
+                Err(e) => {
+                    let _ = writeln!(err, "authmilter: {}: {e}", dir.display());
+                    EX_CANTCREAT
+                }
+            }
+        }
+    }
+}
+
+/// The resolver from the configuration and the options, and a single-threaded runtime to run
+/// a DNS check on; `Err` is the exit status, the reason written to `err`.
+fn dns_runtime(g: &GlobalArgs, err: &mut dyn Write) -> Result<(Dns, tokio::runtime::Runtime), u8> {
+    let settings = match resolver_settings(g.config.as_deref(), &g.nameservers, g.timeout) {
+        Ok(s) => s,
+        Err(e) => {
+            let _ = writeln!(err, "authmilter: {e}");
+            return Err(EX_CONFIG);
+        }
+    };
+    let dns = match Dns::from_settings(&settings) {
+        Ok(d) => d,
+        Err(e) => {
+            let _ = writeln!(err, "authmilter: {e}");
+            return Err(EX_CONFIG);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            let _ = writeln!(err, "authmilter: cannot start the runtime: {e}");
+            return Err(EX_CONFIG);
+        }
+    };
+    Ok((dns, runtime))
+}
+
+fn testkey_keys(g: &GlobalArgs, a: &TestkeyArgs) -> Result<Vec<KeyToTest>, (u8, String)> {
+    match (&a.domain, &a.selector, &a.key) {
+        (Some(d), Some(s), Some(k)) => Ok(vec![KeyToTest::from_file(d, s, k)]),
+        (None, None, None) => {
+            let path = g
                 .config
                 .clone()
                 .unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG));
@@ -279,14 +328,7 @@ fn print_report(report: &Report, json: bool, dns: &Dns, out: &mut dyn Write) -> 
     report.exit
 }
 
-fn run_genkey(args: &Args, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
-    let (Some(domain), [selector]) = (&args.domain, args.selectors.as_slice()) else {
-        let _ = writeln!(
-            err,
-            "authmilter: genkey needs --domain and one --selector\n{USAGE}"
-        );
-        return EX_USAGE;
-    };
+fn run_genkey(g: &GlobalArgs, args: &GenkeyArgs, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
     let kind = match key_kind(args.key_type.as_deref().unwrap_or("rsa"), args.bits) {
         Ok(k) => k,
         Err(e) => {
@@ -295,21 +337,21 @@ fn run_genkey(args: &Args, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
         }
     };
     let opts = GenkeyOptions {
-        domain: domain.clone(),
-        selector: selector.clone(),
+        domain: args.domain.clone(),
+        selector: args.selector.clone(),
         kind,
         out: args.out.clone(),
     };
     match genkey(&opts) {
-        Ok(g) => {
-            if args.json {
+        Ok(generated) => {
+            if g.json {
                 let v = serde_json::json!({
-                    "private_key": g.private_key,
+                    "private_key": generated.private_key,
                     "txt_name": format!("{}._domainkey.{}", opts.selector, opts.domain.trim_end_matches('.')),
-                    "txt_value": g.txt_value,
-                    "zone_record": g.zone_record,
-                    "key_table": g.key_table_line,
-                    "signing_table": g.signing_table_line,
+                    "txt_value": generated.txt_value,
+                    "zone_record": generated.zone_record,
+                    "key_table": generated.key_table_line,
+                    "signing_table": generated.signing_table_line,
                 });
                 let _ = writeln!(
                     out,
@@ -317,7 +359,7 @@ fn run_genkey(args: &Args, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
                     serde_json::to_string_pretty(&v).unwrap_or_default()
                 );
             } else {
-                let _ = write!(out, "{}", g.render(&opts));
+                let _ = write!(out, "{}", generated.render(&opts));
             }
             0
         }
@@ -336,9 +378,14 @@ mod tests {
         v.iter().map(|x| x.to_string()).collect()
     }
 
+    fn parse(v: &[&str]) -> Result<Cli, u8> {
+        let argv = std::iter::once("authmilter").chain(v.iter().copied());
+        cli::parse::<Cli>(Cli::command(), argv, &mut Vec::new(), &mut Vec::new())
+    }
+
     #[test]
-    fn args_anywhere() {
-        let a = parse_args(&s(&[
+    fn global_options_anywhere() {
+        let a = parse(&[
             "audit",
             "example.com",
             "--json",
@@ -347,15 +394,24 @@ mod tests {
             "a",
             "--selector",
             "b",
-        ]))
+        ])
         .unwrap();
-        assert_eq!(a.command.as_deref(), Some("audit"));
-        assert_eq!(a.positional, vec!["example.com"]);
-        assert!(a.json);
-        assert_eq!(a.nameservers, vec!["127.0.0.1:53"]);
-        assert_eq!(a.selectors, vec!["a", "b"]);
-        assert!(parse_args(&s(&["--bogus"])).is_err());
-        assert!(parse_args(&s(&["audit", "--nameserver"])).is_err());
+        assert!(a.global.json);
+        assert_eq!(a.global.nameservers, vec!["127.0.0.1:53"]);
+        let Command::Audit(audit) = a.command else {
+            panic!("{:?}", a.command)
+        };
+        assert_eq!(audit.domain, "example.com");
+        assert_eq!(audit.selectors, vec!["a", "b"]);
+        let a = parse(&["--json", "-c", "x.toml", "testkey"]).unwrap();
+        assert!(a.global.json);
+        assert_eq!(a.global.config, Some(PathBuf::from("x.toml")));
+        assert_eq!(parse(&["--bogus"]).err(), Some(EX_USAGE));
+        assert_eq!(parse(&["audit", "--nameserver"]).err(), Some(EX_USAGE));
+        assert_eq!(
+            parse(&["audit", "--timeout", "soon", "x"]).err(),
+            Some(EX_USAGE)
+        );
     }
 
     #[test]
@@ -376,6 +432,10 @@ mod tests {
             EX_USAGE
         );
         assert_eq!(
+            run(&s(&["testkey", "--domain", "x.example"]), &mut o, &mut e),
+            EX_USAGE
+        );
+        assert_eq!(
             run(
                 &s(&[
                     "genkey",
@@ -391,6 +451,13 @@ mod tests {
             ),
             EX_USAGE
         );
+        // Every usage error is one line naming the program.
+        let text = String::from_utf8(e.clone()).unwrap();
+        assert!(
+            text.lines().all(|l| l.starts_with("authmilter: ")),
+            "{text}"
+        );
+        assert_eq!(text.lines().count(), 6, "{text}");
         assert_eq!(
             run(
                 &s(&["audit", "x.example", "--nameserver", "not-an-ip"]),
@@ -399,7 +466,12 @@ mod tests {
             ),
             EX_CONFIG
         );
+        o.clear();
         assert_eq!(run(&s(&["--help"]), &mut o, &mut e), 0);
+        assert!(String::from_utf8_lossy(&o).contains("genkey"));
+        o.clear();
+        assert_eq!(run(&s(&["genkey", "--help"]), &mut o, &mut e), 0);
+        assert!(String::from_utf8_lossy(&o).contains("--selector <SELECTOR>"));
     }
 
     #[test]

@@ -14,6 +14,23 @@ pub struct Authenticated {
     pub mechanism: String,
 }
 
+/// Which of the envelope's optional facts a policy reads. The connection, the AUTH identity,
+/// the queue id and MAIL FROM are always filled; HELO and the recipients only when asked for.
+/// A front end that pays per fact (OpenSMTPD sends each as a report line of its own, arriving
+/// at its own SMTP round trip and costing a wake-up of the filter) asks only for these.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Facts {
+    pub helo: bool,
+    pub recipients: bool,
+}
+
+impl Facts {
+    pub const ALL: Facts = Facts {
+        helo: true,
+        recipients: true,
+    };
+}
+
 /// The SMTP envelope of one transaction, as plain data.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Envelope {

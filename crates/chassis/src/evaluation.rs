@@ -1,4 +1,4 @@
-//! Running a policy's evaluation of one message the way every front end must: in its own task,
+//! Running a policy's evaluation of one message the way every front end must: a panic caught,
 //! bounded by the policy's deadline, cancelled (not left running) when the deadline passes or
 //! the front end stops waiting, with the same metrics and log lines whichever MTA asked.
 
@@ -6,15 +6,30 @@ use crate::envelope::Envelope;
 use crate::message::Message;
 use crate::policy::Policy;
 use crate::verdict::{Action, SmtpReply, Verdict};
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
-/// Aborts the evaluation task when dropped: nothing of it runs on unobserved (a history row
-/// committed after the MTA was told to retry would count the retry twice).
-struct AbortOnDrop(tokio::task::AbortHandle);
+/// A future whose panic becomes an error value, so one message's bug is that message's
+/// tempfail, not the end of the session or of the process.
+struct CatchPanic<F>(Pin<Box<F>>);
 
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
+impl<F: Future> Future for CatchPanic<F> {
+    type Output = Result<F::Output, String>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let inner = self.0.as_mut();
+        match std::panic::catch_unwind(AssertUnwindSafe(|| inner.poll(cx))) {
+            Ok(Poll::Ready(v)) => Poll::Ready(Ok(v)),
+            Ok(Poll::Pending) => Poll::Pending,
+            Err(panic) => Poll::Ready(Err(panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "a panic".to_string()))),
+        }
     }
 }
 
@@ -42,9 +57,24 @@ pub async fn within_deadline<P: Policy>(
     let deadline = snap.deadline();
     let started = std::time::Instant::now();
     let env_for_record = env.clone();
-    let task = tokio::spawn(snap.evaluate(env, msg, carry));
-    let _cancel = AbortOnDrop(task.abort_handle());
-    match tokio::time::timeout(deadline, task).await {
+    // The evaluation runs in the caller's task: dropping it (the deadline, or a front end that
+    // stops waiting) cancels it at its next await, so nothing of it runs on unobserved (a
+    // history row committed after the MTA was told to retry would count the retry twice).
+    let mut eval = CatchPanic(Box::pin(snap.evaluate(env, msg, carry)));
+    // Most evaluations (every signature; verification with cached keys) finish in their first
+    // poll. Those get no timer: arming one wakes the event loop once more per message.
+    let first = std::future::poll_fn(|cx| {
+        Poll::Ready(match Pin::new(&mut eval).poll(cx) {
+            Poll::Ready(r) => Some(r),
+            Poll::Pending => None,
+        })
+    })
+    .await;
+    let outcome = match first {
+        Some(r) => Ok(r),
+        None => tokio::time::timeout_at((started + deadline).into(), eval).await,
+    };
+    match outcome {
         Ok(Ok(v)) => {
             crate::metrics::metrics()
                 .evaluation_seconds
@@ -52,8 +82,8 @@ pub async fn within_deadline<P: Policy>(
             crate::metrics::record_verdict(&env_for_record, &v);
             v
         }
-        Ok(Err(join)) => {
-            tracing::error!("{qid}: internal error while evaluating the message: {join}");
+        Ok(Err(panic)) => {
+            tracing::error!("{qid}: internal error while evaluating the message: {panic}");
             internal_error()
         }
         Err(_) => {
@@ -63,5 +93,32 @@ pub async fn within_deadline<P: Policy>(
             );
             internal_error()
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_panic_is_an_error_value_and_a_value_passes_through() {
+        let ok = CatchPanic(Box::pin(async { 7 })).await;
+        assert_eq!(ok, Ok(7));
+        let text = CatchPanic(Box::pin(async {
+            tokio::task::yield_now().await;
+            if ok.is_ok() {
+                panic!("bad header {}", 3);
+            }
+            1
+        }))
+        .await;
+        assert_eq!(text, Err("bad header 3".to_string()));
+        let fixed = CatchPanic(Box::pin(async {
+            if ok.is_ok() {
+                panic!("fixed text");
+            }
+        }))
+        .await;
+        assert_eq!(fixed, Err("fixed text".to_string()));
     }
 }

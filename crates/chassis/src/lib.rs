@@ -9,6 +9,7 @@
 
 pub mod address;
 pub mod authres;
+pub mod cli;
 pub mod configfile;
 pub mod dkimparse;
 pub mod dns;
@@ -17,6 +18,8 @@ pub mod evaluation;
 pub mod forged;
 pub mod hostlist;
 pub mod keycache;
+pub mod keydoc;
+
 pub mod legacyconf;
 pub mod logging;
 pub mod mailauth;

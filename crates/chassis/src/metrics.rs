@@ -49,6 +49,9 @@ pub struct Metrics {
     pub dns_seconds: Histogram,
     pub dns_errors: Counter,
     pub reloads: Family<OutcomeLabel, Counter>,
+    /// Messages the history store could not record (dmarc-milter): a lost report row, or a
+    /// tempfail, depending on `[actions] store_failure`.
+    pub store_failures: Counter,
     registry: Registry,
 }
 
@@ -99,7 +102,14 @@ impl Metrics {
             "Configuration reloads by outcome",
             reloads.clone(),
         );
+        let store_failures = Counter::default();
+        registry.register(
+            "store_failures",
+            "Messages the history store could not record",
+            store_failures.clone(),
+        );
         Self {
+            store_failures,
             messages,
             results,
             signatures,

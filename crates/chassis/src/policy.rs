@@ -128,6 +128,8 @@ pub trait Policy: Sized + Send + Sync + 'static {
     type Config: DaemonConfig;
     /// What the end-of-headers decision hands to the end-of-message evaluation.
     type Carry: Send + 'static;
+    /// The optional envelope facts this policy reads (any configuration of it).
+    const FACTS: crate::envelope::Facts = crate::envelope::Facts::ALL;
 
     /// Loads and validates a configuration file (TOML or the legacy `.conf` format).
     fn load(path: &Path) -> Result<Self::Config, ConfigError> {

@@ -1,13 +1,31 @@
 //! dkim-milter: dkim-policy served over the milter protocol, or as an OpenSMTPD filter with
-//! `--opensmtpd`, by the shared front ends.
+//! `--opensmtpd`, by the shared front ends. The command line is the shared daemon one
+//! (chassis::cli), named and documented here.
+
+use chassis::cli::{DaemonInfo, DaemonTask};
+use chassis::policy::Policy as _;
 
 type Policy = dkim_policy::runtime::Runtime;
 
+const INFO: DaemonInfo = DaemonInfo {
+    name: Policy::NAME,
+    default_config: Policy::DEFAULT_CONFIG,
+    about: "DKIM signing and verification milter (OpenDKIM replacement)",
+    long_about: "dkim-milter signs outgoing mail and verifies DKIM signatures on incoming mail, \
+        behind Postfix or Sendmail (milter protocol) or OpenSMTPD (--opensmtpd). It reads its \
+        TOML configuration or an unchanged opendkim.conf, with OpenDKIM's KeyTable and \
+        SigningTable files, and adds Authentication-Results. It stays in the foreground and logs \
+        to stderr, syslog or JSON as configured.",
+    version: env!("CARGO_PKG_VERSION"),
+};
+
 fn main() -> std::process::ExitCode {
-    let version = env!("CARGO_PKG_VERSION");
-    if smtpdfront::lifecycle::requested() {
-        smtpdfront::lifecycle::main::<Policy>(version)
-    } else {
-        milterfront::lifecycle::main::<Policy>(version)
+    match INFO.parse_env() {
+        Err(code) => std::process::ExitCode::from(code),
+        Ok(DaemonTask::Serve {
+            config,
+            opensmtpd: true,
+        }) => smtpdfront::lifecycle::main::<Policy>(config, INFO.version),
+        Ok(task) => milterfront::lifecycle::main::<Policy>(task, INFO.version),
     }
 }

@@ -28,10 +28,16 @@ impl Runtime {
 
 impl Policy for Runtime {
     const NAME: &'static str = "dkim-milter";
-    const DEFAULT_CONFIG: &'static str = "/etc/dkim-milter.toml";
+    const DEFAULT_CONFIG: &'static str = "/etc/authmilter/dkim-milter.toml";
     type Config = Config;
     /// The sign/verify/skip decision, made once at end of headers.
     type Carry = Decision;
+    /// Signing and verifying look at the client, AUTH and the listener, never at HELO or the
+    /// recipients.
+    const FACTS: chassis::envelope::Facts = chassis::envelope::Facts {
+        helo: false,
+        recipients: false,
+    };
 
     fn describe(cfg: &Config) -> String {
         format!(

@@ -43,7 +43,7 @@ impl Runtime {
 
 impl Policy for Runtime {
     const NAME: &'static str = "dmarc-milter";
-    const DEFAULT_CONFIG: &'static str = "/etc/dmarc-milter.toml";
+    const DEFAULT_CONFIG: &'static str = "/etc/authmilter/dmarc-milter.toml";
     type Config = Config;
     type Carry = ();
 

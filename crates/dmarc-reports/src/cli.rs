@@ -18,7 +18,7 @@ commands:
       mail): sources, counts, results per mechanism, which sources fail DMARC and why.
 
 options:
-  -c, --config FILE   report configuration (default /etc/dmarc-reports.toml)
+  -c, --config FILE   report configuration (default /etc/authmilter/dmarc-reports.toml)
 
 exit status: 0 done (some reports may wait for a retry: see the log), 64 usage error,
   65 inspect: not a readable report, 66 inspect: cannot open FILE,

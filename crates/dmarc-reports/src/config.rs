@@ -1,4 +1,4 @@
-//! The report program's configuration (`/etc/dmarc-reports.toml` by default): parsed once into a
+//! The report program's configuration (`/etc/authmilter/dmarc-reports.toml` by default): parsed once into a
 //! typed model, errors with file, line and key. A file of its own rather than a table in
 //! dmarc-milter.toml: the program runs as its own user with its own rights (Postfix style), and
 //! the milter never needs to know about mail submission.
@@ -8,7 +8,7 @@ use chassis::dns::ResolverSettings;
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
 
-pub const DEFAULT_CONFIG: &str = "/etc/dmarc-reports.toml";
+pub const DEFAULT_CONFIG: &str = "/etc/authmilter/dmarc-reports.toml";
 
 /// Which aggregate report schema the XML follows.
 #[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, Default)]

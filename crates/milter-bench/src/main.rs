@@ -1,94 +1,206 @@
 // SPDX-License-Identifier: GPL-3.0-or-later
 //! `milter-bench`: command line of the load generator (see the library docs).
 
+use clap::{Args, CommandFactory, Parser, Subcommand};
 use milter_bench::{generate_message, hold_idle, run_bench, BenchConfig, Expectation, Mode};
 use milter_client::Endpoint;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-const USAGE: &str = "\
-usage:
-  milter-bench [run] -e ENDPOINT [options]     load a milter and check every answer
-  milter-bench dns --zone FILE [--listen ADDR] [--addr-file FILE] [--max-seconds N]
-                                               serve a DNS zone (UDP+TCP) until killed
-  milter-bench idle -e ENDPOINT --sessions N [--hold SECS]
-                                               hold N negotiated, idle sessions open
-  milter-bench smtpd --filter none|ours|dkimsign|ours-verify [--bin PATH] [-n N] [-c N] [--size BYTES]
-                                               sign through a throwaway OpenSMTPD 6.8 with our
-                                               filter (PATH: dkim-milter), filter-dkimsign or
-                                               none; prints one JSON report
+/// The command line. `run` is the default command: `milter-bench -e ENDPOINT ...` loads a milter.
+#[derive(Debug, Parser)]
+#[command(
+    name = "milter-bench",
+    version,
+    about = "Load generator for milters: throughput, latency, and every answer checked",
+    after_help = "Exit status: 0 if every message got the expected answer, 1 if any failed, \
+        64 on usage errors.",
+    disable_help_subcommand = true
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Sub,
+}
 
-run options:
-  -e, --endpoint SPEC      inet:PORT@HOST, inet:HOST:PORT or unix:/path
-  -m, --mode MODE          sign (client 127.0.0.1, {auth_authen}), verify (client 192.0.2.x,
-                           expects dkim=pass) or dmarc (expects dmarc=pass)   [sign]
-  -c, --concurrency N      concurrent sessions, one message per connection   [1]
-  -n, --messages N         stop after N messages                             [100]
-  -d, --duration SECS      stop after SECS seconds (instead of -n)
-      --message FILE       send this message (RFC 5322, CRLF or LF)
-      --size BYTES         or a generated message of about BYTES              [4096]
-      --domain DOMAIN      From domain of the generated message             [example.com]
-      --mail-from ADDR     envelope sender                         [sender@example.com]
-      --rcpt ADDR          envelope recipient                         [rcpt@example.org]
-      --helo NAME          HELO name                                  [mail.example.com]
-      --client-ip IP       client address instead of the mode's default
-      --macro STAGE:NAME=VALUE   extra macro (connect helo mail rcpt data eoh eom); repeatable
-      --expect-header NAME       header that makes an answer correct
-      --expect-contains TEXT     text its value must contain
-      --no-nodelay         do not set TCP_NODELAY on the client socket
-      --no-quickack        delay our ACKs (clear TCP_QUICKACK after every read; by default
-                           it is set after every read, so every segment is acked at once)
-      --timeout SECS       per read/write                                      [30]
-      --save-first FILE    write the first correctly modified message there
-      --threads N          client runtime threads                               [1]
-      --json               print the report as one JSON object
-Exit status: 0 if every message got the expected answer, 1 if any failed, 2 on usage errors.";
+#[derive(Debug, Subcommand)]
+enum Sub {
+    /// Load a milter and check every answer (the default command)
+    Run(Box<RunArgs>),
+    /// Serve a DNS zone (UDP+TCP) until killed or --max-seconds
+    Dns(DnsArgs),
+    /// Hold N negotiated, idle sessions open
+    Idle(IdleArgs),
+    /// Sign through a throwaway OpenSMTPD 6.8 with our filter, filter-dkimsign or none; prints
+    /// one JSON report
+    Smtpd(SmtpdArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell)
+    Completions {
+        #[arg(value_enum)]
+        shell: chassis::cli::Shell,
+    },
+}
+
+#[derive(Debug, Args)]
+struct RunArgs {
+    /// inet:PORT@HOST, inet:HOST:PORT or unix:/path
+    #[arg(short = 'e', long, value_name = "SPEC")]
+    endpoint: Endpoint,
+    /// sign (client 127.0.0.1, {auth_authen}), verify (client 192.0.2.x, expects dkim=pass) or
+    /// dmarc (expects dmarc=pass)
+    #[arg(short = 'm', long, value_name = "MODE", default_value = "sign")]
+    mode: Mode,
+    /// Concurrent sessions, one message per connection [default: 1]
+    #[arg(short = 'c', long, value_name = "N", value_parser = at_least_one)]
+    concurrency: Option<usize>,
+    /// Stop after N messages [default: 100]
+    #[arg(short = 'n', long, value_name = "N")]
+    messages: Option<u64>,
+    /// Stop after SECS seconds (instead of -n)
+    #[arg(short = 'd', long, value_name = "SECS")]
+    duration: Option<f64>,
+    /// Send this message (RFC 5322, CRLF or LF)
+    #[arg(long, value_name = "FILE")]
+    message: Option<PathBuf>,
+    /// Or a generated message of about BYTES
+    #[arg(long, value_name = "BYTES", default_value_t = 4096)]
+    size: usize,
+    /// From domain of the generated message
+    #[arg(long, value_name = "DOMAIN", default_value = "example.com")]
+    domain: String,
+    /// Envelope sender [default: sender@example.com]
+    #[arg(long, value_name = "ADDR")]
+    mail_from: Option<String>,
+    /// Envelope recipient [default: rcpt@example.org]
+    #[arg(long, value_name = "ADDR")]
+    rcpt: Option<String>,
+    /// HELO name [default: mail.example.com]
+    #[arg(long, value_name = "NAME")]
+    helo: Option<String>,
+    /// Client address instead of the mode's default
+    #[arg(long, value_name = "IP")]
+    client_ip: Option<std::net::IpAddr>,
+    /// Extra macro (stages: connect helo mail rcpt data eoh eom); repeatable
+    #[arg(long = "macro", value_name = "STAGE:NAME=VALUE")]
+    macros: Vec<milter_bench::MacroDef>,
+    /// Header that makes an answer correct
+    #[arg(long, value_name = "NAME")]
+    expect_header: Option<String>,
+    /// Text its value must contain
+    #[arg(long, value_name = "TEXT")]
+    expect_contains: Option<String>,
+    /// Do not set TCP_NODELAY on the client socket
+    #[arg(long)]
+    no_nodelay: bool,
+    /// Delay our ACKs (by default TCP_QUICKACK is set after every read)
+    #[arg(long)]
+    no_quickack: bool,
+    /// Per read/write timeout in seconds [default: 30]
+    #[arg(long, value_name = "SECS")]
+    timeout: Option<f64>,
+    /// Write the first correctly modified message there
+    #[arg(long, value_name = "FILE")]
+    save_first: Option<PathBuf>,
+    /// Client runtime threads
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    threads: usize,
+    /// Print the report as one JSON object
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Args)]
+struct DnsArgs {
+    /// The zone file to serve
+    #[arg(long, value_name = "FILE")]
+    zone: PathBuf,
+    /// Address to listen on [default: a free loopback port]
+    #[arg(long, value_name = "ADDR")]
+    listen: Option<std::net::SocketAddr>,
+    /// Write the bound address there once the sockets are bound
+    #[arg(long, value_name = "FILE")]
+    addr_file: Option<PathBuf>,
+    /// Stop by itself after N seconds
+    #[arg(long, value_name = "N", default_value_t = 3600.0)]
+    max_seconds: f64,
+}
+
+#[derive(Debug, Args)]
+struct IdleArgs {
+    /// inet:PORT@HOST, inet:HOST:PORT or unix:/path
+    #[arg(short = 'e', long, value_name = "SPEC")]
+    endpoint: Endpoint,
+    /// How many sessions
+    #[arg(long, value_name = "N", default_value_t = 1000)]
+    sessions: usize,
+    /// How long to hold them, in seconds
+    #[arg(long, value_name = "SECS", default_value_t = 10.0)]
+    hold: f64,
+}
+
+#[derive(Debug, Args)]
+struct SmtpdArgs {
+    /// none, ours, dkimsign or ours-verify
+    #[arg(long, value_name = "FILTER")]
+    filter: milter_bench::smtpd::Filter,
+    /// Our filter's binary (dkim-milter)
+    #[arg(
+        long,
+        value_name = "PATH",
+        default_value = "target/release/dkim-milter"
+    )]
+    bin: PathBuf,
+    /// Messages
+    #[arg(short = 'n', long, value_name = "N", default_value_t = 200)]
+    messages: u64,
+    /// Concurrent SMTP sessions
+    #[arg(short = 'c', long, value_name = "N", default_value_t = 4)]
+    concurrency: usize,
+    /// Size of the generated message
+    #[arg(long, value_name = "BYTES", default_value_t = 4096)]
+    size: usize,
+}
+
+/// `-c 0` would never send anything.
+fn at_least_one(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(0) => Err("concurrency must be at least 1".into()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+const SUBCOMMANDS: &[&str] = &["run", "dns", "idle", "smtpd", "completions"];
 
 fn main() -> ExitCode {
-    let mut args: Vec<String> = std::env::args().skip(1).collect();
-    let sub = match args.first().map(String::as_str) {
-        Some("dns") | Some("idle") | Some("run") | Some("smtpd") => args.remove(0),
-        Some("-h") | Some("--help") => {
-            println!("{USAGE}");
-            return ExitCode::SUCCESS;
-        }
-        _ => "run".to_owned(),
+    let mut argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    // `run` may be left out: anything but a command name or a request for help/version runs it.
+    let first = argv.get(1).and_then(|a| a.to_str()).unwrap_or("");
+    let top_level = ["-h", "--help", "-V", "--version"];
+    if !SUBCOMMANDS.contains(&first) && !top_level.contains(&first) {
+        argv.insert(1, "run".into());
+    }
+    let (mut out, mut err) = (std::io::stdout(), std::io::stderr());
+    let cli: Cli = match chassis::cli::parse(Cli::command(), argv, &mut out, &mut err) {
+        Ok(c) => c,
+        Err(code) => return ExitCode::from(code),
     };
-    let res = match sub.as_str() {
-        "dns" => cmd_dns(args),
-        "idle" => cmd_idle(args),
-        "smtpd" => cmd_smtpd(args),
-        _ => cmd_run(args),
+    let res = match cli.command {
+        Sub::Dns(a) => cmd_dns(a),
+        Sub::Idle(a) => cmd_idle(a),
+        Sub::Smtpd(a) => cmd_smtpd(a),
+        Sub::Run(a) => cmd_run(*a),
+        Sub::Completions { shell } => {
+            chassis::cli::completions(Cli::command(), shell, &mut out);
+            Ok(ExitCode::SUCCESS)
+        }
     };
     match res {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("milter-bench: {e}\n\n{USAGE}");
-            ExitCode::from(2)
+            eprintln!("milter-bench: {e}");
+            ExitCode::from(1)
         }
-    }
-}
-
-/// A tiny option parser: `--name VALUE` pairs and boolean flags.
-struct Args {
-    rest: std::vec::IntoIter<String>,
-}
-
-impl Args {
-    fn value(&mut self, opt: &str) -> Result<String, String> {
-        self.rest
-            .next()
-            .ok_or_else(|| format!("{opt} needs a value"))
-    }
-
-    fn parse<T: std::str::FromStr>(&mut self, opt: &str) -> Result<T, String>
-    where
-        T::Err: std::fmt::Display,
-    {
-        let v = self.value(opt)?;
-        v.parse()
-            .map_err(|e| format!("bad value {v:?} for {opt}: {e}"))
     }
 }
 
@@ -103,25 +215,9 @@ fn runtime(threads: usize) -> Result<tokio::runtime::Runtime, String> {
     b.enable_all().build().map_err(|e| e.to_string())
 }
 
-fn cmd_smtpd(argv: Vec<String>) -> Result<ExitCode, String> {
-    let mut a = Args {
-        rest: argv.into_iter(),
-    };
-    let mut filter = None;
-    let mut bin = PathBuf::from("target/release/dkim-milter");
-    let (mut n, mut c, mut size) = (200u64, 4usize, 4096usize);
-    while let Some(opt) = a.rest.next() {
-        match opt.as_str() {
-            "--filter" => filter = Some(a.parse::<milter_bench::smtpd::Filter>(&opt)?),
-            "--bin" => bin = PathBuf::from(a.value(&opt)?),
-            "-n" | "--messages" => n = a.parse(&opt)?,
-            "-c" | "--concurrency" => c = a.parse::<usize>(&opt)?.max(1),
-            "--size" => size = a.parse(&opt)?,
-            other => return Err(format!("unknown option {other}")),
-        }
-    }
-    let filter = filter.ok_or("--filter is required")?;
-    let report = milter_bench::smtpd::run(filter, &bin, n, c, size)?;
+fn cmd_smtpd(a: SmtpdArgs) -> Result<ExitCode, String> {
+    let report =
+        milter_bench::smtpd::run(a.filter, &a.bin, a.messages, a.concurrency.max(1), a.size)?;
     println!(
         "{}",
         serde_json::to_string(&report).map_err(|e| e.to_string())?
@@ -133,100 +229,42 @@ fn cmd_smtpd(argv: Vec<String>) -> Result<ExitCode, String> {
     })
 }
 
-/// A deferred change to the configuration (applied once the mode is known).
-type Setter = Box<dyn FnOnce(&mut BenchConfig)>;
-
-fn cmd_run(argv: Vec<String>) -> Result<ExitCode, String> {
-    let mut a = Args {
-        rest: argv.into_iter(),
-    };
-    let mut endpoint: Option<Endpoint> = None;
-    let mut mode = Mode::Sign;
-    let mut cfg_fns: Vec<Setter> = Vec::new();
-    let mut message: Option<PathBuf> = None;
-    let mut size = 4096usize;
-    let mut domain = "example.com".to_owned();
-    let mut expect_header: Option<String> = None;
-    let mut expect_contains: Option<String> = None;
-    let mut json = false;
-    let mut threads = 1usize;
-    while let Some(opt) = a.rest.next() {
-        match opt.as_str() {
-            "-e" | "--endpoint" => {
-                endpoint = Some(a.parse::<Endpoint>(&opt)?);
-            }
-            "-m" | "--mode" => mode = a.parse(&opt)?,
-            "-c" | "--concurrency" => {
-                let n: usize = a.parse(&opt)?;
-                if n == 0 {
-                    return Err("concurrency must be at least 1".into());
-                }
-                cfg_fns.push(Box::new(move |c| c.concurrency = n));
-            }
-            "-n" | "--messages" => {
-                let n: u64 = a.parse(&opt)?;
-                cfg_fns.push(Box::new(move |c| c.messages = Some(n)));
-            }
-            "-d" | "--duration" => {
-                let s: f64 = a.parse(&opt)?;
-                cfg_fns.push(Box::new(move |c| {
-                    c.duration = Some(Duration::from_secs_f64(s));
-                    c.messages = None;
-                }));
-            }
-            "--message" => message = Some(PathBuf::from(a.value(&opt)?)),
-            "--size" => size = a.parse(&opt)?,
-            "--domain" => domain = a.value(&opt)?,
-            "--mail-from" => {
-                let v = a.value(&opt)?;
-                cfg_fns.push(Box::new(move |c| c.mail_from = v));
-            }
-            "--rcpt" => {
-                let v = a.value(&opt)?;
-                cfg_fns.push(Box::new(move |c| c.rcpt = v));
-            }
-            "--helo" => {
-                let v = a.value(&opt)?;
-                cfg_fns.push(Box::new(move |c| c.helo = v));
-            }
-            "--client-ip" => {
-                let ip: std::net::IpAddr = a.parse(&opt)?;
-                cfg_fns.push(Box::new(move |c| c.client_ip = Some(ip)));
-            }
-            "--macro" => {
-                let m: milter_bench::MacroDef = a.parse(&opt)?;
-                cfg_fns.push(Box::new(move |c| c.macros.push(m)));
-            }
-            "--expect-header" => expect_header = Some(a.value(&opt)?),
-            "--expect-contains" => expect_contains = Some(a.value(&opt)?),
-            "--no-nodelay" => cfg_fns.push(Box::new(|c| c.nodelay = false)),
-            "--no-quickack" => cfg_fns.push(Box::new(|c| c.quickack = false)),
-            "--timeout" => {
-                let s: f64 = a.parse(&opt)?;
-                cfg_fns.push(Box::new(move |c| c.timeout = Duration::from_secs_f64(s)));
-            }
-            "--save-first" => {
-                let p = PathBuf::from(a.value(&opt)?);
-                cfg_fns.push(Box::new(move |c| c.save_first = Some(p)));
-            }
-            "--threads" => threads = a.parse(&opt)?,
-            "--json" => json = true,
-            "-h" | "--help" => {
-                println!("{USAGE}");
-                return Ok(ExitCode::SUCCESS);
-            }
-            other => return Err(format!("unknown option {other:?}")),
-        }
-    }
-    let endpoint = endpoint.ok_or("--endpoint is required")?;
-    let mut cfg = BenchConfig::new(endpoint, mode);
-    cfg.message = match &message {
+fn cmd_run(a: RunArgs) -> Result<ExitCode, String> {
+    let mode = a.mode;
+    let mut cfg = BenchConfig::new(a.endpoint, mode);
+    cfg.message = match &a.message {
         Some(p) => std::fs::read(p).map_err(|e| format!("{}: {e}", p.display()))?,
-        None => generate_message(&domain, size),
+        None => generate_message(&a.domain, a.size),
     };
-    for f in cfg_fns {
-        f(&mut cfg);
+    if let Some(n) = a.concurrency {
+        cfg.concurrency = n;
     }
+    if let Some(n) = a.messages {
+        cfg.messages = Some(n);
+    }
+    if let Some(s) = a.duration {
+        cfg.duration = Some(Duration::from_secs_f64(s));
+        cfg.messages = None;
+    }
+    if let Some(v) = a.mail_from {
+        cfg.mail_from = v;
+    }
+    if let Some(v) = a.rcpt {
+        cfg.rcpt = v;
+    }
+    if let Some(v) = a.helo {
+        cfg.helo = v;
+    }
+    cfg.client_ip = a.client_ip.or(cfg.client_ip);
+    cfg.macros.extend(a.macros);
+    cfg.nodelay &= !a.no_nodelay;
+    cfg.quickack &= !a.no_quickack;
+    if let Some(s) = a.timeout {
+        cfg.timeout = Duration::from_secs_f64(s);
+    }
+    cfg.save_first = a.save_first;
+    let (expect_header, expect_contains, json, threads) =
+        (a.expect_header, a.expect_contains, a.json, a.threads);
     if expect_header.is_some() || expect_contains.is_some() {
         let d = mode.default_expectation();
         cfg.expect = Expectation {
@@ -253,24 +291,8 @@ fn cmd_run(argv: Vec<String>) -> Result<ExitCode, String> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn cmd_dns(argv: Vec<String>) -> Result<ExitCode, String> {
-    let mut a = Args {
-        rest: argv.into_iter(),
-    };
-    let mut zone_file: Option<PathBuf> = None;
-    let mut listen: Option<std::net::SocketAddr> = None;
-    let mut addr_file: Option<PathBuf> = None;
-    let mut max = 3600.0f64;
-    while let Some(opt) = a.rest.next() {
-        match opt.as_str() {
-            "--zone" => zone_file = Some(PathBuf::from(a.value(&opt)?)),
-            "--listen" => listen = Some(a.parse(&opt)?),
-            "--addr-file" => addr_file = Some(PathBuf::from(a.value(&opt)?)),
-            "--max-seconds" => max = a.parse(&opt)?,
-            other => return Err(format!("unknown option {other:?}")),
-        }
-    }
-    let zone_file = zone_file.ok_or("--zone is required")?;
+fn cmd_dns(a: DnsArgs) -> Result<ExitCode, String> {
+    let (zone_file, listen, addr_file, max) = (a.zone, a.listen, a.addr_file, a.max_seconds);
     let text =
         std::fs::read_to_string(&zone_file).map_err(|e| format!("{}: {e}", zone_file.display()))?;
     let zone = milter_bench::zone::parse_zone(&text)?;
@@ -300,22 +322,8 @@ fn cmd_dns(argv: Vec<String>) -> Result<ExitCode, String> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn cmd_idle(argv: Vec<String>) -> Result<ExitCode, String> {
-    let mut a = Args {
-        rest: argv.into_iter(),
-    };
-    let mut endpoint: Option<Endpoint> = None;
-    let mut sessions = 1000usize;
-    let mut hold = 10.0f64;
-    while let Some(opt) = a.rest.next() {
-        match opt.as_str() {
-            "-e" | "--endpoint" => endpoint = Some(a.parse(&opt)?),
-            "--sessions" => sessions = a.parse(&opt)?,
-            "--hold" => hold = a.parse(&opt)?,
-            other => return Err(format!("unknown option {other:?}")),
-        }
-    }
-    let endpoint = endpoint.ok_or("--endpoint is required")?;
+fn cmd_idle(a: IdleArgs) -> Result<ExitCode, String> {
+    let (endpoint, sessions, hold) = (a.endpoint, a.sessions, a.hold);
     let n = runtime(1)?.block_on(hold_idle(
         &endpoint,
         sessions,

@@ -55,8 +55,31 @@ pub struct Report {
 /// kernel's own HZ (the same unit bench/run's sampling uses).
 const USER_HZ: f64 = 100.0;
 
-/// utime + stime of `pid`, in seconds.
+/// CPU time of `pid` in seconds: the scheduler's own nanosecond count of time on a CPU
+/// (`/proc/PID/task/*/schedstat`, first field, summed over the threads), so a run of a few
+/// hundred messages is not rounded to 10 ms ticks; utime + stime from /proc/PID/stat where
+/// schedstat is missing.
 fn cpu_seconds(pid: u32) -> f64 {
+    let threads = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .into_iter()
+        .flatten()
+        .flatten();
+    let mut ns = 0u64;
+    let mut seen = false;
+    for t in threads {
+        let stat = std::fs::read_to_string(t.path().join("schedstat")).unwrap_or_default();
+        if let Some(v) = stat
+            .split_whitespace()
+            .next()
+            .and_then(|v| v.parse::<u64>().ok())
+        {
+            ns += v;
+            seen = true;
+        }
+    }
+    if seen {
+        return ns as f64 / 1e9;
+    }
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     // Fields after the command (which may contain spaces) start after the last ')'.
     let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");

@@ -10,64 +10,31 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use tokio::signal::unix::{signal, SignalKind};
 
-pub const EX_USAGE: u8 = 64;
+pub use chassis::cli::EX_USAGE;
 pub const EX_OSERR: u8 = 71;
 pub const EX_NOPERM: u8 = 77;
 pub const EX_CONFIG: u8 = 78;
 
-fn usage<D: Policy>() -> String {
-    format!(
-        "usage: {n} [-c FILE] [-n]\n       {n} convert FILE\n  -c, --config FILE   configuration file (default {d}); TOML, or the original .conf format\n  -n, --check-config  load the configuration, keys and tables, report problems, exit 0 or 78\n  convert FILE        print the TOML equivalent of a .conf file\n  -V, --version       print the version",
-        n = D::NAME,
-        d = D::DEFAULT_CONFIG
-    )
-}
-
-/// The whole `main` of a daemon.
-pub fn main<D: Policy>(version: &'static str) -> ExitCode {
-    let mut config_path = PathBuf::from(D::DEFAULT_CONFIG);
-    let mut check_only = false;
-    let mut args = std::env::args().skip(1);
-    while let Some(a) = args.next() {
-        match a.as_str() {
-            "-c" | "--config" => match args.next() {
-                Some(p) => config_path = PathBuf::from(p),
-                None => {
-                    eprintln!("{}", usage::<D>());
-                    return ExitCode::from(EX_USAGE);
+/// The whole `main` of a daemon serving milter connections, after the command line has been
+/// parsed ([`chassis::cli::DaemonInfo`]): a configuration check, a conversion, or serving.
+pub fn main<D: Policy>(task: chassis::cli::DaemonTask, version: &'static str) -> ExitCode {
+    use chassis::cli::DaemonTask;
+    let (config_path, check_only) = match task {
+        DaemonTask::Convert { file } => {
+            return match D::convert(Path::new(&file)) {
+                Ok(text) => {
+                    print!("{text}");
+                    ExitCode::SUCCESS
                 }
-            },
-            "-n" | "--check-config" | "check-config" => check_only = true,
-            "convert" => {
-                let Some(p) = args.next() else {
-                    eprintln!("{}", usage::<D>());
-                    return ExitCode::from(EX_USAGE);
-                };
-                return match D::convert(Path::new(&p)) {
-                    Ok(text) => {
-                        print!("{text}");
-                        ExitCode::SUCCESS
-                    }
-                    Err(e) => {
-                        eprintln!("{}: {e}", D::NAME);
-                        ExitCode::from(EX_CONFIG)
-                    }
-                };
-            }
-            "-V" | "--version" => {
-                println!("{} {version}", D::NAME);
-                return ExitCode::SUCCESS;
-            }
-            "-h" | "--help" => {
-                println!("{}", usage::<D>());
-                return ExitCode::SUCCESS;
-            }
-            other => {
-                eprintln!("{}: unknown argument '{other}'\n{}", D::NAME, usage::<D>());
-                return ExitCode::from(EX_USAGE);
-            }
+                Err(e) => {
+                    eprintln!("{}: {e}", D::NAME);
+                    ExitCode::from(EX_CONFIG)
+                }
+            };
         }
-    }
+        DaemonTask::Check { config } => (config, true),
+        DaemonTask::Serve { config, .. } => (config, false),
+    };
     let config = match D::load(&config_path) {
         Ok(c) => c,
         Err(e) => {

@@ -51,15 +51,25 @@ impl std::fmt::Display for Stopped {
     }
 }
 
-/// One line read, or the start of one that was too long.
-enum Line {
-    Complete(Vec<u8>),
-    Overlong { start: Vec<u8>, len: usize },
+/// How much of smtpd's output is read at a time: a 4 KiB message with its protocol prefixes
+/// is about 10 KiB, so a whole message usually comes in one read.
+const READ_BUFFER: usize = 64 * 1024;
+
+/// How a line that did not fit the read buffer ended.
+enum Long {
+    /// The whole line is in the caller's buffer.
+    Complete,
+    /// More than [`MAX_LINE`] bytes: the buffer holds its first 256 bytes.
+    Overlong(usize),
 }
 
-/// Reads one `\n`-terminated line of at most [`MAX_LINE`] bytes; `None` at end of input.
-async fn read_line(r: &mut (impl AsyncBufRead + Unpin)) -> io::Result<Option<Line>> {
-    let mut buf = Vec::new();
+/// Reads one `\n`-terminated line into `buf` (cleared first), keeping at most [`MAX_LINE`]
+/// bytes; `None` at end of input.
+async fn read_line(
+    r: &mut (impl AsyncBufRead + Unpin),
+    buf: &mut Vec<u8>,
+) -> io::Result<Option<Long>> {
+    buf.clear();
     let mut len = 0usize;
     loop {
         let avail = r.fill_buf().await?;
@@ -86,9 +96,10 @@ async fn read_line(r: &mut (impl AsyncBufRead + Unpin)) -> io::Result<Option<Lin
         }
     }
     Ok(Some(if len <= MAX_LINE {
-        Line::Complete(buf)
+        Long::Complete
     } else {
-        Line::Overlong { start: buf, len }
+        buf.truncate(256);
+        Long::Overlong(len)
     }))
 }
 
@@ -124,7 +135,8 @@ pub async fn serve<P: Policy>(
 ) -> Result<(), Stopped> {
     let (tx, rx) = mpsc::channel::<Vec<u8>>(OUTPUT_QUEUE);
     let writer = tokio::spawn(write_lines(rx, output));
-    let mut input = BufReader::new(input);
+    let mut input = BufReader::with_capacity(READ_BUFFER, input);
+    let mut long = Vec::new();
     let mut state = State {
         policy,
         tx,
@@ -134,34 +146,43 @@ pub async fn serve<P: Policy>(
         registered: false,
     };
     let result = loop {
-        let line = match read_line(&mut input).await {
-            Ok(Some(l)) => l,
-            Ok(None) => break Ok(()),
+        // A line already whole in the read buffer is handled where it lies (no copy); one
+        // that continues past it is gathered in `long`.
+        let avail = match input.fill_buf().await {
+            Ok(a) => a,
             Err(e) => break Err(Stopped::Io(e)),
         };
-        let line = match line {
-            Line::Complete(l) => l,
-            Line::Overlong { start, len } => {
-                state.overlong(&start, len);
-                continue;
+        if avail.is_empty() {
+            break Ok(());
+        }
+        if let Some(i) = avail.iter().position(|b| *b == b'\n') {
+            let flow = state.line(&avail[..i]).await;
+            input.consume(i + 1);
+            match flow {
+                Flow::Continue => continue,
+                Flow::Stop(r) => break r,
             }
-        };
-        match proto::parse(&line) {
-            Ok(input) => {
-                if !state.dispatch(input).await {
-                    break Ok(());
+        }
+        match read_line(&mut input, &mut long).await {
+            Ok(None) => break Ok(()),
+            Err(e) => break Err(Stopped::Io(e)),
+            Ok(Some(Long::Overlong(len))) => state.overlong(&long, len),
+            Ok(Some(Long::Complete)) => {
+                if let Flow::Stop(r) = state.line(&long).await {
+                    break r;
                 }
             }
-            Err(e @ ParseError::Version(_)) => break Err(Stopped::Protocol(e.to_string())),
-            Err(e) => tracing::warn!(
-                "ignoring a line from smtpd that is not filter protocol: {e}: {:?}",
-                String::from_utf8_lossy(&line[..line.len().min(120)])
-            ),
         }
     };
     drop(state);
     let _ = writer.await;
     result
+}
+
+/// Whether to read on after a line.
+enum Flow {
+    Continue,
+    Stop(Result<(), Stopped>),
 }
 
 struct State<P: Policy> {
@@ -181,6 +202,29 @@ impl<P: Policy> State<P> {
         line.push(b'\n');
         let tx = self.tx.clone();
         tx.send(line).await.is_ok()
+    }
+
+    /// Handles one line (without its newline).
+    async fn line(&mut self, line: &[u8]) -> Flow {
+        if line.len() > MAX_LINE {
+            self.overlong(&line[..256], line.len());
+            return Flow::Continue;
+        }
+        match proto::parse(line) {
+            Ok(input) => {
+                if !self.dispatch(input).await {
+                    return Flow::Stop(Ok(()));
+                }
+            }
+            Err(e @ ParseError::Version(_)) => {
+                return Flow::Stop(Err(Stopped::Protocol(e.to_string())))
+            }
+            Err(e) => tracing::warn!(
+                "ignoring a line from smtpd that is not filter protocol: {e}: {:?}",
+                String::from_utf8_lossy(&line[..line.len().min(120)])
+            ),
+        }
+        Flow::Continue
     }
 
     fn new_session(&self) -> Session<P> {
@@ -217,7 +261,7 @@ impl<P: Policy> State<P> {
                 match key {
                     "ready" if !self.registered => {
                         self.registered = true;
-                        for line in proto::registration() {
+                        for line in proto::registration(P::FACTS) {
                             if !self.send(line.into_bytes()).await {
                                 return false;
                             }
@@ -402,11 +446,13 @@ async fn end_of_message<P: Policy>(
     // message kept in memory is written back here in one chunk; a larger one on a blocking
     // thread, handing full chunks to the writer as it goes (bounded memory).
     let written: Result<io::Result<Vec<u8>>, String> = if copy_in_memory {
-        let mut chunk = Vec::with_capacity(2 * CHUNK);
+        // Room for the lines plus each line's `filter-dataline|SESSION|TOKEN|` prefix; sized
+        // to the message, since a buffer of allocator-trimming size per message costs more
+        // in page faults than the rest of the write-back.
+        let mut chunk = Vec::with_capacity(2 * copy.len_hint() + 2048);
         Ok(copy
             .write_back(&rewrite, &mut |line| {
-                chunk.extend_from_slice(&proto::data_line(&sid, &token, line));
-                chunk.push(b'\n');
+                proto::push_data_line(&mut chunk, &sid, &token, line);
                 Ok(())
             })
             .map(|()| chunk))
@@ -415,8 +461,7 @@ async fn end_of_message<P: Policy>(
         tokio::task::spawn_blocking(move || -> io::Result<Vec<u8>> {
             let mut chunk = Vec::with_capacity(CHUNK + 1024);
             copy.write_back(&rewrite, &mut |line| {
-                chunk.extend_from_slice(&proto::data_line(&sid, &token, line));
-                chunk.push(b'\n');
+                proto::push_data_line(&mut chunk, &sid, &token, line);
                 if chunk.len() >= CHUNK {
                     let full = std::mem::replace(&mut chunk, Vec::with_capacity(CHUNK + 1024));
                     lines

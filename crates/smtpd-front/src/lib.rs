@@ -7,9 +7,11 @@
 //! * [`proto`]: the line format, parsed and written (versions 0.6 and 0.7);
 //! * [`session`]: one SMTP session's envelope and the message being received;
 //! * [`filter`]: the loop that reads stdin, drives the policy and writes stdout;
+//! * [`stdio`]: smtpd's socket on the event loop, each side waiting only for what it needs;
 //! * [`lifecycle`]: `NAME --opensmtpd -c CONFIG`: configuration, logging, reload, exit codes.
 
 pub mod filter;
 pub mod lifecycle;
 pub mod proto;
 pub mod session;
+pub mod stdio;

@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-pub const EX_USAGE: u8 = 64;
+pub use chassis::cli::EX_USAGE;
 pub const EX_PROTOCOL: u8 = 76;
 pub const EX_OSERR: u8 = 71;
 pub const EX_CONFIG: u8 = 78;
@@ -18,11 +18,9 @@ pub const EX_CONFIG: u8 = 78;
 type Input = Box<dyn tokio::io::AsyncRead + Unpin + Send>;
 type Output = Box<dyn tokio::io::AsyncWrite + Unpin + Send>;
 
-/// stdin and stdout on the event loop itself. smtpd hands a filter one end of a socket pair;
-/// tokio's own stdin/stdout would move every read and write to a blocking thread and back,
-/// and those thread switches cost more CPU than the filter's work (measured). A socket or a
-/// pipe is made non-blocking and registered with the reactor instead; anything else (a file,
-/// a terminal) falls back to tokio's stdio.
+/// stdin and stdout on the event loop itself (see [`crate::stdio`] for why and how): a socket
+/// or a pipe is made non-blocking and served by the reactor; anything else (a file, a
+/// terminal) falls back to tokio's stdio.
 fn stdio() -> (Input, Output) {
     use std::os::fd::AsFd;
     use std::os::unix::fs::FileTypeExt;
@@ -35,11 +33,10 @@ fn stdio() -> (Input, Output) {
         if kind.is_socket() {
             let std = std::os::unix::net::UnixStream::from(owned);
             std.set_nonblocking(true).ok()?;
-            let s = tokio::net::UnixStream::from_std(std).ok()?;
             return Some(if read {
-                Ok(Box::new(s))
+                Ok(Box::new(crate::stdio::SocketReader::new(std).ok()?))
             } else {
-                Err(Box::new(s))
+                Err(Box::new(crate::stdio::SocketWriter::new(std)))
             });
         }
         if kind.is_fifo() {
@@ -66,35 +63,9 @@ fn stdio() -> (Input, Output) {
     (input, output)
 }
 
-/// True when the command line asks for the OpenSMTPD filter.
-pub fn requested() -> bool {
-    std::env::args().skip(1).any(|a| a == "--opensmtpd")
-}
-
-/// The whole `main` of a daemon run as an smtpd filter.
-pub fn main<P: Policy>(version: &'static str) -> ExitCode {
-    let mut config_path = PathBuf::from(P::DEFAULT_CONFIG);
-    let mut args = std::env::args().skip(1);
-    while let Some(a) = args.next() {
-        match a.as_str() {
-            "--opensmtpd" => {}
-            "-c" | "--config" => match args.next() {
-                Some(p) => config_path = PathBuf::from(p),
-                None => {
-                    eprintln!("usage: {} --opensmtpd [-c FILE]", P::NAME);
-                    return ExitCode::from(EX_USAGE);
-                }
-            },
-            other => {
-                eprintln!(
-                    "{}: unknown argument '{other}'\nusage: {} --opensmtpd [-c FILE]",
-                    P::NAME,
-                    P::NAME
-                );
-                return ExitCode::from(EX_USAGE);
-            }
-        }
-    }
+/// The whole `main` of a daemon run as an smtpd filter (`--opensmtpd`), reading the
+/// configuration file `config_path` (the command line is parsed by [`chassis::cli`]).
+pub fn main<P: Policy>(config_path: PathBuf, version: &'static str) -> ExitCode {
     let config = match P::load(&config_path) {
         Ok(c) => c,
         Err(e) => {
@@ -135,7 +106,15 @@ pub fn main<P: Policy>(version: &'static str) -> ExitCode {
             config_path.display()
         );
         let (input, output) = stdio();
-        let served = crate::filter::serve(policy, input, output).await;
+        // In a task of its own rather than as `block_on`'s future: waking that future
+        // always goes through the reactor's wake-up descriptor (a write and one more event
+        // per message), while a task woken by its own socket is simply queued.
+        let served = match tokio::spawn(crate::filter::serve(policy, input, output)).await {
+            Ok(s) => s,
+            Err(e) => Err(crate::filter::Stopped::Io(std::io::Error::other(
+                e.to_string(),
+            ))),
+        };
         reloader.abort();
         match served {
             Ok(()) => {

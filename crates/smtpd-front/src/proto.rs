@@ -7,6 +7,7 @@
 //! version is read from field 2 of every `report|` and `filter|` line; 0.7 (smtpd 7.4 and
 //! later) differs for us only in the field order of `link-auth`. Other versions are refused.
 
+use chassis::envelope::Facts;
 use std::fmt;
 
 /// The protocol versions we speak.
@@ -100,8 +101,16 @@ fn hex_id(field: &[u8]) -> Result<&str, ParseError> {
     }
 }
 
-fn fields(line: &[u8], n: usize) -> Vec<&[u8]> {
-    line.splitn(n, |b| *b == b'|').collect()
+/// The first `N` `|`-separated fields of `line` (the last one holds the rest of the line) and
+/// how many there are; without allocating, since every message line goes through here.
+fn fields<const N: usize>(line: &[u8]) -> ([&[u8]; N], usize) {
+    let mut out = [&b""[..]; N];
+    let mut n = 0;
+    for (slot, f) in out.iter_mut().zip(line.splitn(N, |b| *b == b'|')) {
+        *slot = f;
+        n += 1;
+    }
+    (out, n)
 }
 
 fn version(field: &[u8]) -> Result<Version, ParseError> {
@@ -117,22 +126,24 @@ pub fn parse(line: &[u8]) -> Result<Input<'_>, ParseError> {
     let kind = line.split(|b| *b == b'|').next().unwrap_or(b"");
     match kind {
         b"config" => {
-            let f = fields(line, 3);
-            let key = text(f.get(1).ok_or(ParseError::Short {
-                kind: "config",
-                fields: 1,
-            })?)?;
+            let (f, n) = fields::<3>(line);
+            if n < 2 {
+                return Err(ParseError::Short {
+                    kind: "config",
+                    fields: 1,
+                });
+            }
             Ok(Input::Config {
-                key,
-                value: f.get(2).copied().unwrap_or(b""),
+                key: text(f[1])?,
+                value: f[2],
             })
         }
         b"report" => {
-            let f = fields(line, 7);
-            if f.len() < 6 {
+            let (f, n) = fields::<7>(line);
+            if n < 6 {
                 return Err(ParseError::Short {
                     kind: "report",
-                    fields: f.len(),
+                    fields: n,
                 });
             }
             Ok(Input::Report {
@@ -140,15 +151,15 @@ pub fn parse(line: &[u8]) -> Result<Input<'_>, ParseError> {
                 subsystem: text(f[3])?,
                 event: text(f[4])?,
                 session: hex_id(f[5])?,
-                params: f.get(6).copied().unwrap_or(b""),
+                params: f[6],
             })
         }
         b"filter" => {
-            let f = fields(line, 8);
-            if f.len() < 7 {
+            let (f, n) = fields::<8>(line);
+            if n < 7 {
                 return Err(ParseError::Short {
                     kind: "filter",
-                    fields: f.len(),
+                    fields: n,
                 });
             }
             Ok(Input::Filter {
@@ -157,7 +168,7 @@ pub fn parse(line: &[u8]) -> Result<Input<'_>, ParseError> {
                 phase: text(f[4])?,
                 session: hex_id(f[5])?,
                 token: hex_id(f[6])?,
-                params: f.get(7).copied().unwrap_or(b""),
+                params: f[7],
             })
         }
         other => Err(ParseError::UnknownKind(
@@ -166,27 +177,31 @@ pub fn parse(line: &[u8]) -> Result<Input<'_>, ParseError> {
     }
 }
 
-/// The report events we follow to know the session (see [`crate::session`]).
+/// The report events we always follow to know the session (see [`crate::session`]): the
+/// connection, AUTH, and each transaction's start (which also ends the one before, so
+/// `tx-reset`/`tx-rollback` add nothing) with its MAIL FROM.
 pub const REPORTS: &[&str] = &[
     "link-connect",
     "link-disconnect",
     "link-greeting",
-    "link-identify",
     "link-auth",
-    "tx-reset",
     "tx-begin",
     "tx-mail",
-    "tx-rcpt",
-    "tx-rollback",
 ];
 
 /// The filter phases we answer: the message lines, and the commit that takes our disposition.
 pub const PHASES: &[&str] = &["data-line", "commit"];
 
-/// The registration smtpd expects after `config|ready`, ending with `register|ready`.
-pub fn registration() -> Vec<String> {
+/// The registration smtpd expects after `config|ready`, ending with `register|ready`. HELO
+/// (`link-identify`) and the recipients (`tx-rcpt`) only when the policy reads them: each such
+/// report arrives at an SMTP round trip of its own, so each costs the filter a wake-up per
+/// message.
+pub fn registration(facts: Facts) -> Vec<String> {
+    let optional = [(facts.helo, "link-identify"), (facts.recipients, "tx-rcpt")];
     let mut out: Vec<String> = REPORTS
         .iter()
+        .copied()
+        .chain(optional.iter().filter(|(on, _)| *on).map(|(_, e)| *e))
         .map(|e| format!("register|report|smtp-in|{e}"))
         .collect();
     out.extend(
@@ -201,12 +216,25 @@ pub fn registration() -> Vec<String> {
 /// One line of the message handed back in the data-line phase. `line` is the unescaped text
 /// (no CR or LF); it is dot-escaped here (RFC 5321 §4.5.2), as smtpd expects it.
 pub fn data_line(session: &str, token: &str, line: &[u8]) -> Vec<u8> {
-    let mut out = format!("filter-dataline|{session}|{token}|").into_bytes();
+    let mut out = Vec::with_capacity(line.len() + 64);
+    push_data_line(&mut out, session, token, line);
+    out.pop();
+    out
+}
+
+/// [`data_line`] appended to `out`, with its newline: a message is written back as a batch
+/// of lines, built in place.
+pub fn push_data_line(out: &mut Vec<u8>, session: &str, token: &str, line: &[u8]) {
+    out.extend_from_slice(b"filter-dataline|");
+    out.extend_from_slice(session.as_bytes());
+    out.push(b'|');
+    out.extend_from_slice(token.as_bytes());
+    out.push(b'|');
     if line.first() == Some(&b'.') {
         out.push(b'.');
     }
     out.extend_from_slice(line);
-    out
+    out.push(b'\n');
 }
 
 /// The end of the message in the data-line phase.
@@ -339,11 +367,22 @@ mod tests {
 
     #[test]
     fn output_forms() {
-        assert_eq!(
-            registration().last().map(String::as_str),
-            Some("register|ready")
-        );
-        assert!(registration().contains(&"register|filter|smtp-in|data-line".to_string()));
+        let all = registration(Facts::ALL);
+        assert_eq!(all.last().map(String::as_str), Some("register|ready"));
+        assert!(all.contains(&"register|filter|smtp-in|data-line".to_string()));
+        assert!(all.contains(&"register|report|smtp-in|tx-rcpt".to_string()));
+        assert!(all.contains(&"register|report|smtp-in|link-identify".to_string()));
+        let lean = registration(Facts {
+            helo: false,
+            recipients: false,
+        });
+        assert_eq!(lean.len(), all.len() - 2);
+        assert!(!lean
+            .iter()
+            .any(|l| l.ends_with("tx-rcpt") || l.ends_with("link-identify")));
+        let mut out = b"x\n".to_vec();
+        push_data_line(&mut out, "s", "t", b".dot");
+        assert_eq!(out, b"x\nfilter-dataline|s|t|..dot\n");
         assert_eq!(data_line("s", "t", b"hello"), b"filter-dataline|s|t|hello");
         assert_eq!(
             data_line("s", "t", b".hidden"),

@@ -207,6 +207,7 @@ pub async fn evaluate(rt: Arc<Runtime>, env: Envelope, msg: Message) -> Verdict 
             Err(e) => Some(e.to_string()),
         };
         if let Some(e) = failure {
+            chassis::metrics::metrics().store_failures.inc();
             let path = rt.history.as_ref().map(|s| s.path().display().to_string());
             tracing::error!(
                 "{qid}: history store {}: cannot record message: {e}",
