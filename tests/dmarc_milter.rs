@@ -32,6 +32,11 @@ fn zone(key: &TestKey) -> Zone {
             "v=DMARC1; p=reject; rua=mailto:dmarc@example.com",
         )
         .a("a.b.example.com", Ipv4Addr::new(192, 0, 2, 99))
+        .txt("ruf.example", &format!("v=spf1 ip4:{GOOD_IP} -all"))
+        .txt(
+            "_dmarc.ruf.example",
+            "v=DMARC1; p=none; ruf=mailto:ruf@ruf.example!50k; fo=1",
+        )
         .txt("ed._domainkey.example.com", &key.dns_record())
         .txt("ed._domainkey.sub.example.com", &key.dns_record())
         .txt("softfail.example", "v=spf1 ~all")
@@ -1036,4 +1041,87 @@ async fn rfc9989_4_10_2_organizational_domains() {
             auth_results(&out)
         );
     }
+}
+
+/// (qid, ruf, fo, source_ip, mail_from, auth_results, headers) of each kept failure.
+fn failures(path: &Path) -> Vec<[String; 7]> {
+    let c = rusqlite::Connection::open(path).unwrap();
+    let mut st = c
+        .prepare(
+            "SELECT job_id, ruf, fo, source_ip, mail_from, auth_results, headers FROM failures
+             ORDER BY id",
+        )
+        .unwrap();
+    st.query_map([], |r| {
+        Ok([
+            r.get(0)?,
+            r.get(1)?,
+            r.get(2)?,
+            r.get(3)?,
+            r.get(4)?,
+            r.get(5)?,
+            r.get(6)?,
+        ])
+    })
+    .unwrap()
+    .map(Result::unwrap)
+    .collect()
+}
+
+/// With `failure_reports = true` a failing message of a domain with `ruf=` is kept for the
+/// report program (with its headers, our A-R and the record's fo=); report mail, domains
+/// without ruf and a configuration without the switch keep nothing.
+#[tokio::test]
+async fn failure_reports_keep_failing_mail_of_ruf_domains() {
+    let s = setup("failure_reports = true").await;
+    let raw = message("alice@ruf.example", "FAIL1");
+    send(&s, &tx(&raw, "FAIL1", BAD_IP, "alice@ruf.example")).await;
+    let raw = message("alice@example.com", "NORUF");
+    send(&s, &tx(&raw, "NORUF", BAD_IP, "alice@example.com")).await;
+    let report = String::from_utf8(message("alice@ruf.example", "REPORT"))
+        .unwrap()
+        .replace(
+            "Subject: test REPORT",
+            "Subject: test REPORT\r\nContent-Type: multipart/report; report-type=feedback-report",
+        );
+    send(
+        &s,
+        &tx(report.as_bytes(), "REPORT", BAD_IP, "alice@ruf.example"),
+    )
+    .await;
+    let kept = failures(&history_path(&s));
+    assert_eq!(kept.len(), 1, "{kept:?}");
+    let [qid, ruf, fo, ip, mail_from, ar, headers] = &kept[0];
+    assert_eq!(
+        (
+            qid.as_str(),
+            ruf.as_str(),
+            fo.as_str(),
+            ip.as_str(),
+            mail_from.as_str()
+        ),
+        (
+            "FAIL1",
+            "mailto:ruf@ruf.example!51200",
+            "1",
+            BAD_IP,
+            "alice@ruf.example"
+        )
+    );
+    assert!(ar.starts_with(&format!("{AUTHSERV};")), "{ar}");
+    assert!(
+        ar.contains("dmarc=fail (p=none dis=none) header.from=ruf.example"),
+        "{ar}"
+    );
+    assert!(
+        headers.starts_with("From: Alice <alice@ruf.example>\r\n"),
+        "{headers}"
+    );
+    assert!(headers.contains("Subject: test FAIL1\r\n"), "{headers}");
+    assert!(!headers.contains("Hello Bob"), "{headers}");
+
+    let off = setup("").await;
+    let raw = message("alice@ruf.example", "FAIL2");
+    send(&off, &tx(&raw, "FAIL2", BAD_IP, "alice@ruf.example")).await;
+    assert!(failures(&history_path(&off)).is_empty());
 }

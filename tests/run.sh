@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-packages=(opendkim opendkim-tools miltertest python3-dkim python3-authres python3-dnspython libmail-dkim-perl libnet-dns-perl openssl postfix sendmail-cf m4 libwrap0 libevent-2.1-7 libdb5.3 libopensmtpd0 systemd python3-pip python3-yaml lintian man-db groff-base python3-matplotlib)
+packages=(opendkim opendkim-tools miltertest python3-dkim python3-authres python3-dnspython libmail-dkim-perl libnet-dns-perl openssl postfix sendmail-cf m4 libwrap0 libevent-2.1-7 libdb5.3 libopensmtpd0 systemd python3-pip python3-yaml lintian man-db groff-base python3-matplotlib libxml2-utils python3-venv)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -54,6 +54,20 @@ if [ "$(id -u)" -eq 0 ]; then
 elif [ ! -x /opt/authmilter-tests/opensmtpd/usr/sbin/smtpd ]; then
   echo "tests/run.sh: OpenSMTPD is missing (run as root to set it up: tests/install_opensmtpd.sh)" >&2
   exit 1
+fi
+
+# parsedmarc (PyPI, pinned) in a venv: the independent judge of the aggregate reports
+# (crates/authmilter/tests/reports.rs, tests/judges/parsedmarc_report.py).
+parsedmarc_venv=/opt/authmilter-tests/parsedmarc-venv
+if ! "$parsedmarc_venv/bin/python" -c 'import parsedmarc' 2>/dev/null; then
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "tests/run.sh: $parsedmarc_venv is missing (run as root to install parsedmarc there)" >&2
+    exit 1
+  fi
+  echo "tests/run.sh: installing parsedmarc into $parsedmarc_venv"
+  mkdir -p "$(dirname "$parsedmarc_venv")"
+  /usr/bin/python3 -m venv "$parsedmarc_venv"
+  "$parsedmarc_venv/bin/pip" install -q 'parsedmarc==11.1.0'
 fi
 
 # The openspf RFC 7208 suite for tests/spf_conformance.rs (from PyPI's pyspf tarball, converted

@@ -185,6 +185,11 @@ pub fn resolver_settings(
 
 /// Runs the command line `argv` (without the program name); returns the exit status.
 pub fn run(argv: &[String], out: &mut dyn Write, err: &mut dyn Write) -> u8 {
+    // The report program owns its command line (crates/dmarc-reports/src/cli.rs,
+    // docs/dmarc-reports.md): `authmilter reports run|inspect|help ...`.
+    if argv.first().map(String::as_str) == Some("reports") {
+        return dmarc_reports::cli::run(&argv[1..], out, err);
+    }
     let argv = std::iter::once("authmilter".to_string()).chain(argv.iter().cloned());
     match cli::parse::<Cli>(Cli::command(), argv, out, err) {
         Ok(parsed) => dispatch(parsed, out, err),

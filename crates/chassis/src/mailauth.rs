@@ -55,7 +55,13 @@ pub mod common {
 /// DMARC records, alignment and the RFC 9989 tree walk.
 pub mod dmarc {
     pub use mail_auth::dmarc::verify::DmarcParameters;
-    pub use mail_auth::dmarc::{Alignment, Dmarc, Policy, Psd};
+    pub use mail_auth::dmarc::{Alignment, Dmarc, Policy, Psd, Report as FailureOptions};
+}
+
+/// DMARC aggregate reports and ARF (the report program, crates/dmarc-reports, writes and reads
+/// them with this model; mail-auth 0.13.3's `report` module).
+pub mod report {
+    pub use mail_auth::report::*;
 }
 
 /// SPF records and `check_host()`.

@@ -47,6 +47,8 @@ chassis::raw_config_with_service_keys! {
         #[serde(default)]
         history: Option<PathBuf>,
         #[serde(default)]
+        failure_reports: bool,
+        #[serde(default)]
         actions: Actions,
     }
 }
@@ -121,6 +123,9 @@ pub struct Config {
     pub received_spf: bool,
     /// SQLite history database; `None`: no history kept.
     pub history: Option<PathBuf>,
+    /// Keep failing messages of domains with `ruf=` in the history for the report program's
+    /// failure reports (off by default, as OpenDMARC's FailureReports).
+    pub failure_reports: bool,
     pub actions: Actions,
     pub resolver: ResolverSettings,
     pub limits: Limits,
@@ -206,6 +211,7 @@ impl Config {
             software_header: raw.software_header,
             received_spf: raw.received_spf,
             history: raw.history.map(|p| rel(&p)),
+            failure_reports: raw.failure_reports,
             actions: raw.actions,
             resolver: raw.resolver,
             limits: raw.limits.message_limits(path),

@@ -62,7 +62,71 @@ CREATE TABLE IF NOT EXISTS dkim_results (
     result     TEXT    NOT NULL
 );
 CREATE INDEX IF NOT EXISTS dkim_results_by_message ON dkim_results (message_id);
+CREATE TABLE IF NOT EXISTS failures (
+    id              INTEGER PRIMARY KEY,
+    received        INTEGER NOT NULL,
+    job_id          TEXT    NOT NULL,
+    reporter        TEXT    NOT NULL,
+    policy_domain   TEXT    NOT NULL,
+    ruf             TEXT    NOT NULL,
+    fo              TEXT    NOT NULL,
+    source_ip       TEXT,
+    mail_from       TEXT    NOT NULL,
+    rcpt_to         TEXT    NOT NULL,
+    auth_results    TEXT    NOT NULL,
+    dkim            TEXT    NOT NULL,
+    spf             TEXT,
+    dkim_aligned    INTEGER NOT NULL,
+    spf_aligned     INTEGER NOT NULL,
+    disposition     TEXT    NOT NULL,
+    headers         TEXT    NOT NULL,
+    state           TEXT    NOT NULL DEFAULT 'pending',
+    finished        INTEGER,
+    sent_to         TEXT,
+    last_error      TEXT
+);
+CREATE INDEX IF NOT EXISTS failures_by_state ON failures (state);
 ";
+
+/// The largest header block kept for a failure report.
+pub const MAX_FAILURE_HEADERS: usize = 64 * 1024;
+
+/// A message that failed for a domain asking for failure reports (`ruf=`), kept for the report
+/// program (`failure_reports = true`; docs/dmarc-reports.md). Which failures are reported is
+/// decided there, from `fo`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    pub received: i64,
+    pub job_id: String,
+    pub reporter: String,
+    pub policy_domain: String,
+    /// The ruf URIs (`mailto:ADDRESS[!BYTES]`).
+    pub ruf: Vec<String>,
+    /// The record's `fo=` (`0`, `1`, `d`, `s`, `:`-separated).
+    pub fo: String,
+    pub source_ip: Option<String>,
+    pub mail_from: String,
+    pub rcpt_to: String,
+    /// Our Authentication-Results value.
+    pub auth_results: String,
+    pub dkim: Vec<DkimEntry>,
+    pub spf: Option<(String, String, String)>,
+    pub dkim_aligned: bool,
+    pub spf_aligned: bool,
+    pub disposition: String,
+    /// The header block as received (at most [`MAX_FAILURE_HEADERS`] bytes).
+    pub headers: String,
+}
+
+/// Report mail is never the subject of a failure report (RFC 7489 §7.3, no report loops): a
+/// multipart/report, or a message with an aggregate report's subject.
+pub fn is_report_mail(headers: &str) -> bool {
+    let lower = headers.to_ascii_lowercase();
+    lower.lines().any(|l| {
+        (l.starts_with("content-type:") && l.contains("multipart/report"))
+            || l.starts_with("subject: report domain:")
+    })
+}
 
 /// What the domain published, as found at the policy domain.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -333,6 +397,44 @@ impl Store {
         }
         tx.commit().map_err(|e| failure(&conn, e))?;
         Ok(id)
+    }
+}
+
+impl Store {
+    /// Keeps a failing message for a failure report (one transaction). Blocking.
+    pub fn insert_failure(&self, f: &Failure) -> Result<i64, String> {
+        let conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        let dkim: Vec<String> = f
+            .dkim
+            .iter()
+            .map(|d| format!("{} {} {}", d.domain, d.selector, d.result))
+            .collect();
+        conn.execute(
+            "INSERT INTO failures (received, job_id, reporter, policy_domain, ruf, fo, source_ip,
+                mail_from, rcpt_to, auth_results, dkim, spf, dkim_aligned, spf_aligned,
+                disposition, headers)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
+            params![
+                f.received,
+                f.job_id,
+                f.reporter,
+                f.policy_domain,
+                f.ruf.join(" "),
+                f.fo,
+                f.source_ip,
+                f.mail_from,
+                f.rcpt_to,
+                f.auth_results,
+                dkim.join(";"),
+                f.spf.as_ref().map(|(d, s, r)| format!("{d} {s} {r}")),
+                f.dkim_aligned,
+                f.spf_aligned,
+                f.disposition,
+                f.headers,
+            ],
+        )
+        .map_err(|e| failure(&conn, e))?;
+        Ok(conn.last_insert_rowid())
     }
 }
 

@@ -73,13 +73,20 @@ fn published(record: &Dmarc, pct: Option<u8>) -> Published {
             Psd::Default => "u",
         }
         .to_string(),
-        // mail-auth keeps only the address of `mailto:` URIs; reports want the URI.
+        // mail-auth keeps only the address of `mailto:` URIs; reports want the URI, with its
+        // `!size` limit (in bytes) for the report program.
         rua: record
             .rua
             .iter()
-            .map(|u| match u.uri() {
-                a if a.contains(':') => a.to_string(),
-                a => format!("mailto:{a}"),
+            .map(|u| {
+                let uri = match u.uri() {
+                    a if a.contains(':') => a.to_string(),
+                    a => format!("mailto:{a}"),
+                };
+                match u.max_size() {
+                    0 => uri,
+                    n => format!("{uri}!{n}"),
+                }
             })
             .collect(),
     }

@@ -9,7 +9,7 @@ use super::dmarc::{self, policy_word, DmarcCheck, Outcome};
 use super::received_spf;
 use super::spf::{self, result_word, Scope, SpfCheck};
 use crate::config::MultiFrom;
-use crate::history::{DkimEntry, Record};
+use crate::history::{DkimEntry, Failure, Record};
 use crate::runtime::Runtime;
 use chassis::authres::{AuthResults, ResInfo};
 use chassis::envelope::Envelope;
@@ -191,6 +191,18 @@ pub async fn evaluate(rt: Arc<Runtime>, env: Envelope, msg: Message) -> Verdict 
     let results = (!matches!(action, Action::Reject(_))).then_some(ar);
 
     if let Some(store) = rt.history.clone() {
+        // A failing message of a domain with ruf=, for the report program (best effort: a
+        // failure report never holds up or fails the message).
+        if cfg.failure_reports {
+            if let Some(f) = failure_row(&env, &id, &ev, &msg, results.as_ref()) {
+                let s = store.clone();
+                match tokio::task::spawn_blocking(move || s.insert_failure(&f)).await {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => tracing::warn!("{qid}: cannot keep the failure report: {e}"),
+                    Err(e) => tracing::warn!("{qid}: cannot keep the failure report: {e}"),
+                }
+            }
+        }
         let record = record(&env, &id, &ev, &action, &msg);
         // Committed before the front end's deadline or not at all: a message the MTA is told
         // to retry must not also be counted (the retry is).
@@ -701,6 +713,90 @@ fn dispose(
         override_comment,
         result,
     }
+}
+
+/// What a failure report needs about `ev`, when its domain asks for failure reports (`ruf=`)
+/// and something failed; `fo=` is applied by the report program. Never for report mail.
+fn failure_row(
+    env: &Envelope,
+    id: &str,
+    ev: &Evaluation,
+    msg: &Message,
+    ar: Option<&AuthResults>,
+) -> Option<Failure> {
+    let check = ev.dmarc.as_ref()?;
+    let record = check.record.as_ref()?;
+    if record.ruf.is_empty() {
+        return None;
+    }
+    let failed = |r: &str| !matches!(r, "pass" | "none");
+    let spf = ev.spf.as_ref().map(|s| {
+        (
+            s.domain.clone(),
+            s.scope.report_word().to_string(),
+            result_word(s.result).to_string(),
+        )
+    });
+    let something_failed = !check.dkim_aligned
+        || !check.spf_aligned
+        || ev.dkim.iter().any(|d| failed(&d.result))
+        || spf.as_ref().is_some_and(|s| failed(&s.2));
+    if !something_failed {
+        return None;
+    }
+    let raw = msg.raw();
+    let end = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map(|p| p + 2)
+        .unwrap_or(raw.len())
+        .min(crate::history::MAX_FAILURE_HEADERS);
+    let headers = String::from_utf8_lossy(&raw[..end]).into_owned();
+    if crate::history::is_report_mail(&headers) {
+        return None;
+    }
+    use chassis::mailauth::dmarc::FailureOptions as Fo;
+    let fo = match record.fo {
+        Fo::All => "0",
+        Fo::Any => "1",
+        Fo::Dkim => "d",
+        Fo::Spf => "s",
+        Fo::DkimSpf => "d:s",
+    };
+    Some(Failure {
+        received: SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or(0),
+        job_id: env.queue_id().to_string(),
+        reporter: id.to_string(),
+        policy_domain: check.policy_domain.clone().unwrap_or_default(),
+        ruf: record
+            .ruf
+            .iter()
+            .map(|u| {
+                let uri = match u.uri() {
+                    a if a.contains(':') => a.to_string(),
+                    a => format!("mailto:{a}"),
+                };
+                match u.max_size() {
+                    0 => uri,
+                    n => format!("{uri}!{n}"),
+                }
+            })
+            .collect(),
+        fo: fo.to_string(),
+        source_ip: env.client_ip.map(|ip| ip.to_string()),
+        mail_from: env.mail_from.clone(),
+        rcpt_to: env.rcpts.first().cloned().unwrap_or_default(),
+        auth_results: ar.map(|a| a.to_value()).unwrap_or_default(),
+        dkim: ev.dkim.clone(),
+        spf,
+        dkim_aligned: check.dkim_aligned,
+        spf_aligned: check.spf_aligned,
+        disposition: ev.disposition.to_string(),
+        headers,
+    })
 }
 
 /// The history row for an evaluated message.
