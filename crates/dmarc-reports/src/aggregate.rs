@@ -63,6 +63,7 @@ struct Key {
     dkim_aligned: String,
     spf_aligned: String,
     reason: Option<String>,
+    reason_comment: Option<String>,
     header_from: String,
     envelope_from: String,
     envelope_to: Option<String>,
@@ -119,6 +120,7 @@ impl<'a> Grouper<'a> {
             dkim_aligned: r.dkim_aligned.to_ascii_lowercase(),
             spf_aligned: r.spf_aligned.to_ascii_lowercase(),
             reason: r.override_reason.clone().filter(|s| !s.is_empty()),
+            reason_comment: r.override_comment.clone().filter(|s| !s.is_empty()),
             header_from: clean(&r.header_from),
             envelope_from: clean(&r.envelope_from),
             envelope_to: cfg
@@ -221,7 +223,8 @@ fn record(key: &Key, count: u32, schema: Schema) -> chassis::mailauth::report::R
         ..rec.identifiers
     };
     if let Some(reason) = &key.reason {
-        rec = rec.with_policy_override_reason(override_reason(reason));
+        rec =
+            rec.with_policy_override_reason(override_reason(reason, key.reason_comment.as_deref()));
     }
     for (domain, selector, result) in &key.dkim {
         rec = rec.with_dkim_auth_result(DKIMAuthResult {
@@ -309,8 +312,10 @@ fn dmarc(s: &str) -> DmarcResult {
     }
 }
 
-fn override_reason(s: &str) -> PolicyOverrideReason {
-    let (type_, comment) = match s {
+/// The report's reason for an override; `comment` is the history's own (an ARC override names
+/// the sealer), and wins over the one derived from the type.
+fn override_reason(s: &str, comment: Option<&str>) -> PolicyOverrideReason {
+    let (type_, derived) = match s {
         "local_policy" => (PolicyOverride::LocalPolicy, None),
         "mailing_list" => (PolicyOverride::MailingList, None),
         "trusted_forwarder" => (PolicyOverride::TrustedForwarder, None),
@@ -318,6 +323,7 @@ fn override_reason(s: &str) -> PolicyOverrideReason {
         "sampled_out" => (PolicyOverride::Other, Some(SAMPLED_OUT.to_string())),
         other => (PolicyOverride::Other, Some(clean(other))),
     };
+    let comment = comment.map(clean).or(derived);
     PolicyOverrideReason { type_, comment }
 }
 
@@ -395,6 +401,7 @@ pub(crate) mod tests {
             disposition: "none".into(),
             action: "accept".into(),
             override_reason: None,
+            override_comment: None,
             message_key: String::new(),
         }
     }
@@ -424,6 +431,48 @@ pub(crate) mod tests {
         assert_eq!(recs[0].count(), 3);
         assert_eq!(recs[1].count(), 1);
         assert_eq!(recs[1].dmarc_spf_result(), DmarcResult::Fail);
+    }
+
+    /// An ARC override (issue #19) reaches the report as `local_policy` with the history's
+    /// comment naming the sealer; a row without a comment keeps the derived one.
+    #[test]
+    fn an_arc_override_carries_its_comment() {
+        let cfg = config("rfc9990");
+        let mut arc = row("192.0.2.9", "fail", "fail");
+        arc.override_reason = Some("local_policy".into());
+        arc.override_comment = Some("arc=pass as sealed by lists.example.org".into());
+        let mut sampled = row("192.0.2.8", "fail", "fail");
+        sampled.override_reason = Some("sampled_out".into());
+        let meta = Meta {
+            config: &cfg,
+            report_id: "r2",
+            policy_domain: "example.com",
+            begin: 0,
+            end: 86399,
+        };
+        let b = build(&meta, &[arc, sampled]);
+        let reasons: Vec<_> = b
+            .report
+            .records()
+            .iter()
+            .map(|r| r.policy_override_reason().to_vec())
+            .collect();
+        assert_eq!(reasons.len(), 2);
+        let arc_reason = reasons
+            .iter()
+            .flatten()
+            .find(|r| r.type_ == PolicyOverride::LocalPolicy)
+            .expect("local_policy reason");
+        assert_eq!(
+            arc_reason.comment.as_deref(),
+            Some("arc=pass as sealed by lists.example.org")
+        );
+        let other = reasons
+            .iter()
+            .flatten()
+            .find(|r| r.type_ == PolicyOverride::Other)
+            .expect("sampled_out reason");
+        assert!(other.comment.as_deref().is_some_and(|c| !c.is_empty()));
     }
 
     #[test]

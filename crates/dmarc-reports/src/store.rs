@@ -296,7 +296,7 @@ impl ReportStore {
                     m.envelope_from, m.envelope_to, m.policy_domain, m.p, m.sp, m.np, m.adkim,
                     m.aspf, m.testing, m.pct, m.psd, m.rua, m.policy_applied, m.spf_domain,
                     m.spf_scope, m.spf_result, m.dkim_aligned, m.spf_aligned, m.dmarc_result,
-                    m.disposition, m.action, m.override_reason, m.message_key,
+                    m.disposition, m.action, m.override_reason, m.message_key, m.override_comment,
                     d.domain, d.selector, d.result
                  FROM report_rows r JOIN messages m ON m.id = r.message_id
                  LEFT JOIN dkim_results d ON d.message_id = m.id
@@ -307,11 +307,11 @@ impl ReportStore {
         let mut current: Option<(i64, Record)> = None;
         while let Some(r) = rows.next().map_err(&fail)? {
             let id: i64 = r.get(0).map_err(&fail)?;
-            let dkim = match r.get::<_, Option<String>>(29).map_err(&fail)? {
+            let dkim = match r.get::<_, Option<String>>(30).map_err(&fail)? {
                 Some(domain) => Some(DkimEntry {
                     domain,
-                    selector: r.get(30).map_err(&fail)?,
-                    result: r.get(31).map_err(&fail)?,
+                    selector: r.get(31).map_err(&fail)?,
+                    result: r.get(32).map_err(&fail)?,
                 }),
                 None => None,
             };
@@ -540,6 +540,7 @@ fn record(r: &rusqlite::Row<'_>) -> rusqlite::Result<Record> {
         action: r.get(26)?,
         override_reason: r.get(27)?,
         message_key: text(28)?,
+        override_comment: r.get(29)?,
     })
 }
 
