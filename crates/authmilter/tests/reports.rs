@@ -87,6 +87,7 @@ fn rec(
         disposition: disposition.into(),
         action: "accept".into(),
         override_reason: reason.map(str::to_string),
+        override_comment: None,
         message_key: key.into(),
     }
 }
