@@ -25,7 +25,9 @@ def classify(dso, kind, sym):
         return "kernel"
     if HASH.search(sym):
         return "hashing"
-    if CRYPTO.search(sym):
+    # The C daemons' crypto libraries, whatever the symbol (also their per-call provider
+    # lookups: the cost of using the library).
+    if CRYPTO.search(sym) or re.search(r"libcrypto|libnettle|libgnutls|libhogweed|libgmp", dso):
         return "crypto"
     if ALLOC.search(sym.split("::")[-1]) or ALLOC.search(sym):
         return "allocator"
