@@ -8,13 +8,14 @@
 //! driven over the milter protocol as an outside client (the forwarder case: verify and seal in
 //! one pass). Keys are served by the loopback test DNS server.
 
-use milter_client::{apply_modifications, render, run, Modification, Outcome, Reply, Transaction};
+use milter_client::{run, Outcome, Reply, Transaction};
 use std::net::SocketAddr;
 use testkit::daemons::{start_dkim, RunningMilter};
 use testkit::dns::{TestDns, Zone};
 use testkit::judges;
 use testkit::keys::TestKey;
 use testkit::logcapture::lines_with;
+use testkit::outcome::{auth_results, delivered, inserted};
 
 /// The sealers: domain, selector and key kind of hop 1, 2, 3.
 struct Keys {
@@ -100,33 +101,6 @@ fn external(raw: &[u8], qid: &str) -> Transaction {
     tx.eom_macros.push(("i".into(), qid.into()));
     tx.mail_from = "alice@author.example".into();
     tx
-}
-
-fn delivered(tx: &Transaction, out: &Outcome) -> Vec<u8> {
-    let received = Some((
-        "Received".to_string(),
-        " from client by mx (Postfix)".to_string(),
-    ));
-    let headers = apply_modifications(received, &tx.headers, &out.modifications, out.leadspc());
-    render(&headers, &tx.body)
-}
-
-fn inserted(out: &Outcome, name: &str) -> Vec<String> {
-    out.modifications
-        .iter()
-        .filter_map(|m| match m {
-            Modification::InsertHeader { name: n, value, .. } if n.eq_ignore_ascii_case(name) => {
-                Some(value.trim_start().to_string())
-            }
-            _ => None,
-        })
-        .collect()
-}
-
-fn auth_results(out: &Outcome) -> String {
-    let ar = inserted(out, "Authentication-Results");
-    assert_eq!(ar.len(), 1, "exactly one A-R expected, got {ar:?}");
-    ar[0].replace("\r\n\t", " ").replace("\n\t", " ")
 }
 
 /// Runs `raw` through `milter` as an outside client; the reply, A-R and delivered message.

@@ -2,7 +2,7 @@
 //! milter client playing the MTA, and independent DKIM implementations (dkimpy, Mail::DKIM,
 //! OpenDKIM) judging what we sign and signing what we verify.
 
-use milter_client::{apply_modifications, render, run, Modification, Outcome, Reply, Transaction};
+use milter_client::{run, Modification, Reply, Transaction};
 use std::net::SocketAddr;
 use std::path::Path;
 use testkit::daemons::{start_dkim, RunningMilter};
@@ -10,6 +10,7 @@ use testkit::dns::{TestDns, Zone};
 use testkit::judges;
 use testkit::keys::TestKey;
 use testkit::logcapture::lines_with;
+use testkit::outcome::{auth_results, delivered, inserted};
 
 const AUTHSERV: &str = "mx.test.example";
 
@@ -110,33 +111,6 @@ fn external(raw: &[u8], qid: &str) -> Transaction {
 }
 
 /// The message as Postfix would deliver it after applying the milter's changes.
-fn delivered(tx: &Transaction, out: &Outcome) -> Vec<u8> {
-    let received = Some((
-        "Received".to_string(),
-        " from client by mx.test.example (Postfix)".to_string(),
-    ));
-    let headers = apply_modifications(received, &tx.headers, &out.modifications, out.leadspc());
-    render(&headers, &tx.body)
-}
-
-fn inserted(out: &Outcome, name: &str) -> Vec<String> {
-    out.modifications
-        .iter()
-        .filter_map(|m| match m {
-            Modification::InsertHeader { name: n, value, .. } if n.eq_ignore_ascii_case(name) => {
-                Some(value.trim_start().to_string())
-            }
-            _ => None,
-        })
-        .collect()
-}
-
-fn auth_results(out: &Outcome) -> String {
-    let ar = inserted(out, "Authentication-Results");
-    assert_eq!(ar.len(), 1, "exactly one A-R expected, got {ar:?}");
-    ar[0].replace("\n\t", " ").replace("\r\n\t", " ")
-}
-
 fn judge_both(msg: &[u8], dns: SocketAddr) -> (judges::JudgeVerdict, judges::JudgeVerdict) {
     let py = judges::dkimpy_verify(msg, dns).expect("dkimpy runs");
     let pl = judges::mail_dkim_verify(msg, dns).expect("Mail::DKIM runs");

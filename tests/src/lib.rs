@@ -17,6 +17,7 @@ pub mod logcapture;
 pub mod mta;
 pub mod opendkim;
 pub mod opensmtpd;
+pub mod outcome;
 pub mod postfix;
 pub mod sendmail;
 pub mod smtp;

@@ -150,6 +150,35 @@ pub fn compare(model: &BTreeSet<String>, page: &BTreeSet<String>) -> Result<(), 
     ))
 }
 
+/// A daemon's whole reference-page test: `page` (a man page) documents every key of the model
+/// that `parse` accepts (at least `min_keys` of them, so a probe that finds nothing fails), and
+/// no other; and groff renders it without a warning.
+pub fn check_reference_page(
+    page: &std::path::Path,
+    parse: &dyn Fn(&str) -> Option<String>,
+    min_keys: usize,
+) -> Result<(), String> {
+    let text = std::fs::read_to_string(page).map_err(|e| format!("{}: {e}", page.display()))?;
+    let model = model_keys(parse)?;
+    if model.len() < min_keys {
+        return Err(format!(
+            "only {} keys found in the model (expected at least {min_keys}): {model:?}",
+            model.len()
+        ));
+    }
+    compare(&model, &documented_keys(&text)).map_err(|e| format!("{}: {e}", page.display()))?;
+    let out = std::process::Command::new("groff")
+        .args(["-man", "-ww", "-z"])
+        .arg(page)
+        .output()
+        .map_err(|e| format!("groff (groff-base) is needed to check the man page: {e}"))?;
+    let warnings = String::from_utf8_lossy(&out.stderr);
+    if !out.status.success() || !warnings.is_empty() {
+        return Err(format!("{}: groff: {warnings}", page.display()));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
