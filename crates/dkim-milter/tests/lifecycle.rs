@@ -464,3 +464,29 @@ async fn a_silent_client_is_disconnected_after_the_idle_timeout() {
     let out = run(&ep, &internal_tx()).await.unwrap();
     assert_eq!(selector_signed(&out.modifications).as_deref(), Some("one"));
 }
+
+/// A SIGTERM that arrives as soon as the socket exists (before the daemon has built its policy
+/// and logged that it listens) is a graceful stop with status 0, not death by the signal's
+/// default action (status 143, as an early `systemctl stop` saw before the handlers were
+/// installed ahead of the bind).
+#[test]
+fn sigterm_right_after_bind_is_a_graceful_stop() {
+    let dir = keys_dir();
+    let sock = dir.path().join("early.sock");
+    let cfg = write_config(dir.path(), "");
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("inet:0@127.0.0.1", &format!("unix:{}", sock.display()));
+    std::fs::write(&cfg, text).unwrap();
+    let mut d = Daemon::start(BIN, &cfg);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !sock.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "socket never appeared"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    d.signal(nix::sys::signal::Signal::SIGTERM);
+    assert_eq!(d.wait_exit(), 0, "{:?}", d.lines());
+}

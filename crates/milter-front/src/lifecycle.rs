@@ -161,6 +161,16 @@ async fn run<D: Policy>(
     version: &'static str,
 ) -> ExitCode {
     let service = D::service(&config).clone();
+    // Before anything can be asked of us: a SIGTERM that arrives while we bind and build is
+    // kept and answered with a graceful stop once serving starts, not by the default action
+    // (death with status 143 before the handlers exist).
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot install signal handlers");
+        return ExitCode::from(EX_OSERR);
+    };
     let listener = match ResilientListener::bind(&service.socket, service.socket_mode).await {
         Ok(l) => l,
         Err(e) => {
@@ -252,13 +262,6 @@ async fn run<D: Policy>(
         }
     };
     tokio::pin!(serve);
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        tracing::error!("cannot install signal handlers");
-        return ExitCode::from(EX_OSERR);
-    };
     let result = tokio::select! {
         r = &mut serve => r,
         _ = async { tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} } } => {
