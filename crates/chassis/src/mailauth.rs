@@ -55,7 +55,7 @@ pub mod common {
 /// DMARC records, alignment and the RFC 9989 tree walk.
 pub mod dmarc {
     pub use mail_auth::dmarc::verify::DmarcParameters;
-    pub use mail_auth::dmarc::{Alignment, Dmarc, Policy, Psd, Report as FailureOptions};
+    pub use mail_auth::dmarc::{Alignment, Dmarc, Policy, Psd, Report as FailureOptions, URI};
 }
 
 /// DMARC aggregate reports and ARF (the report program, crates/dmarc-reports, writes and reads

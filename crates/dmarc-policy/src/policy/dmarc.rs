@@ -58,6 +58,23 @@ pub fn pct_tag(raw: &str) -> Option<u8> {
     })
 }
 
+/// A record's rua= or ruf= URIs as the report program wants them. mail-auth keeps only the
+/// address of `mailto:` URIs; the history keeps the URI, with its `!size` limit (in bytes).
+pub fn report_uris(uris: &[chassis::mailauth::dmarc::URI]) -> Vec<String> {
+    uris.iter()
+        .map(|u| {
+            let uri = match u.uri() {
+                a if a.contains(':') => a.to_string(),
+                a => format!("mailto:{a}"),
+            };
+            match u.max_size() {
+                0 => uri,
+                n => format!("{uri}!{n}"),
+            }
+        })
+        .collect()
+}
+
 fn published(record: &Dmarc, pct: Option<u8>) -> Published {
     Published {
         p: policy_word(record.p).to_string(),
@@ -73,22 +90,7 @@ fn published(record: &Dmarc, pct: Option<u8>) -> Published {
             Psd::Default => "u",
         }
         .to_string(),
-        // mail-auth keeps only the address of `mailto:` URIs; reports want the URI, with its
-        // `!size` limit (in bytes) for the report program.
-        rua: record
-            .rua
-            .iter()
-            .map(|u| {
-                let uri = match u.uri() {
-                    a if a.contains(':') => a.to_string(),
-                    a => format!("mailto:{a}"),
-                };
-                match u.max_size() {
-                    0 => uri,
-                    n => format!("{uri}!{n}"),
-                }
-            })
-            .collect(),
+        rua: report_uris(&record.rua),
     }
 }
 

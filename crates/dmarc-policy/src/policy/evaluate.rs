@@ -771,20 +771,7 @@ fn failure_row(
         job_id: env.queue_id().to_string(),
         reporter: id.to_string(),
         policy_domain: check.policy_domain.clone().unwrap_or_default(),
-        ruf: record
-            .ruf
-            .iter()
-            .map(|u| {
-                let uri = match u.uri() {
-                    a if a.contains(':') => a.to_string(),
-                    a => format!("mailto:{a}"),
-                };
-                match u.max_size() {
-                    0 => uri,
-                    n => format!("{uri}!{n}"),
-                }
-            })
-            .collect(),
+        ruf: dmarc::report_uris(&record.ruf),
         fo: fo.to_string(),
         source_ip: env.client_ip.map(|ip| ip.to_string()),
         mail_from: env.mail_from.clone(),
