@@ -19,6 +19,7 @@ pub mod opendkim;
 pub mod opensmtpd;
 pub mod outcome;
 pub mod postfix;
+pub mod postgres;
 pub mod sendmail;
 pub mod smtp;
 

@@ -45,7 +45,11 @@ chassis::raw_config_with_service_keys! {
         #[serde(default)]
         received_spf: bool,
         #[serde(default)]
-        history: Option<PathBuf>,
+        history: Option<String>,
+        #[serde(default)]
+        history_pool_size: Option<u64>,
+        #[serde(default)]
+        history_timeout: Option<u64>,
         #[serde(default)]
         failure_reports: bool,
         #[serde(default)]
@@ -121,8 +125,10 @@ pub struct Config {
     pub software_header: bool,
     /// Add an RFC 7208 §9.1 `Received-SPF` header for the SPF check we made ourselves.
     pub received_spf: bool,
-    /// SQLite history database; `None`: no history kept.
-    pub history: Option<PathBuf>,
+    /// The history store: an SQLite file or a PostgreSQL URL; `None`: no history kept.
+    pub history: Option<crate::history::store::Target>,
+    /// PostgreSQL pool size and the bound on one store operation.
+    pub history_settings: crate::history::store::StoreSettings,
     /// Keep failing messages of domains with `ruf=` in the history for the report program's
     /// failure reports (off by default, as OpenDMARC's FailureReports).
     pub failure_reports: bool,
@@ -139,7 +145,6 @@ impl Config {
     pub fn from_toml(path: &Path, text: &str) -> Result<Config, ConfigError> {
         let mut raw: RawConfig = configfile::parse_toml(path, text)?;
         let err = |key: &str, msg: String| configfile::key_error(path, text, key, msg);
-        let rel = |p: &Path| configfile::relative_to(path, p);
 
         if let Err(e) = raw.resolver.parsed_nameservers() {
             return Err(err("nameservers", e));
@@ -177,6 +182,22 @@ impl Config {
                 ),
             ));
         }
+        let defaults = crate::history::store::StoreSettings::default();
+        let history_settings = crate::history::store::StoreSettings {
+            pool_size: match raw.history_pool_size {
+                Some(0) => return Err(err("history_pool_size", "must be at least 1".into())),
+                Some(n) if n > 256 => {
+                    return Err(err("history_pool_size", format!("{n}: at most 256")))
+                }
+                Some(n) => n as usize,
+                None => defaults.pool_size,
+            },
+            timeout: match raw.history_timeout {
+                Some(0) => return Err(err("history_timeout", "must be at least 1 second".into())),
+                Some(n) => Duration::from_secs(n),
+                None => defaults.timeout,
+            },
+        };
         let ignore_mail_from = raw
             .ignore_mail_from
             .iter()
@@ -210,7 +231,10 @@ impl Config {
             required_headers: raw.required_headers,
             software_header: raw.software_header,
             received_spf: raw.received_spf,
-            history: raw.history.map(|p| rel(&p)),
+            history: raw.history.as_deref().map(|h| {
+                crate::history::store::Target::parse(h, path.parent().unwrap_or(Path::new(".")))
+            }),
+            history_settings,
             failure_reports: raw.failure_reports,
             actions: raw.actions,
             resolver: raw.resolver,
@@ -257,6 +281,33 @@ mod tests {
     }
 
     #[test]
+    fn history_may_be_a_postgresql_url_with_pool_and_timeout() {
+        let c = Config::from_toml(
+            Path::new("/etc/authmilter/dmarc.toml"),
+            "history = \"postgresql://mx@db.internal/dmarc\"\nhistory_pool_size = 8\nhistory_timeout = 3\n",
+        )
+        .unwrap();
+        assert_eq!(
+            c.history,
+            Some(crate::history::store::Target::Postgres(
+                "postgresql://mx@db.internal/dmarc".into()
+            ))
+        );
+        assert_eq!(c.history_settings.pool_size, 8);
+        assert_eq!(c.history_settings.timeout, Duration::from_secs(3));
+        let e = Config::from_toml(Path::new("/x.toml"), "history_pool_size = 0\n").unwrap_err();
+        assert_eq!(
+            (e.line, e.key.as_deref()),
+            (Some(1), Some("history_pool_size"))
+        );
+        let e = Config::from_toml(Path::new("/x.toml"), "\nhistory_timeout = 0\n").unwrap_err();
+        assert_eq!(
+            (e.line, e.key.as_deref()),
+            (Some(2), Some("history_timeout"))
+        );
+    }
+
+    #[test]
     fn history_path_is_relative_to_the_file() {
         let c = Config::from_toml(
             Path::new("/etc/authmilter/dmarc.toml"),
@@ -264,8 +315,10 @@ mod tests {
         )
         .unwrap();
         assert_eq!(
-            c.history.as_deref(),
-            Some(Path::new("/etc/authmilter/hist.sqlite"))
+            c.history,
+            Some(crate::history::store::Target::Sqlite(
+                "/etc/authmilter/hist.sqlite".into()
+            ))
         );
         assert_eq!(c.ignore_mail_from, vec!["example.com".to_string()]);
     }

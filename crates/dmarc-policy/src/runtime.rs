@@ -4,7 +4,7 @@
 //! dmarc-milter's [`Policy`]: every front end drives it the same way.
 
 use crate::config::Config;
-use crate::history::Store;
+use crate::history::HistoryStore;
 use chassis::envelope::Envelope;
 use chassis::message::{BodyPlan, HeaderField, Message};
 use chassis::policy::{ConnectDecision, HeadersPlan, Policy};
@@ -17,7 +17,7 @@ pub struct Runtime {
     pub config: Config,
     /// Resolver, host name (also the SPF `%{r}` macro) and parsed-key cache.
     pub res: Resources,
-    pub history: Option<Arc<Store>>,
+    pub history: Option<Arc<HistoryStore>>,
 }
 
 impl Runtime {
@@ -30,7 +30,7 @@ impl Runtime {
             );
         }
         let history = match &config.history {
-            Some(p) => Some(Arc::new(Store::open(p)?)),
+            Some(t) => Some(Arc::new(HistoryStore::open(t, config.history_settings)?)),
             None => None,
         };
         Ok(Runtime {
@@ -49,7 +49,7 @@ impl Policy for Runtime {
 
     fn describe(cfg: &Config) -> String {
         let history = match &cfg.history {
-            Some(p) => format!("history {}", p.display()),
+            Some(t) => format!("history {t}"),
             None => "no history store".to_string(),
         };
         let dkim = if cfg.trusts_upstream() {

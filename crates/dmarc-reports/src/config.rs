@@ -77,7 +77,7 @@ impl Default for Smtp {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawConfig {
-    history: PathBuf,
+    history: String,
     org_name: String,
     /// Our reporting address: `report_metadata/email` and the From of report mail.
     email: String,
@@ -150,8 +150,8 @@ fn default_sendmail() -> PathBuf {
 #[derive(Debug, Clone)]
 pub struct Config {
     pub file: PathBuf,
-    /// dmarc-milter's history database (SQLite).
-    pub history: PathBuf,
+    /// dmarc-milter's history store: the SQLite file or the fleet's PostgreSQL URL.
+    pub history: dmarc_policy::history::store::Target,
     pub org_name: String,
     pub email: String,
     /// The reporting host or domain: the first part of the file name and the subject's
@@ -222,7 +222,10 @@ impl Config {
             .map_err(|e| bad("resolver.nameservers", e))?;
         Ok(Config {
             file: path.to_path_buf(),
-            history: raw.history,
+            history: dmarc_policy::history::store::Target::parse(
+                &raw.history,
+                path.parent().unwrap_or(Path::new(".")),
+            ),
             org_name: raw.org_name,
             submitter: raw.submitter.unwrap_or_else(|| domain.to_ascii_lowercase()),
             email: raw.email,

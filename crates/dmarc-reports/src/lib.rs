@@ -17,6 +17,7 @@
 pub mod aggregate;
 pub mod cli;
 pub mod config;
+pub mod db;
 pub mod failure;
 pub mod inspect;
 pub mod message;

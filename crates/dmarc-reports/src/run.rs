@@ -78,23 +78,14 @@ fn run_in(
         }
     }
     for p in store.pending()? {
-        if now - p.created > cfg.give_up {
-            tracing::warn!(
-                "report {} for {}: not sent within {} hours ({} attempts); expired",
-                p.report_id,
-                p.policy_domain,
-                cfg.give_up / 3600,
-                p.attempts
-            );
-            store.finish(p.id, "expired", Some("gave up"), now)?;
-            out.expired += 1;
+        // Another report program of the fleet may be sending this one right now, or may have
+        // finished it since the list was read: only the program holding it goes on.
+        if !store.take(p.id)? {
             continue;
         }
-        match deliver(cfg, now, store, &p, sender, verifier)? {
-            Delivery::Sent => out.sent += 1,
-            Delivery::Skipped => out.skipped += 1,
-            Delivery::Retry => out.failed += 1,
-        }
+        let result = pending_one(cfg, now, store, &p, sender, verifier, &mut out);
+        store.release(p.id)?;
+        result?;
     }
     failures(cfg, now, store, sender, verifier, &mut out)?;
     let (m, r) = store.expire(now - cfg.retention)?;
@@ -108,6 +99,36 @@ fn run_in(
     Ok(out)
 }
 
+/// Expires or delivers one pending report this program holds.
+fn pending_one(
+    cfg: &Config,
+    now: i64,
+    store: &mut ReportStore,
+    p: &Pending,
+    sender: &mut dyn Sender,
+    verifier: &dyn Verifier,
+    out: &mut Outcome,
+) -> Result<(), String> {
+    if now - p.created > cfg.give_up {
+        tracing::warn!(
+            "report {} for {}: not sent within {} hours ({} attempts); expired",
+            p.report_id,
+            p.policy_domain,
+            cfg.give_up / 3600,
+            p.attempts
+        );
+        store.finish(p.id, "expired", Some("gave up"), now)?;
+        out.expired += 1;
+        return Ok(());
+    }
+    match deliver(cfg, now, store, p, sender, verifier)? {
+        Delivery::Sent => out.sent += 1,
+        Delivery::Skipped => out.skipped += 1,
+        Delivery::Retry => out.failed += 1,
+    }
+    Ok(())
+}
+
 enum Delivery {
     Sent,
     Skipped,
@@ -115,7 +136,7 @@ enum Delivery {
 }
 
 /// The report `p` as XML, rebuilt from its claimed rows (the same on every attempt).
-pub fn report_xml(cfg: &Config, store: &ReportStore, p: &Pending) -> Result<String, String> {
+pub fn report_xml(cfg: &Config, store: &mut ReportStore, p: &Pending) -> Result<String, String> {
     let meta = Meta {
         config: cfg,
         report_id: &p.report_id,

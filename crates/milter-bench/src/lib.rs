@@ -173,6 +173,10 @@ pub struct BenchConfig {
     /// Write the first correctly modified message (as Postfix would deliver
     /// it) to this file: how the verify scenarios get a signed message.
     pub save_first: Option<PathBuf>,
+    /// Give every message its own Message-ID, `<PREFIX.N@bench.invalid>` (N counts messages):
+    /// with the same Message-ID, dmarc-milter's history records a message once however often
+    /// it is sent, so a history benchmark or test needs distinct ones.
+    pub unique_ids: Option<String>,
 }
 
 impl BenchConfig {
@@ -196,6 +200,7 @@ impl BenchConfig {
             quickack: true,
             timeout: Duration::from_secs(30),
             save_first: None,
+            unique_ids: None,
         }
     }
 }
@@ -397,6 +402,20 @@ fn transaction(cfg: &BenchConfig, w: usize) -> Transaction {
     tx
 }
 
+/// `tx` with its Message-ID field's value replaced (added when there is none).
+fn with_message_id(tx: &Transaction, value: &str) -> Transaction {
+    let mut t = tx.clone();
+    match t
+        .headers
+        .iter_mut()
+        .find(|(n, _)| n.eq_ignore_ascii_case("message-id"))
+    {
+        Some(h) => h.1 = value.to_string(),
+        None => t.headers.push(("Message-ID".into(), value.to_string())),
+    }
+    t
+}
+
 /// Checks one outcome; `Ok` if correct, else (reason, detail).
 fn check(cfg: &BenchConfig, out: &Outcome) -> Result<(), (String, String)> {
     let accepted = matches!(out.reply, Reply::Accept | Reply::Continue);
@@ -468,8 +487,16 @@ pub async fn run_bench(cfg: BenchConfig) -> Report {
                 if cfg.messages.is_some_and(|m| i >= m) {
                     break;
                 }
+                let fresh;
+                let tx = match &cfg.unique_ids {
+                    Some(prefix) => {
+                        fresh = with_message_id(&tx, &format!(" <{prefix}.{i}@bench.invalid>"));
+                        &fresh
+                    }
+                    None => &tx,
+                };
                 let t0 = Instant::now();
-                let res = run_with(&cfg.endpoint, &tx, &opts).await;
+                let res = run_with(&cfg.endpoint, tx, &opts).await;
                 t.latencies_us.push(t0.elapsed().as_micros() as u64);
                 match res {
                     Ok(out) => {

@@ -107,6 +107,9 @@ struct RunArgs {
     /// Print the report as one JSON object
     #[arg(long)]
     json: bool,
+    /// A Message-ID of its own for every message (a history store records each one)
+    #[arg(long)]
+    unique_message_ids: bool,
 }
 
 #[derive(Debug, Args)]
@@ -263,6 +266,13 @@ fn cmd_run(a: RunArgs) -> Result<ExitCode, String> {
         cfg.timeout = Duration::from_secs_f64(s);
     }
     cfg.save_first = a.save_first;
+    if a.unique_message_ids {
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        cfg.unique_ids = Some(format!("{}.{t}", std::process::id()));
+    }
     let (expect_header, expect_contains, json, threads) =
         (a.expect_header, a.expect_contains, a.json, a.threads);
     if expect_header.is_some() || expect_contains.is_some() {

@@ -195,11 +195,8 @@ pub async fn evaluate(rt: Arc<Runtime>, env: Envelope, msg: Message) -> Verdict 
         // failure report never holds up or fails the message).
         if cfg.failure_reports {
             if let Some(f) = failure_row(&env, &id, &ev, &msg, results.as_ref()) {
-                let s = store.clone();
-                match tokio::task::spawn_blocking(move || s.insert_failure(&f)).await {
-                    Ok(Ok(_)) => {}
-                    Ok(Err(e)) => tracing::warn!("{qid}: cannot keep the failure report: {e}"),
-                    Err(e) => tracing::warn!("{qid}: cannot keep the failure report: {e}"),
+                if let Err(e) = store.insert_failure(f).await {
+                    tracing::warn!("{qid}: cannot keep the failure report: {e}");
                 }
             }
         }
@@ -207,18 +204,11 @@ pub async fn evaluate(rt: Arc<Runtime>, env: Envelope, msg: Message) -> Verdict 
         // Committed before the front end's deadline or not at all: a message the MTA is told
         // to retry must not also be counted (the retry is).
         let commit_by = started + cfg.message_timeout + crate::runtime::STORE_MARGIN;
-        let written = tokio::task::spawn_blocking(move || store.insert(&record, commit_by)).await;
-        let failure = match written {
-            Ok(Ok(_)) => None,
-            Ok(Err(e)) => Some(e),
-            Err(e) => Some(e.to_string()),
-        };
-        if let Some(e) = failure {
+        if let Err(e) = store.insert(record, commit_by).await {
             chassis::metrics::metrics().store_failures.inc();
-            let path = rt.history.as_ref().map(|s| s.path().display().to_string());
             tracing::error!(
                 "{qid}: history store {}: cannot record message: {e}",
-                path.unwrap_or_default()
+                store.describe()
             );
             if cfg.actions.store_failure == ActionKind::Tempfail
                 && !matches!(action, Action::Reject(_))

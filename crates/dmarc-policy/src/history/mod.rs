@@ -10,10 +10,17 @@
 //! writes; FULL syncs the WAL on every commit. `NORMAL` would be faster but, in WAL mode, a
 //! power loss can roll back the last commits, which contradicts "committed before the reply".
 
-use rusqlite::{params, Connection, OptionalExtension};
+pub mod postgres;
+pub mod store;
+pub mod value;
+
+pub use store::HistoryStore;
+
+use rusqlite::{Connection, OptionalExtension};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
+use value::Val;
 
 /// The schema this code writes; bumped with every incompatible change, with a migration.
 pub const SCHEMA_VERSION: i64 = 3;
@@ -230,6 +237,103 @@ pub fn message_key(
     format!("{h:032x}")
 }
 
+/// The statements both stores run, with PostgreSQL placeholders (see [`value::for_sqlite`]).
+pub const INSERT_MESSAGE: &str = "INSERT INTO messages (received, job_id, reporter, source_ip,
+        header_from, envelope_from, envelope_to, policy_domain, p, sp, np, adkim, aspf, testing,
+        pct, psd, rua, policy_applied, spf_domain, spf_scope, spf_result, dkim_aligned,
+        spf_aligned, dmarc_result, disposition, action, override_reason, message_key,
+        override_comment)
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18,
+        $19, $20, $21, $22, $23, $24, $25, $26, $27, $28, $29)
+     ON CONFLICT (message_key) DO NOTHING";
+
+pub const INSERT_DKIM: &str =
+    "INSERT INTO dkim_results (message_id, domain, selector, result) VALUES ($1, $2, $3, $4)";
+
+pub const INSERT_FAILURE: &str = "INSERT INTO failures (received, job_id, reporter,
+        policy_domain, ruf, fo, source_ip, mail_from, rcpt_to, auth_results, dkim, spf,
+        dkim_aligned, spf_aligned, disposition, headers)
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)";
+
+/// The parameters of [`INSERT_MESSAGE`] for `r`.
+pub fn message_values(r: &Record) -> Vec<Val> {
+    let p = r.published.clone().unwrap_or_default();
+    let has = r.published.is_some();
+    let opt = |s: &str| Val::from(has.then_some(s));
+    vec![
+        r.received.into(),
+        (&r.job_id).into(),
+        (&r.reporter).into(),
+        r.source_ip.as_ref().into(),
+        (&r.header_from).into(),
+        (&r.envelope_from).into(),
+        (&r.envelope_to).into(),
+        r.policy_domain.as_ref().into(),
+        opt(&p.p),
+        opt(&p.sp),
+        opt(&p.np),
+        opt(&p.adkim),
+        opt(&p.aspf),
+        has.then_some(p.testing).into(),
+        p.pct.map(i64::from).into(),
+        opt(&p.psd),
+        has.then(|| p.rua.join(" ")).as_ref().into(),
+        (&r.policy_applied).into(),
+        r.spf.as_ref().map(|s| &s.0).into(),
+        r.spf.as_ref().map(|s| &s.1).into(),
+        r.spf.as_ref().map(|s| &s.2).into(),
+        (&r.dkim_aligned).into(),
+        (&r.spf_aligned).into(),
+        (&r.dmarc_result).into(),
+        (&r.disposition).into(),
+        (&r.action).into(),
+        r.override_reason.as_ref().into(),
+        (&r.message_key).into(),
+        r.override_comment.as_ref().into(),
+    ]
+}
+
+/// The parameters of [`INSERT_DKIM`] for one DKIM result of message row `id`.
+pub fn dkim_values(id: i64, d: &DkimEntry) -> Vec<Val> {
+    vec![
+        id.into(),
+        (&d.domain).into(),
+        (&d.selector).into(),
+        (&d.result).into(),
+    ]
+}
+
+/// The parameters of [`INSERT_FAILURE`] for `f`.
+pub fn failure_values(f: &Failure) -> Vec<Val> {
+    let dkim: Vec<String> = f
+        .dkim
+        .iter()
+        .map(|d| format!("{} {} {}", d.domain, d.selector, d.result))
+        .collect();
+    vec![
+        f.received.into(),
+        (&f.job_id).into(),
+        (&f.reporter).into(),
+        (&f.policy_domain).into(),
+        f.ruf.join(" ").as_str().into(),
+        (&f.fo).into(),
+        f.source_ip.as_ref().into(),
+        (&f.mail_from).into(),
+        (&f.rcpt_to).into(),
+        (&f.auth_results).into(),
+        dkim.join(";").as_str().into(),
+        f.spf
+            .as_ref()
+            .map(|(d, s, r)| format!("{d} {s} {r}"))
+            .as_ref()
+            .into(),
+        f.dkim_aligned.into(),
+        f.spf_aligned.into(),
+        (&f.disposition).into(),
+        (&f.headers).into(),
+    ]
+}
+
 /// An open history database.
 pub struct Store {
     path: PathBuf,
@@ -324,51 +428,12 @@ impl Store {
         }
         conn.busy_timeout(left).map_err(|e| e.to_string())?;
         let tx = conn.transaction().map_err(|e| e.to_string())?;
-        let p = r.published.clone().unwrap_or_default();
-        let has = r.published.is_some();
-        let opt = |s: &str| has.then(|| s.to_string());
-        let added = tx.execute(
-            "INSERT INTO messages (received, job_id, reporter, source_ip, header_from, envelope_from,
-                envelope_to, policy_domain, p, sp, np, adkim, aspf, testing, pct, psd, rua,
-                policy_applied, spf_domain, spf_scope, spf_result, dkim_aligned, spf_aligned,
-                dmarc_result, disposition, action, override_reason, message_key,
-                override_comment)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17,
-                ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28, ?29)
-             ON CONFLICT (message_key) DO NOTHING",
-            params![
-                r.received,
-                r.job_id,
-                r.reporter,
-                r.source_ip,
-                r.header_from,
-                r.envelope_from,
-                r.envelope_to,
-                r.policy_domain,
-                opt(&p.p),
-                opt(&p.sp),
-                opt(&p.np),
-                opt(&p.adkim),
-                opt(&p.aspf),
-                has.then_some(p.testing as i64),
-                p.pct.map(i64::from),
-                opt(&p.psd),
-                has.then(|| p.rua.join(" ")),
-                r.policy_applied,
-                r.spf.as_ref().map(|s| s.0.clone()),
-                r.spf.as_ref().map(|s| s.1.clone()),
-                r.spf.as_ref().map(|s| s.2.clone()),
-                r.dkim_aligned,
-                r.spf_aligned,
-                r.dmarc_result,
-                r.disposition,
-                r.action,
-                r.override_reason,
-                r.message_key,
-                r.override_comment,
-            ],
-        )
-        .map_err(|e| failure(&tx, e))?;
+        let added = tx
+            .execute(
+                &value::for_sqlite(INSERT_MESSAGE),
+                rusqlite::params_from_iter(message_values(r)),
+            )
+            .map_err(|e| failure(&tx, e))?;
         if added == 0 {
             let id: i64 = tx
                 .query_row(
@@ -386,8 +451,8 @@ impl Store {
         let id = tx.last_insert_rowid();
         for d in &r.dkim {
             tx.execute(
-                "INSERT INTO dkim_results (message_id, domain, selector, result) VALUES (?1, ?2, ?3, ?4)",
-                params![id, d.domain, d.selector, d.result],
+                &value::for_sqlite(INSERT_DKIM),
+                rusqlite::params_from_iter(dkim_values(id, d)),
             )
             .map_err(|e| failure(&tx, e))?;
         }
@@ -404,34 +469,9 @@ impl Store {
     /// Keeps a failing message for a failure report (one transaction). Blocking.
     pub fn insert_failure(&self, f: &Failure) -> Result<i64, String> {
         let conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
-        let dkim: Vec<String> = f
-            .dkim
-            .iter()
-            .map(|d| format!("{} {} {}", d.domain, d.selector, d.result))
-            .collect();
         conn.execute(
-            "INSERT INTO failures (received, job_id, reporter, policy_domain, ruf, fo, source_ip,
-                mail_from, rcpt_to, auth_results, dkim, spf, dkim_aligned, spf_aligned,
-                disposition, headers)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
-            params![
-                f.received,
-                f.job_id,
-                f.reporter,
-                f.policy_domain,
-                f.ruf.join(" "),
-                f.fo,
-                f.source_ip,
-                f.mail_from,
-                f.rcpt_to,
-                f.auth_results,
-                dkim.join(";"),
-                f.spf.as_ref().map(|(d, s, r)| format!("{d} {s} {r}")),
-                f.dkim_aligned,
-                f.spf_aligned,
-                f.disposition,
-                f.headers,
-            ],
+            &value::for_sqlite(INSERT_FAILURE),
+            rusqlite::params_from_iter(failure_values(f)),
         )
         .map_err(|e| failure(&conn, e))?;
         Ok(conn.last_insert_rowid())
