@@ -33,6 +33,16 @@ impl Runtime {
             Some(t) => Some(Arc::new(HistoryStore::open(t, config.history_settings)?)),
             None => None,
         };
+        if let (Some(store), Ok(rt)) = (&history, tokio::runtime::Handle::try_current()) {
+            if matches!(**store, HistoryStore::Postgres(_)) {
+                let store = store.clone();
+                rt.spawn(async move {
+                    if let HistoryStore::Postgres(pg) = &*store {
+                        pg.probe().await;
+                    }
+                });
+            }
+        }
         Ok(Runtime {
             config,
             res,

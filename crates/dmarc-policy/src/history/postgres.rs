@@ -215,6 +215,24 @@ impl PgStore {
         self.shown.clone()
     }
 
+    /// Connects once and checks the schema, only to log the outcome early (at start-up and
+    /// reload): a database that is down or of an unknown version is named in the log before
+    /// the first message meets it.
+    pub async fn probe(&self) {
+        match tokio::time::timeout(self.timeout, self.client()).await {
+            Ok(Ok(_)) => tracing::info!("history store {}: connected, schema version {SCHEMA_VERSION}", self.shown),
+            Ok(Err(e)) => tracing::error!(
+                "history store {}: {e}; messages get the store_failure action until this is fixed",
+                self.shown
+            ),
+            Err(_) => tracing::error!(
+                "history store {}: no answer within {:.1} s; messages get the store_failure action until it answers",
+                self.shown,
+                self.timeout.as_secs_f64()
+            ),
+        }
+    }
+
     /// A pooled connection to a database whose schema is up to date.
     async fn client(&self) -> Result<Object, String> {
         let mut client = self.pool.get().await.map_err(|e| e.to_string())?;
