@@ -43,6 +43,8 @@ for path in /usr/sbin/dkim-milter /usr/sbin/dmarc-milter /usr/bin/authmilter \
   /etc/authmilter/dkim-milter.toml /etc/authmilter/dmarc-milter.toml \
   /etc/authmilter/keys/KeyTable /etc/authmilter/keys/SigningTable \
   /usr/lib/systemd/system/dkim-milter.service /usr/lib/systemd/system/dmarc-milter.service \
+  /usr/lib/systemd/system/dmarc-reports.service /usr/lib/systemd/system/dmarc-reports.timer \
+  /usr/share/doc/authmilter/examples/dmarc-reports.toml \
   /usr/share/man/man8/dkim-milter.8.gz /usr/share/man/man8/dmarc-milter.8.gz \
   /usr/share/man/man1/authmilter.1.gz /usr/share/man/man1/authmilter-genkey.1.gz \
   /usr/share/man/man1/authmilter-testkey.1.gz /usr/share/man/man1/authmilter-audit.1.gz \
@@ -96,10 +98,10 @@ done
 # installs man pages at all).
 man_check=--man=yes
 [ -e /usr/share/man/man8/dkim-milter.8.gz ] || man_check=--man=no
-for unit in dkim-milter dmarc-milter; do
-  out=$(systemd-analyze verify "$man_check" "/usr/lib/systemd/system/$unit.service" 2>&1) ||
-    fail "systemd-analyze verify $unit.service: $out"
-  [ -z "$out" ] || fail "systemd-analyze verify $unit.service: $out"
+for unit in dkim-milter.service dmarc-milter.service dmarc-reports.service dmarc-reports.timer; do
+  out=$(systemd-analyze verify "$man_check" "/usr/lib/systemd/system/$unit" 2>&1) ||
+    fail "systemd-analyze verify $unit: $out"
+  [ -z "$out" ] || fail "systemd-analyze verify $unit: $out"
 done
 /usr/sbin/dkim-milter --version | grep -qx "dkim-milter $(dpkg-query -W -f='${Version}' authmilter | sed 's/-[^-]*$//')" ||
   fail "dkim-milter --version does not match the package version"
