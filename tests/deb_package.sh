@@ -48,6 +48,7 @@ for path in /usr/sbin/dkim-milter /usr/sbin/dmarc-milter /usr/bin/authmilter \
   /usr/share/man/man8/dkim-milter.8.gz /usr/share/man/man8/dmarc-milter.8.gz \
   /usr/share/man/man1/authmilter.1.gz /usr/share/man/man1/authmilter-genkey.1.gz \
   /usr/share/man/man1/authmilter-testkey.1.gz /usr/share/man/man1/authmilter-audit.1.gz \
+  /usr/share/man/man1/authmilter-reports.1.gz /usr/share/man/man1/authmilter-reports-run.1.gz \
   /usr/share/man/man5/dkim-milter.conf.5.gz /usr/share/man/man5/dmarc-milter.conf.5.gz \
   /usr/share/bash-completion/completions/dkim-milter /usr/share/zsh/vendor-completions/_authmilter \
   /usr/share/fish/vendor_completions.d/dmarc-milter.fish \

@@ -29,7 +29,9 @@ pub const DEFAULT_CONFIG: &str = "/etc/authmilter/dkim-milter.toml";
 macro_rules! exit_status {
     () => {
         "testkey and audit: 0 all OK, 1 worst finding WARN, 2 worst finding FAIL; genkey: 0 \
-         done; any command: 64 usage error, 73 cannot write the key, 78 configuration error."
+         done; reports: 0 done, 65 inspect: not a readable report, 66 inspect: cannot open \
+         FILE, 75 the history store could not be read or written; any command: 64 usage \
+         error, 73 cannot write the key, 78 configuration error."
     };
 }
 const EXIT_STATUS: &str = exit_status!();
@@ -40,10 +42,12 @@ const EXIT_STATUS: &str = exit_status!();
 #[command(
     name = "authmilter",
     version,
-    about = "Operator tools for dkim-milter and dmarc-milter: DKIM keys and a mail DNS audit",
+    about = "Operator tools for dkim-milter and dmarc-milter: DKIM keys, a mail DNS audit, DMARC reports",
     long_about = "authmilter makes DKIM keys (genkey), checks published key records against the \
         private keys (testkey), and audits a domain's mail DNS (audit). Every lookup goes through \
-        the resolver settings of the daemons' configuration, so the tools see what the milters see.",
+        the resolver settings of the daemons' configuration, so the tools see what the milters see. \
+        reports makes and sends the DMARC reports from dmarc-milter's history (run) and reads \
+        received ones (inspect).",
     after_long_help = concat!("Exit status: ", exit_status!()),
     disable_help_subcommand = true,
     propagate_version = true
@@ -59,7 +63,8 @@ pub struct Cli {
 #[derive(Debug, Args)]
 pub struct GlobalArgs {
     /// dkim-milter (or dmarc-milter) configuration: its [resolver] settings are used, and
-    /// testkey checks its keys [default: /etc/authmilter/dkim-milter.toml]
+    /// testkey checks its keys [default: /etc/authmilter/dkim-milter.toml]; for reports, the
+    /// report configuration [default: /etc/authmilter/dmarc-reports.toml]
     #[arg(short = 'c', long = "config", value_name = "FILE", global = true)]
     pub config: Option<PathBuf>,
     /// Ask this name server instead (repeatable; overrides the configuration)
@@ -91,6 +96,8 @@ pub enum Command {
     Testkey(TestkeyArgs),
     /// Check a domain's mail DNS: MX, addresses, PTR/FCrDNS, SPF, DKIM, DMARC, MTA-STS, TLS-RPT
     Audit(AuditArgs),
+    /// DMARC aggregate and failure reports from dmarc-milter's history (run, inspect)
+    Reports(dmarc_reports::cli::ReportsArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell)
     Completions {
         #[arg(value_enum)]
@@ -185,11 +192,6 @@ pub fn resolver_settings(
 
 /// Runs the command line `argv` (without the program name); returns the exit status.
 pub fn run(argv: &[String], out: &mut dyn Write, err: &mut dyn Write) -> u8 {
-    // The report program owns its command line (crates/dmarc-reports/src/cli.rs,
-    // docs/dmarc-reports.md): `authmilter reports run|inspect|help ...`.
-    if argv.first().map(String::as_str) == Some("reports") {
-        return dmarc_reports::cli::run(&argv[1..], out, err);
-    }
     let argv = std::iter::once("authmilter".to_string()).chain(argv.iter().cloned());
     match cli::parse::<Cli>(Cli::command(), argv, out, err) {
         Ok(parsed) => dispatch(parsed, out, err),
@@ -227,6 +229,7 @@ pub fn dispatch(parsed: Cli, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
             };
             print_report(&runtime.block_on(audit(&dns, &opts)), g.json, &dns, out)
         }
+        Command::Reports(a) => dmarc_reports::cli::execute(a.command, g.config.clone(), out, err),
         Command::Completions { shell } => {
             cli::completions(Cli::command(), shell, out);
             0

@@ -25,12 +25,17 @@ fn pages_for_the_command_and_each_subcommand_render_cleanly() {
             "authmilter-audit.1",
             "authmilter-completions.1",
             "authmilter-genkey.1",
+            "authmilter-reports-inspect.1",
+            "authmilter-reports-run.1",
+            "authmilter-reports.1",
             "authmilter-testkey.1",
             "authmilter.1"
         ]
     );
     let genkey = std::fs::read_to_string(dir.path().join("authmilter-genkey.1")).unwrap();
     assert!(genkey.contains("\\-\\-selector"), "{genkey}");
+    let run = std::fs::read_to_string(dir.path().join("authmilter-reports-run.1")).unwrap();
+    assert!(run.contains("\\-\\-dry\\-run"), "{run}");
     for name in names {
         let out = std::process::Command::new("groff")
             .args(["-man", "-ww", "-z"])

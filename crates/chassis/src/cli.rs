@@ -62,6 +62,51 @@ pub fn completions(mut cmd: Command, shell: Shell, out: &mut dyn Write) {
     clap_complete::generate(shell, &mut cmd, name, out);
 }
 
+/// The page of subcommand `sub` of `parent` (`PARENT-SUB.SECTION` in `dir`), and those of its
+/// own visible subcommands, recursively (`authmilter-reports-run.1`).
+fn sub_pages(
+    sub: &Command,
+    parent: &str,
+    parent_bin: &str,
+    top: &str,
+    section: &'static str,
+    dir: &std::path::Path,
+) -> std::io::Result<()> {
+    let sub_name = format!("{parent}-{}", sub.get_name());
+    let page = sub
+        .clone()
+        .name(sub_name.clone())
+        .bin_name(format!("{parent_bin} {}", sub.get_name()));
+    let mut f = std::fs::File::create(dir.join(format!("{sub_name}.{section}")))?;
+    let sub_man = clap_mangen::Man::new(page)
+        .section(section)
+        .manual("System Manager's Manual");
+    sub_man.render_title(&mut f)?;
+    sub_man.render_name_section(&mut f)?;
+    sub_man.render_synopsis_section(&mut f)?;
+    sub_man.render_description_section(&mut f)?;
+    sub_man.render_options_section(&mut f)?;
+    let nested: Vec<&Command> = sub
+        .get_subcommands()
+        .filter(|s| !s.is_hide_set() && s.get_name() != "help")
+        .collect();
+    if !nested.is_empty() {
+        sub_man.render_subcommands_section(&mut f)?;
+    }
+    write_sections(&mut f, &[("SEE ALSO", vec![format!("{top}({section})")])])?;
+    for n in nested {
+        sub_pages(
+            n,
+            &sub_name,
+            &format!("{parent_bin} {}", sub.get_name()),
+            top,
+            section,
+            dir,
+        )?;
+    }
+    Ok(())
+}
+
 /// A man page section of plain text: its title and paragraphs.
 pub type ManSection<'a> = (&'a str, Vec<String>);
 
@@ -93,21 +138,7 @@ pub fn manpage(
                 man.render_subcommands_section(out)?;
             }
             for sub in &subs {
-                let sub_name = format!("{name}-{}", sub.get_name());
-                let page = (*sub)
-                    .clone()
-                    .name(sub_name.clone())
-                    .bin_name(format!("{name} {}", sub.get_name()));
-                let mut f = std::fs::File::create(dir.join(format!("{sub_name}.{section}")))?;
-                let sub_man = clap_mangen::Man::new(page)
-                    .section(section)
-                    .manual("System Manager's Manual");
-                sub_man.render_title(&mut f)?;
-                sub_man.render_name_section(&mut f)?;
-                sub_man.render_synopsis_section(&mut f)?;
-                sub_man.render_description_section(&mut f)?;
-                sub_man.render_options_section(&mut f)?;
-                write_sections(&mut f, &[("SEE ALSO", vec![format!("{name}({section})")])])?;
+                sub_pages(sub, &name, &name, &name, section, dir)?;
             }
         }
         None if !subs.is_empty() => {

@@ -1,28 +1,10 @@
-//! `authmilter reports ...`: the command line of the report program. The `authmilter` command
-//! hands everything after `reports` to [`run`]; this module owns its options.
+//! `authmilter reports run|inspect`: the report program's commands, as clap definitions that
+//! the `authmilter` command line embeds (help, man page and completions come from them) and
+//! [`execute`], which runs one.
 
 use crate::config::{Config, Method, DEFAULT_CONFIG};
 use std::io::Write;
 use std::path::PathBuf;
-
-pub const USAGE: &str = "usage: authmilter reports COMMAND [OPTIONS]
-
-commands:
-  run [-c FILE] [--dry-run DIR] [--now UNIX-TIME]
-      Make the aggregate reports that are due from the history store, send them (each once),
-      send the failure reports dmarc-milter kept, expire old rows. With --dry-run, write FILE.xml.gz and FILE.xml.gz.eml into DIR instead
-      and leave the store unchanged.
-
-  inspect FILE
-      Summarise a DMARC aggregate report you received (FILE.xml, FILE.xml.gz or the report
-      mail): sources, counts, results per mechanism, which sources fail DMARC and why.
-
-options:
-  -c, --config FILE   report configuration (default /etc/authmilter/dmarc-reports.toml)
-
-exit status: 0 done (some reports may wait for a retry: see the log), 64 usage error,
-  65 inspect: not a readable report, 66 inspect: cannot open FILE,
-  75 the store could not be read or written, 78 configuration error.";
 
 pub const EX_USAGE: u8 = 64;
 pub const EX_DATAERR: u8 = 65;
@@ -30,45 +12,51 @@ pub const EX_NOINPUT: u8 = 66;
 pub const EX_TEMPFAIL: u8 = 75;
 pub const EX_CONFIG: u8 = 78;
 
-#[derive(Debug, Default)]
-struct Args {
-    command: Option<String>,
-    config: Option<PathBuf>,
-    dry_run: Option<PathBuf>,
-    now: Option<i64>,
-    positional: Vec<String>,
+/// The exit statuses, for `--help` and the man page.
+pub const EXIT_STATUS: &str = "0 done (some reports may wait for a retry: see the log), 64 usage \
+    error, 65 inspect: not a readable report, 66 inspect: cannot open FILE, 75 the store could \
+    not be read or written, 78 configuration error.";
+
+/// `authmilter reports COMMAND`. The configuration file is `authmilter`'s global `-c`.
+#[derive(Debug, clap::Args)]
+#[command(
+    about = "DMARC aggregate and failure reports from dmarc-milter's history store",
+    long_about = "Make the DMARC reports that are due from dmarc-milter's history store (SQLite \
+        or a fleet's PostgreSQL) and send each once (run), or summarise a report you received \
+        (inspect). -c names the report configuration [default: /etc/authmilter/dmarc-reports.toml]."
+)]
+pub struct ReportsArgs {
+    #[command(subcommand)]
+    pub command: ReportsCommand,
 }
 
-fn parse(argv: &[String]) -> Result<Args, String> {
-    let mut a = Args::default();
-    let mut it = argv.iter();
-    while let Some(arg) = it.next() {
-        let (flag, inline) = match arg.split_once('=') {
-            Some((f, v)) if f.starts_with("--") => (f, Some(v.to_string())),
-            _ => (arg.as_str(), None),
-        };
-        let mut value = |name: &str| -> Result<String, String> {
-            match &inline {
-                Some(v) => Ok(v.clone()),
-                None => it.next().cloned().ok_or(format!("{name} needs a value")),
-            }
-        };
-        match flag {
-            "-c" | "--config" => a.config = Some(PathBuf::from(value(flag)?)),
-            "--dry-run" => a.dry_run = Some(PathBuf::from(value(flag)?)),
-            "--now" => {
-                let v = value(flag)?;
-                a.now = Some(
-                    v.parse()
-                        .map_err(|_| format!("--now: '{v}' is not a number"))?,
-                )
-            }
-            f if f.starts_with('-') && f.len() > 1 => return Err(format!("unknown option '{f}'")),
-            _ if a.command.is_none() => a.command = Some(arg.clone()),
-            _ => a.positional.push(arg.clone()),
-        }
-    }
-    Ok(a)
+#[derive(Debug, clap::Subcommand)]
+pub enum ReportsCommand {
+    /// Make the reports that are due, send them (each once), expire old rows
+    #[command(
+        long_about = "Make the aggregate reports that are due from the history store, send them \
+            (each once), send the failure reports dmarc-milter kept, expire old rows. With \
+            --dry-run, write FILE.xml.gz and FILE.xml.gz.eml into DIR instead and leave the \
+            store unchanged."
+    )]
+    Run {
+        /// Write the reports into DIR instead of sending them; the store is left unchanged
+        #[arg(long = "dry-run", value_name = "DIR")]
+        dry_run: Option<PathBuf>,
+        /// Run as if the time were this (Unix seconds) [default: now]
+        #[arg(long, value_name = "UNIX-TIME")]
+        now: Option<i64>,
+    },
+    /// Summarise a DMARC aggregate report you received (FILE.xml, FILE.xml.gz or the mail)
+    #[command(
+        long_about = "Summarise a DMARC aggregate report you received (FILE.xml, FILE.xml.gz or \
+            the report mail): sources, counts, results per mechanism, which sources fail DMARC \
+            and why."
+    )]
+    Inspect {
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+    },
 }
 
 fn init_logging() {
@@ -80,19 +68,18 @@ fn init_logging() {
         .try_init();
 }
 
-/// Runs `authmilter reports ARGS`; returns the exit status.
-pub fn run(argv: &[String], out: &mut dyn Write, err: &mut dyn Write) -> u8 {
-    let args = match parse(argv) {
-        Ok(a) => a,
-        Err(e) => {
-            let _ = writeln!(err, "authmilter reports: {e}\n{USAGE}");
-            return EX_USAGE;
-        }
-    };
-    match args.command.as_deref() {
-        Some("run") => {
+/// Runs one parsed `authmilter reports` command with the configuration `config` (`-c`);
+/// returns the exit status.
+pub fn execute(
+    command: ReportsCommand,
+    config: Option<PathBuf>,
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+) -> u8 {
+    match command {
+        ReportsCommand::Run { dry_run, now: at } => {
             init_logging();
-            let path = args.config.unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG));
+            let path = config.unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG));
             let mut cfg = match Config::load(&path) {
                 Ok(c) => c,
                 Err(e) => {
@@ -100,11 +87,11 @@ pub fn run(argv: &[String], out: &mut dyn Write, err: &mut dyn Write) -> u8 {
                     return EX_CONFIG;
                 }
             };
-            if let Some(dir) = args.dry_run {
+            if let Some(dir) = dry_run {
                 cfg.method = Method::DryRun;
                 cfg.dry_run_dir = Some(dir);
             }
-            let now = args.now.unwrap_or_else(now);
+            let now = at.unwrap_or_else(now);
             let mut sender = match crate::send::from_config(&cfg) {
                 Ok(s) => s,
                 Err(e) => {
@@ -145,28 +132,7 @@ pub fn run(argv: &[String], out: &mut dyn Write, err: &mut dyn Write) -> u8 {
                 }
             }
         }
-        Some("inspect") => {
-            let [file] = args.positional.as_slice() else {
-                let _ = writeln!(err, "authmilter reports: inspect takes one FILE\n{USAGE}");
-                return EX_USAGE;
-            };
-            inspect(file, out, err)
-        }
-        Some("-h") | Some("help") => {
-            let _ = writeln!(out, "{USAGE}");
-            0
-        }
-        None => {
-            let _ = writeln!(err, "authmilter reports: no command given\n{USAGE}");
-            EX_USAGE
-        }
-        Some(other) => {
-            let _ = writeln!(
-                err,
-                "authmilter reports: unknown command '{other}'\n{USAGE}"
-            );
-            EX_USAGE
-        }
+        ReportsCommand::Inspect { file } => inspect(&file.display().to_string(), out, err),
     }
 }
 
@@ -203,28 +169,29 @@ fn inspect(file: &str, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
 mod tests {
     use super::*;
 
-    fn code(args: &[&str]) -> (u8, String) {
-        let argv: Vec<String> = args.iter().map(|s| s.to_string()).collect();
-        let (mut out, mut err) = (Vec::new(), Vec::new());
-        let c = run(&argv, &mut out, &mut err);
-        (c, String::from_utf8_lossy(&err).into_owned())
-    }
-
     #[test]
-    fn usage_and_configuration_errors() {
-        assert_eq!(code(&[]).0, EX_USAGE);
-        assert_eq!(code(&["frobnicate"]).0, EX_USAGE);
-        assert_eq!(code(&["inspect"]).0, EX_USAGE);
-        assert_eq!(code(&["run", "--bogus"]).0, EX_USAGE);
-        assert_eq!(code(&["run", "--now", "soon"]).0, EX_USAGE);
-        assert_eq!(code(&["help"]).0, 0);
-        let (c, err) = code(&["run", "-c", "/nonexistent/reports.toml"]);
+    fn configuration_and_input_errors() {
+        let (mut out, mut err) = (Vec::new(), Vec::new());
+        let run = ReportsCommand::Run {
+            dry_run: None,
+            now: None,
+        };
+        let c = execute(
+            run,
+            Some("/nonexistent/reports.toml".into()),
+            &mut out,
+            &mut err,
+        );
         assert_eq!(c, EX_CONFIG);
+        let err = String::from_utf8_lossy(&err).into_owned();
         assert!(
             err.contains("/nonexistent/reports.toml: cannot read"),
             "{err}"
         );
-        let (c, err) = code(&["inspect", "/nonexistent/r.xml"]);
-        assert_eq!(c, EX_NOINPUT, "{err}");
+        let (mut out, mut err) = (Vec::new(), Vec::new());
+        let inspect = ReportsCommand::Inspect {
+            file: "/nonexistent/r.xml".into(),
+        };
+        assert_eq!(execute(inspect, None, &mut out, &mut err), EX_NOINPUT);
     }
 }
