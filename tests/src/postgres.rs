@@ -41,6 +41,8 @@ pub struct Cluster {
     port: u16,
     /// Run the server commands as this user (root only).
     run_as: Option<String>,
+    /// With TLS: the CA that signed the server's certificate (for `sslrootcert`).
+    ca: Option<PathBuf>,
 }
 
 fn free_port() -> u16 {
@@ -53,6 +55,16 @@ fn free_port() -> u16 {
 impl Cluster {
     /// initdb, start, wait until it answers, create the database `dmarc` owned by `authmilter`.
     pub fn start() -> Cluster {
+        Cluster::start_with(false)
+    }
+
+    /// The same, with TLS required for every connection (`hostssl` only in pg_hba.conf) and a
+    /// server certificate for 127.0.0.1 from a CA made here ([`Cluster::ca`]).
+    pub fn start_tls() -> Cluster {
+        Cluster::start_with(true)
+    }
+
+    fn start_with(tls: bool) -> Cluster {
         let bin = bindir().expect("PostgreSQL server binaries");
         let dir = tempfile::tempdir().expect("tempdir");
         let root = nix::unistd::Uid::effective().is_root();
@@ -75,13 +87,14 @@ impl Cluster {
                 .expect("chown");
             assert!(st.success(), "chown postgres {}", data.display());
         }
-        let c = Cluster {
+        let mut c = Cluster {
             _dir: dir,
             data,
             log,
             bin,
             port: free_port(),
             run_as,
+            ca: None,
         };
         let out = c.server_cmd(
             "initdb",
@@ -102,6 +115,9 @@ impl Cluster {
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
+        if tls {
+            c.ca = Some(c.make_certificates());
+        }
         c.pg_start();
         let out = c.client_cmd("createdb", &["dmarc"]);
         assert!(
@@ -110,6 +126,52 @@ impl Cluster {
             String::from_utf8_lossy(&out.stderr)
         );
         c
+    }
+
+    /// A CA and a server certificate for 127.0.0.1 signed by it (openssl), installed in the
+    /// data directory with `ssl = on` and TLS-only client authentication; returns the CA file.
+    fn make_certificates(&self) -> PathBuf {
+        let dir = self._dir.path();
+        let ca = dir.join("ca.pem");
+        let sh = format!(
+            "set -e; cd {d}; \
+             openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=authmilter-test-ca \
+               -keyout ca.key -out ca.pem 2>/dev/null; \
+             openssl req -newkey rsa:2048 -nodes -subj /CN=127.0.0.1 -keyout server.key \
+               -out server.csr 2>/dev/null; \
+             printf 'subjectAltName=IP:127.0.0.1\\nbasicConstraints=CA:FALSE\\n' > ext; \
+             openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 \
+               -extfile ext -out server.crt 2>/dev/null; \
+             cp server.crt server.key {data}/; chmod 600 {data}/server.key",
+            d = dir.display(),
+            data = self.data.display()
+        );
+        let st = Command::new("sh").arg("-c").arg(&sh).status().expect("sh");
+        assert!(st.success(), "making the test certificates failed");
+        if let Some(user) = &self.run_as {
+            let st = Command::new("chown")
+                .arg(format!("{user}:{user}"))
+                .arg(self.data.join("server.crt"))
+                .arg(self.data.join("server.key"))
+                .status()
+                .expect("chown");
+            assert!(st.success());
+        }
+        let conf = self.data.join("postgresql.conf");
+        let mut text = std::fs::read_to_string(&conf).unwrap();
+        text.push_str("\nssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\n");
+        std::fs::write(&conf, text).unwrap();
+        std::fs::write(
+            self.data.join("pg_hba.conf"),
+            "hostssl all all 127.0.0.1/32 trust\n",
+        )
+        .unwrap();
+        ca
+    }
+
+    /// With [`Cluster::start_tls`]: the CA file (PEM) to verify the server with.
+    pub fn ca(&self) -> Option<&Path> {
+        self.ca.as_deref()
     }
 
     fn server_cmd(&self, tool: &str, args: &[&str]) -> Output {

@@ -329,3 +329,75 @@ async fn a_version_1_database_is_migrated_and_a_newer_one_is_refused() {
     assert!(line.contains("schema version 99"), "{line}");
     assert_eq!(rows_for(&pg, "NEW2"), 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_to_postgresql_verified_with_sslrootcert_and_refused_without_it() {
+    if !testkit::postgres::available() {
+        return;
+    }
+    // The server takes TLS connections only (as managed databases do).
+    let pg = tokio::task::block_in_place(Cluster::start_tls);
+    let ca = pg.ca().unwrap().display().to_string();
+    let dns = TestDns::start(&zone()).await.expect("dns");
+    let dir = tempfile::tempdir().unwrap();
+    let verified = format!("{}?sslmode=verify-full&sslrootcert={ca}", pg.url());
+    let d = Daemon::start(BIN, &write_config(dir.path(), "mx1", &verified, dns.addr()));
+    let ep = tokio::task::block_in_place(|| d.endpoint());
+    let out = run(&ep, &tx("TLS1")).await.unwrap();
+    assert!(accepted(&out.reply), "{:?}", out.reply);
+    assert_eq!(rows_for(&pg, "TLS1"), 1);
+    assert_eq!(
+        pg.psql(
+            "SELECT DISTINCT s.ssl FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid)
+             WHERE a.application_name = 'dmarc-milter'"
+        ),
+        "t"
+    );
+    drop(d);
+
+    // The report program reads the same store over TLS.
+    let target = dmarc_policy::history::store::Target::Postgres(verified.clone());
+    tokio::task::block_in_place(|| {
+        let mut store = dmarc_reports::store::ReportStore::open(&target).unwrap();
+        assert!(store.report_states().unwrap().is_empty());
+    });
+
+    // Plain text is refused by the server, and a certificate from another CA by us: both
+    // tempfail, with the reason in the log.
+    let other_ca = dir.path().join("other-ca.pem");
+    let made = std::process::Command::new("openssl")
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+        ])
+        .args(["-subj", "/CN=someone-else", "-keyout"])
+        .arg(dir.path().join("other.key"))
+        .arg("-out")
+        .arg(&other_ca)
+        .output()
+        .unwrap();
+    assert!(made.status.success());
+    for (qid, url, reason) in [
+        (
+            "PLAIN1",
+            format!("{}?sslmode=disable", pg.url()),
+            "no encryption",
+        ),
+        (
+            "WRONGCA1",
+            format!(
+                "{}?sslmode=verify-full&sslrootcert={}",
+                pg.url(),
+                other_ca.display()
+            ),
+            "certificate",
+        ),
+    ] {
+        let d = Daemon::start(BIN, &write_config(dir.path(), qid, &url, dns.addr()));
+        let ep = tokio::task::block_in_place(|| d.endpoint());
+        let out = run(&ep, &tx(qid)).await.unwrap();
+        assert!(!accepted(&out.reply), "{qid}: {:?}", out.reply);
+        let line = tokio::task::block_in_place(|| d.wait_for(&format!("{qid}: history store")));
+        assert!(line.contains(reason), "{qid}: {line}");
+        assert_eq!(rows_for(&pg, qid), 0);
+    }
+}

@@ -76,7 +76,10 @@ impl Db {
                 Conn::Sqlite(c)
             }
             Target::Postgres(url) => {
-                let mut cfg: postgres::Config = url
+                let prepared = dmarc_policy::history::tls::prepare(url)
+                    .map_err(|e| format!("history {}: {e}", redact(url)))?;
+                let mut cfg: postgres::Config = prepared
+                    .url
                     .parse()
                     .map_err(|e| format!("history {}: {}", redact(url), pg(e)))?;
                 if cfg.get_connect_timeout().is_none() {
@@ -86,7 +89,7 @@ impl Db {
                     cfg.application_name("authmilter-reports");
                 }
                 let c = cfg
-                    .connect(postgres::NoTls)
+                    .connect(prepared.tls)
                     .map_err(|e| format!("history {shown}: {}", pg(e)))?;
                 Conn::Postgres(c)
             }

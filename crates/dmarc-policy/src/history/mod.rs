@@ -12,6 +12,7 @@
 
 pub mod postgres;
 pub mod store;
+pub mod tls;
 pub mod value;
 
 pub use store::HistoryStore;

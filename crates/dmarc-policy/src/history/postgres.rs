@@ -18,7 +18,6 @@ use super::{
 use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod, Runtime};
 use std::time::{Duration, Instant};
 use tokio_postgres::types::ToSql;
-use tokio_postgres::NoTls;
 
 /// The schema as numbered migrations: version N is reached by applying 1..=N in order, each in
 /// its own transaction. The numbers are the SQLite history's (docs/dmarc-history.md), so a
@@ -179,7 +178,9 @@ impl PgStore {
     /// A pool for `url`; no connection is made yet.
     pub fn new(url: &str, settings: StoreSettings) -> Result<PgStore, String> {
         let shown = redact(url);
-        let mut pg: tokio_postgres::Config = url
+        let prepared = super::tls::prepare(url).map_err(|e| format!("history {shown}: {e}"))?;
+        let mut pg: tokio_postgres::Config = prepared
+            .url
             .parse()
             .map_err(|e: tokio_postgres::Error| format!("history {shown}: {}", pg_error(&e)))?;
         if pg.get_connect_timeout().is_none() {
@@ -190,7 +191,7 @@ impl PgStore {
         }
         let manager = Manager::from_config(
             pg,
-            NoTls,
+            prepared.tls,
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
             },
@@ -235,7 +236,10 @@ impl PgStore {
 
     /// A pooled connection to a database whose schema is up to date.
     async fn client(&self) -> Result<Object, String> {
-        let mut client = self.pool.get().await.map_err(|e| e.to_string())?;
+        let mut client = self.pool.get().await.map_err(|e| match e {
+            deadpool_postgres::PoolError::Backend(e) => pg_error(&e),
+            other => other.to_string(),
+        })?;
         self.schema
             .get_or_try_init(|| async { migrate(&mut client, SCHEMA_VERSION).await.map(|_| ()) })
             .await?;
