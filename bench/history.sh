@@ -42,6 +42,15 @@ pgport=$(free_port)
   -o "-c listen_addresses=127.0.0.1 -c port=$pgport -c unix_socket_directories='' -c fsync=on" start >/dev/null)
 "$pgbin/createdb" -h 127.0.0.1 -p "$pgport" -U authmilter dmarc
 PG="postgresql://authmilter@127.0.0.1:$pgport/dmarc"
+# CPU ticks of the PostgreSQL server: its live processes, plus the postmaster's finished children.
+pgcpu() {
+  local pm total=0 f
+  pm=$(head -1 "$work/pg/postmaster.pid")
+  for f in $(pgrep -P "$pm") "$pm"; do
+    total=$((total + $(awk '{print $14 + $15}' "/proc/$f/stat" 2>/dev/null || echo 0)))
+  done
+  echo $((total + $(awk '{print $16 + $17}' "/proc/$pm/stat")))
+}
 psql() { "$pgbin/psql" -h 127.0.0.1 -p "$pgport" -U authmilter -d dmarc -X -q -A -t -v ON_ERROR_STOP=1 "$@"; }
 
 cat > "$work/zone" <<EOF
@@ -55,8 +64,8 @@ DNS=$(cat "$work/dns.addr")
 
 echo "## dmarc-milter with and without a history store ($(nproc) cores, c=$conc, ${secs} s each, unpinned)"
 echo
-echo "| store | msgs/s | CPU ms/msg (daemon) | p50 ms | p99 ms | wrong |"
-echo "|---|---:|---:|---:|---:|---:|"
+echo "| store | msgs/s | CPU ms/msg (daemon) | CPU ms/msg (PostgreSQL server) | p50 ms | p99 ms | wrong |"
+echo "|---|---:|---:|---:|---:|---:|---:|"
 for store in none sqlite postgres; do
   port=$(free_port)
   case $store in
@@ -85,17 +94,18 @@ EOF
   done
   # Warm-up (schema, pool, DNS cache), then the measured run.
   "$BIN/milter-bench" run -e "inet:$port@127.0.0.1" -m dmarc -c "$conc" -n 200 --unique-message-ids >/dev/null
-  t0=$(awk '{print $14 + $15}' "/proc/$pid/stat")
+  t0=$(awk '{print $14 + $15}' "/proc/$pid/stat"); p0=$(pgcpu)
   "$BIN/milter-bench" run -e "inet:$port@127.0.0.1" -m dmarc -c "$conc" -d "$secs" --unique-message-ids --json >"$work/$store.json"
-  t1=$(awk '{print $14 + $15}' "/proc/$pid/stat")
+  t1=$(awk '{print $14 + $15}' "/proc/$pid/stat"); p1=$(pgcpu)
   kill "$pid"; wait "$pid" 2>/dev/null || true
-  python3 - "$work/$store.json" "$store" "$t0" "$t1" "$(getconf CLK_TCK)" <<'PY'
+  python3 - "$work/$store.json" "$store" "$t0" "$t1" "$(getconf CLK_TCK)" "$p0" "$p1" <<'PY'
 import json, sys
 r = json.load(open(sys.argv[1]))
-store, t0, t1, hz = sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
+store, t0, t1, hz, p0, p1 = sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]), int(sys.argv[6]), int(sys.argv[7])
 n = max(r["messages"], 1)
 cpu = (t1 - t0) / hz * 1000 / n
-print(f"| {store} | {r['msgs_per_s']:.0f} | {cpu:.3f} | {r['latency']['p50_ms']:.2f} | {r['latency']['p99_ms']:.2f} | {r['failed']} |")
+pg = (p1 - p0) / hz * 1000 / n
+print(f"| {store} | {r['msgs_per_s']:.0f} | {cpu:.3f} | {pg:.3f} | {r['latency']['p50_ms']:.2f} | {r['latency']['p99_ms']:.2f} | {r['failed']} |")
 PY
 done
 echo
@@ -143,8 +153,11 @@ now=$((day + 2 * 86400))
 for mode in dry real idle; do
   extra=()
   [ "$mode" = dry ] && extra=(--dry-run "$work/out")
+  p0=$(pgcpu)
   /usr/bin/time -f "$mode run: %e s elapsed, %U s user, %S s sys, max RSS %M KB (report program)" \
     "$BIN/authmilter" reports run -c "$work/reports.toml" --now "$now" "${extra[@]}" 2>&1 >/dev/null \
     | grep -v ' INFO '
+  p1=$(pgcpu)
+  echo "  PostgreSQL server CPU during the $mode run: $(awk "BEGIN{printf \"%.1f\", ($p1 - $p0) / $(getconf CLK_TCK)}") s"
 done
 echo "reports: $(psql -c "SELECT state || ' ' || COUNT(*) || ', rows ' || SUM(rows) FROM reports GROUP BY state")"
