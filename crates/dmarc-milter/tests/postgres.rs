@@ -7,7 +7,9 @@
 //! * PostgreSQL stopped: messages get the configured `store_failure` action within the store
 //!   timeout, with a log line; started again: the same daemon records again, no restart, and
 //!   every accepted message has its row;
-//! * schema: a version-1 database is migrated (old rows kept), a newer one is refused.
+//! * schema: a version-1 database is migrated (old rows kept), a newer one is refused;
+//! * TLS: verified against the CA given in the URL, refused in plain text and with another CA;
+//! * DKIM results are written with their message, and a retried message is counted once.
 
 use dmarc_reports::send::Sender;
 use milter_bench::{BenchConfig, Mode};
@@ -400,4 +402,60 @@ async fn tls_to_postgresql_verified_with_sslrootcert_and_refused_without_it() {
         assert!(line.contains(reason), "{qid}: {line}");
         assert_eq!(rows_for(&pg, qid), 0);
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dkim_results_are_recorded_with_their_message_and_a_retry_is_counted_once() {
+    if !testkit::postgres::available() {
+        return;
+    }
+    let pg = tokio::task::block_in_place(Cluster::start);
+    let dns = TestDns::start(&zone()).await.expect("dns");
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path(), "mx1", &pg.url(), dns.addr());
+    // DKIM results from a trusted upstream verifier's Authentication-Results.
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    std::fs::write(
+        &cfg,
+        text.replacen(
+            "ignore_hosts = []\n",
+            "ignore_hosts = []\ntrusted_authserv_ids = [\"up.test\"]\n",
+            1,
+        ),
+    )
+    .unwrap();
+    let d = Daemon::start(BIN, &cfg);
+    let ep = tokio::task::block_in_place(|| d.endpoint());
+    let message = |qid: &str| {
+        let mut t = tx(qid);
+        // The same Message-ID for both tries: a retry of one message.
+        for h in t.headers.iter_mut() {
+            if h.0.eq_ignore_ascii_case("message-id") {
+                h.1 = " <retried@alpha.example>".into();
+            }
+        }
+        t.headers.insert(
+            0,
+            (
+                "Authentication-Results".into(),
+                " up.test; dkim=pass header.d=alpha.example header.s=s1;\r\n\tdkim=fail header.d=other.example header.s=s2"
+                    .into(),
+            ),
+        );
+        t
+    };
+    let first = run(&ep, &message("TRY1")).await.unwrap();
+    assert!(accepted(&first.reply), "{:?}", first.reply);
+    assert_eq!(
+        pg.psql(
+            "SELECT d.domain, d.selector, d.result FROM dkim_results d
+             JOIN messages m ON m.id = d.message_id WHERE m.job_id = 'TRY1' ORDER BY d.rowid"
+        ),
+        "alpha.example|s1|pass\nother.example|s2|fail"
+    );
+    let again = run(&ep, &message("TRY2")).await.unwrap();
+    assert!(accepted(&again.reply), "{:?}", again.reply);
+    tokio::task::block_in_place(|| d.wait_for("TRY2: already recorded in the history"));
+    assert_eq!(pg.psql("SELECT COUNT(*) FROM messages"), "1");
+    assert_eq!(pg.psql("SELECT COUNT(*) FROM dkim_results"), "2");
 }

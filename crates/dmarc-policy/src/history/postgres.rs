@@ -12,8 +12,7 @@
 use super::store::{redact, StoreSettings};
 use super::value::Val;
 use super::{
-    dkim_values, failure_values, message_values, Failure, Record, INSERT_DKIM, INSERT_FAILURE,
-    INSERT_MESSAGE, SCHEMA_VERSION,
+    failure_values, message_values, Failure, Record, INSERT_FAILURE, INSERT_MESSAGE, SCHEMA_VERSION,
 };
 use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod, Runtime};
 use std::time::{Duration, Instant};
@@ -281,38 +280,37 @@ impl PgStore {
         }
         self.bounded(commit_by, async |client: &mut Object| {
             let err = |e: tokio_postgres::Error| pg_error(&e);
-            let tx = client.transaction().await.map_err(err)?;
-            let insert = tx
-                .prepare_cached(&format!("{INSERT_MESSAGE} RETURNING id"))
+            // One statement, so one round trip and its own transaction: the message row and
+            // its DKIM rows (from three parallel arrays) commit together or not at all.
+            let insert = client
+                .prepare_cached(&insert_with_dkim())
                 .await
                 .map_err(err)?;
             let values = message_values(r);
-            let added = tx.query_opt(&insert, &refs(&values)).await.map_err(err)?;
-            let Some(row) = added else {
-                let id: i64 = tx
-                    .query_one(
-                        "SELECT id FROM messages WHERE message_key = $1",
-                        &[&r.message_key],
-                    )
-                    .await
-                    .map_err(err)?
-                    .get(0);
-                tracing::info!(
-                    "{}: already recorded in the history (row {id}); not counted twice",
-                    r.job_id
-                );
-                return Ok(id);
-            };
-            let id: i64 = row.get(0);
-            if !r.dkim.is_empty() {
-                let dkim = tx.prepare_cached(INSERT_DKIM).await.map_err(err)?;
-                for d in &r.dkim {
-                    tx.execute(&dkim, &refs(&dkim_values(id, d)))
-                        .await
-                        .map_err(err)?;
-                }
+            let domains: Vec<&str> = r.dkim.iter().map(|d| d.domain.as_str()).collect();
+            let selectors: Vec<&str> = r.dkim.iter().map(|d| d.selector.as_str()).collect();
+            let results: Vec<&str> = r.dkim.iter().map(|d| d.result.as_str()).collect();
+            let mut params = refs(&values);
+            params.extend([
+                &domains as &(dyn ToSql + Sync),
+                &selectors as &(dyn ToSql + Sync),
+                &results as &(dyn ToSql + Sync),
+            ]);
+            if let Some(row) = client.query_opt(&insert, &params).await.map_err(err)? {
+                return Ok(row.get(0));
             }
-            tx.commit().await.map_err(err)?;
+            let id: i64 = client
+                .query_one(
+                    "SELECT id FROM messages WHERE message_key = $1",
+                    &[&r.message_key],
+                )
+                .await
+                .map_err(err)?
+                .get(0);
+            tracing::info!(
+                "{}: already recorded in the history (row {id}); not counted twice",
+                r.job_id
+            );
             Ok(id)
         })
         .await
@@ -333,6 +331,18 @@ impl PgStore {
         )
         .await
     }
+}
+
+/// [`INSERT_MESSAGE`] and the message's DKIM results (`$30`–`$32`: domains, selectors, results)
+/// as one statement; returns the new row's id, or no row when the message key was there already.
+fn insert_with_dkim() -> String {
+    format!(
+        "WITH m AS ({INSERT_MESSAGE} RETURNING id),
+         d AS (INSERT INTO dkim_results (message_id, domain, selector, result)
+               SELECT m.id, x.domain, x.selector, x.result
+               FROM m, unnest($30::text[], $31::text[], $32::text[]) AS x(domain, selector, result))
+         SELECT id FROM m"
+    )
 }
 
 /// The parameter list tokio-postgres takes.
