@@ -34,6 +34,8 @@ enum Sub {
     /// Sign through a throwaway OpenSMTPD 6.8 with our filter, filter-dkimsign or none; prints
     /// one JSON report
     Smtpd(SmtpdArgs),
+    /// Run the test kit's throwaway Postfix with these milters until stdin closes (bench/soak)
+    Postfix(PostfixArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell)
     Completions {
         #[arg(value_enum)]
@@ -126,6 +128,22 @@ struct DnsArgs {
 }
 
 #[derive(Debug, Args)]
+struct PostfixArgs {
+    /// A milter in Postfix syntax (inet:HOST:PORT or unix:/path), in order; repeatable
+    #[arg(long = "milter", value_name = "SPEC")]
+    milters: Vec<String>,
+    /// A main.cf setting NAME=VALUE that overrides the test kit's; repeatable
+    #[arg(long = "set", value_name = "NAME=VALUE")]
+    settings: Vec<String>,
+    /// Write {"dir", "smtp", "submission"} as JSON there once Postfix runs
+    #[arg(long, value_name = "FILE")]
+    info_file: PathBuf,
+    /// Stop by itself after N seconds
+    #[arg(long, value_name = "N", default_value_t = 3600.0)]
+    max_seconds: f64,
+}
+
+#[derive(Debug, Args)]
 struct IdleArgs {
     /// inet:PORT@HOST, inet:HOST:PORT or unix:/path
     #[arg(short = 'e', long, value_name = "SPEC")]
@@ -189,6 +207,13 @@ fn main() -> ExitCode {
         Sub::Dns(a) => cmd_dns(a),
         Sub::Idle(a) => cmd_idle(a),
         Sub::Smtpd(a) => cmd_smtpd(a),
+        Sub::Postfix(a) => milter_bench::postfix::run(
+            a.milters,
+            &a.settings,
+            &a.info_file,
+            Duration::from_secs_f64(a.max_seconds),
+        )
+        .map(|()| ExitCode::SUCCESS),
         Sub::Run(a) => cmd_run(*a),
         Sub::Completions { shell } => {
             chassis::cli::completions(Cli::command(), shell, &mut out);
