@@ -188,7 +188,7 @@ fn at_least_one(s: &str) -> Result<usize, String> {
     }
 }
 
-const SUBCOMMANDS: &[&str] = &["run", "dns", "idle", "smtpd", "completions"];
+const SUBCOMMANDS: &[&str] = &["run", "dns", "idle", "smtpd", "postfix", "completions"];
 
 fn main() -> ExitCode {
     let mut argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
