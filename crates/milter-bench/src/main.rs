@@ -125,6 +125,10 @@ struct DnsArgs {
     /// Stop by itself after N seconds
     #[arg(long, value_name = "N", default_value_t = 3600.0)]
     max_seconds: f64,
+    /// TTL of every record and of negative answers [default: 300, negative 60]; short TTLs let
+    /// resolver caches expire while bench/soak's DNS front misbehaves
+    #[arg(long, value_name = "SECS")]
+    ttl: Option<u32>,
 }
 
 #[derive(Debug, Args)]
@@ -320,7 +324,10 @@ fn cmd_dns(a: DnsArgs) -> Result<ExitCode, String> {
     let (zone_file, listen, addr_file, max) = (a.zone, a.listen, a.addr_file, a.max_seconds);
     let text =
         std::fs::read_to_string(&zone_file).map_err(|e| format!("{}: {e}", zone_file.display()))?;
-    let zone = milter_bench::zone::parse_zone(&text)?;
+    let mut zone = milter_bench::zone::parse_zone(&text)?;
+    if let Some(ttl) = a.ttl {
+        zone = zone.ttl(ttl).negative_ttl(ttl);
+    }
     let dns = testkit::dns::TestDns::start_at_blocking(&zone, listen)
         .map_err(|e| format!("cannot start DNS server: {e}"))?;
     let addr = dns.addr();
