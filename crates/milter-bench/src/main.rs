@@ -34,6 +34,8 @@ enum Sub {
     /// Sign through a throwaway OpenSMTPD 6.8 with our filter, filter-dkimsign or none; prints
     /// one JSON report
     Smtpd(SmtpdArgs),
+    /// Run the test kit's throwaway Postfix with these milters until stdin closes (bench/soak)
+    Postfix(PostfixArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell)
     Completions {
         #[arg(value_enum)]
@@ -126,6 +128,26 @@ struct DnsArgs {
     /// Stop by itself after N seconds
     #[arg(long, value_name = "N", default_value_t = 3600.0)]
     max_seconds: f64,
+    /// TTL of every record and of negative answers [default: 300, negative 60]; short TTLs let
+    /// resolver caches expire while bench/soak's DNS front misbehaves
+    #[arg(long, value_name = "SECS")]
+    ttl: Option<u32>,
+}
+
+#[derive(Debug, Args)]
+struct PostfixArgs {
+    /// A milter in Postfix syntax (inet:HOST:PORT or unix:/path), in order; repeatable
+    #[arg(long = "milter", value_name = "SPEC")]
+    milters: Vec<String>,
+    /// A main.cf setting NAME=VALUE that overrides the test kit's; repeatable
+    #[arg(long = "set", value_name = "NAME=VALUE")]
+    settings: Vec<String>,
+    /// Write {"dir", "smtp", "submission"} as JSON there once Postfix runs
+    #[arg(long, value_name = "FILE")]
+    info_file: PathBuf,
+    /// Stop by itself after N seconds
+    #[arg(long, value_name = "N", default_value_t = 3600.0)]
+    max_seconds: f64,
 }
 
 #[derive(Debug, Args)]
@@ -173,7 +195,7 @@ fn at_least_one(s: &str) -> Result<usize, String> {
     }
 }
 
-const SUBCOMMANDS: &[&str] = &["run", "dns", "idle", "smtpd", "completions"];
+const SUBCOMMANDS: &[&str] = &["run", "dns", "idle", "smtpd", "postfix", "completions"];
 
 fn main() -> ExitCode {
     let mut argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
@@ -192,6 +214,13 @@ fn main() -> ExitCode {
         Sub::Dns(a) => cmd_dns(a),
         Sub::Idle(a) => cmd_idle(a),
         Sub::Smtpd(a) => cmd_smtpd(a),
+        Sub::Postfix(a) => milter_bench::postfix::run(
+            a.milters,
+            &a.settings,
+            &a.info_file,
+            Duration::from_secs_f64(a.max_seconds),
+        )
+        .map(|()| ExitCode::SUCCESS),
         Sub::Run(a) => cmd_run(*a),
         Sub::Completions { shell } => {
             chassis::cli::completions(Cli::command(), shell, &mut out);
@@ -305,7 +334,10 @@ fn cmd_dns(a: DnsArgs) -> Result<ExitCode, String> {
     let (zone_file, listen, addr_file, max) = (a.zone, a.listen, a.addr_file, a.max_seconds);
     let text =
         std::fs::read_to_string(&zone_file).map_err(|e| format!("{}: {e}", zone_file.display()))?;
-    let zone = milter_bench::zone::parse_zone(&text)?;
+    let mut zone = milter_bench::zone::parse_zone(&text)?;
+    if let Some(ttl) = a.ttl {
+        zone = zone.ttl(ttl).negative_ttl(ttl);
+    }
     let dns = testkit::dns::TestDns::start_at_blocking(&zone, listen)
         .map_err(|e| format!("cannot start DNS server: {e}"))?;
     let addr = dns.addr();
