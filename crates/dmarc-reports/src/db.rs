@@ -5,7 +5,6 @@
 
 use dmarc_policy::history::store::{redact, Target};
 use dmarc_policy::history::value::{for_sqlite, Val};
-use rusqlite::OptionalExtension;
 use std::time::Duration;
 
 pub enum Conn {
@@ -245,15 +244,11 @@ impl Db {
     pub fn schema_version(&mut self) -> Result<Option<i64>, String> {
         let found = match &mut self.conn {
             Conn::Sqlite(c) => c
-                .query_row("SELECT MAX(version) FROM schema_version", [], |r| {
-                    r.get::<_, Option<i64>>(0)
-                })
-                .optional()
-                .map(Option::flatten)
+                .query_row("SELECT MAX(version) FROM schema_version", [], |r| r.get(0))
                 .map_err(|e| e.to_string()),
             Conn::Postgres(c) => c
                 .query_one("SELECT MAX(version) FROM schema_version", &[])
-                .map(|r| r.get::<_, Option<i64>>(0))
+                .map(|r| r.get(0))
                 .map_err(pg),
         };
         found.map_err(|e| self.fail(format!("not a dmarc-milter history database ({e})")))

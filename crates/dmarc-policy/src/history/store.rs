@@ -81,7 +81,7 @@ impl Default for StoreSettings {
 
 /// An open history store.
 pub enum HistoryStore {
-    Sqlite(Store),
+    Sqlite(Arc<Store>),
     Postgres(PgStore),
 }
 
@@ -91,7 +91,7 @@ impl HistoryStore {
     /// until it answers (the schema is checked on the first connection).
     pub fn open(target: &Target, settings: StoreSettings) -> Result<HistoryStore, String> {
         match target {
-            Target::Sqlite(p) => Ok(HistoryStore::Sqlite(Store::open(p)?)),
+            Target::Sqlite(p) => Ok(HistoryStore::Sqlite(Arc::new(Store::open(p)?))),
             Target::Postgres(url) => Ok(HistoryStore::Postgres(PgStore::new(url, settings)?)),
         }
     }
@@ -105,40 +105,31 @@ impl HistoryStore {
     }
 
     /// Records one message, committed before `commit_by` or not at all (see [`Store::insert`]).
-    pub async fn insert(
-        self: &Arc<Self>,
-        record: Record,
-        commit_by: Instant,
-    ) -> Result<i64, String> {
-        match &**self {
-            HistoryStore::Sqlite(_) => {
-                let me = self.clone();
-                tokio::task::spawn_blocking(move || match &*me {
-                    HistoryStore::Sqlite(s) => s.insert(&record, commit_by),
-                    HistoryStore::Postgres(_) => unreachable!(),
-                })
-                .await
-                .map_err(|e| e.to_string())?
-            }
+    pub async fn insert(&self, record: Record, commit_by: Instant) -> Result<i64, String> {
+        match self {
+            HistoryStore::Sqlite(s) => blocking(s, move |s| s.insert(&record, commit_by)).await,
             HistoryStore::Postgres(p) => p.insert(&record, commit_by).await,
         }
     }
 
     /// Keeps a failing message for a failure report.
-    pub async fn insert_failure(self: &Arc<Self>, failure: Failure) -> Result<i64, String> {
-        match &**self {
-            HistoryStore::Sqlite(_) => {
-                let me = self.clone();
-                tokio::task::spawn_blocking(move || match &*me {
-                    HistoryStore::Sqlite(s) => s.insert_failure(&failure),
-                    HistoryStore::Postgres(_) => unreachable!(),
-                })
-                .await
-                .map_err(|e| e.to_string())?
-            }
+    pub async fn insert_failure(&self, failure: Failure) -> Result<i64, String> {
+        match self {
+            HistoryStore::Sqlite(s) => blocking(s, move |s| s.insert_failure(&failure)).await,
             HistoryStore::Postgres(p) => p.insert_failure(&failure).await,
         }
     }
+}
+
+/// Runs `work` on the SQLite store in a blocking task (its calls wait on the disk).
+async fn blocking<T: Send + 'static>(
+    store: &Arc<Store>,
+    work: impl FnOnce(&Store) -> Result<T, String> + Send + 'static,
+) -> Result<T, String> {
+    let store = store.clone();
+    tokio::task::spawn_blocking(move || work(&store))
+        .await
+        .map_err(|e| e.to_string())?
 }
 
 #[cfg(test)]
