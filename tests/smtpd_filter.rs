@@ -176,7 +176,8 @@ async fn dkim_setup(extra: &str) -> (tempfile::TempDir, TestDns, TestKey, Smtpd)
 }
 
 /// smtpd 6.8's handshake gets our registration: every report event and phase we use, then
-/// `register|ready`, nothing before `config|ready`.
+/// `register|ready`, nothing before `config|ready`; with an authserv-id configured, not smtpd's
+/// greeting (its host name would never be used).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn registers_after_config_ready() {
     let (_d, _dns, _k, mut smtpd) = dkim_setup("").await;
@@ -184,9 +185,11 @@ async fn registers_after_config_ready() {
     assert_eq!(
         got,
         smtpdfront::proto::registration(
-            <dkim_policy::runtime::Runtime as chassis::policy::Policy>::FACTS
+            <dkim_policy::runtime::Runtime as chassis::policy::Policy>::FACTS,
+            false
         )
     );
+    assert!(!got.iter().any(|l| l.ends_with("link-greeting")), "{got:?}");
     for expected in [
         "register|report|smtp-in|link-connect",
         "register|report|smtp-in|tx-mail",

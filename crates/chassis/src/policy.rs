@@ -167,6 +167,13 @@ pub trait Policy: Sized + Send + Sync + 'static {
         true
     }
 
+    /// The authserv-id the operator configured, if any. When there is one, the MTA's own host
+    /// name (milter's `j`, OpenSMTPD's greeting) is never used, so a front end for which that
+    /// name costs something (an extra report event and wake-up per connection) need not ask.
+    fn configured_authserv_id(&self) -> Option<&str> {
+        None
+    }
+
     /// Decides whether to look at this connection at all.
     fn on_connect(&self, env: &Envelope) -> ConnectDecision;
 

@@ -63,6 +63,10 @@ impl Policy for Runtime {
             .collect()
     }
 
+    fn configured_authserv_id(&self) -> Option<&str> {
+        self.config.authserv_id.as_deref()
+    }
+
     fn on_connect(&self, env: &Envelope) -> ConnectDecision {
         ConnectDecision::unless_listed(&self.config.peer_list, "peer_list", env)
     }

@@ -84,6 +84,10 @@ impl Policy for Runtime {
         !self.config.trusts_upstream() || !self.config.trusted_arc_sealers.is_empty()
     }
 
+    fn configured_authserv_id(&self) -> Option<&str> {
+        self.config.authserv_id.as_deref()
+    }
+
     fn on_connect(&self, env: &Envelope) -> ConnectDecision {
         ConnectDecision::unless_listed(&self.config.ignore_hosts, "ignore_hosts", env)
     }

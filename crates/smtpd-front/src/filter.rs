@@ -261,7 +261,12 @@ impl<P: Policy> State<P> {
                 match key {
                     "ready" if !self.registered => {
                         self.registered = true;
-                        for line in proto::registration(P::FACTS) {
+                        // smtpd's name is the authserv-id only without a configured one and
+                        // without `config|admd` (sent before `ready`); a reload that drops a
+                        // configured id falls back to this host's name, not smtpd's.
+                        let greeting = self.admd.is_none()
+                            && self.policy.current().configured_authserv_id().is_none();
+                        for line in proto::registration(P::FACTS, greeting) {
                             if !self.send(line.into_bytes()).await {
                                 return false;
                             }

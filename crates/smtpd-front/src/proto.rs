@@ -183,7 +183,6 @@ pub fn parse(line: &[u8]) -> Result<Input<'_>, ParseError> {
 pub const REPORTS: &[&str] = &[
     "link-connect",
     "link-disconnect",
-    "link-greeting",
     "link-auth",
     "tx-begin",
     "tx-mail",
@@ -193,11 +192,16 @@ pub const REPORTS: &[&str] = &[
 pub const PHASES: &[&str] = &["data-line", "commit"];
 
 /// The registration smtpd expects after `config|ready`, ending with `register|ready`. HELO
-/// (`link-identify`) and the recipients (`tx-rcpt`) only when the policy reads them: each such
-/// report arrives at an SMTP round trip of its own, so each costs the filter a wake-up per
-/// message.
-pub fn registration(facts: Facts) -> Vec<String> {
-    let optional = [(facts.helo, "link-identify"), (facts.recipients, "tx-rcpt")];
+/// (`link-identify`) and the recipients (`tx-rcpt`) only when the policy reads them, and smtpd's
+/// greeting name (`link-greeting`, the authserv-id fallback) only when `greeting` says it may be
+/// used: each such report arrives at a moment of its own (the greeting a little after the
+/// connect report), so each costs the filter a wake-up per message.
+pub fn registration(facts: Facts, greeting: bool) -> Vec<String> {
+    let optional = [
+        (greeting, "link-greeting"),
+        (facts.helo, "link-identify"),
+        (facts.recipients, "tx-rcpt"),
+    ];
     let mut out: Vec<String> = REPORTS
         .iter()
         .copied()
@@ -367,19 +371,24 @@ mod tests {
 
     #[test]
     fn output_forms() {
-        let all = registration(Facts::ALL);
+        let all = registration(Facts::ALL, true);
         assert_eq!(all.last().map(String::as_str), Some("register|ready"));
         assert!(all.contains(&"register|filter|smtp-in|data-line".to_string()));
         assert!(all.contains(&"register|report|smtp-in|tx-rcpt".to_string()));
         assert!(all.contains(&"register|report|smtp-in|link-identify".to_string()));
-        let lean = registration(Facts {
-            helo: false,
-            recipients: false,
-        });
-        assert_eq!(lean.len(), all.len() - 2);
-        assert!(!lean
-            .iter()
-            .any(|l| l.ends_with("tx-rcpt") || l.ends_with("link-identify")));
+        assert!(all.contains(&"register|report|smtp-in|link-greeting".to_string()));
+        let lean = registration(
+            Facts {
+                helo: false,
+                recipients: false,
+            },
+            false,
+        );
+        assert_eq!(lean.len(), all.len() - 3);
+        assert!(!lean.iter().any(|l| l.ends_with("tx-rcpt")
+            || l.ends_with("link-identify")
+            || l.ends_with("link-greeting")));
+        assert!(lean.contains(&"register|report|smtp-in|link-connect".to_string()));
         let mut out = b"x\n".to_vec();
         push_data_line(&mut out, "s", "t", b".dot");
         assert_eq!(out, b"x\nfilter-dataline|s|t|..dot\n");

@@ -14,12 +14,12 @@ pub mod postgres;
 pub mod store;
 pub mod tls;
 pub mod value;
+mod writer;
 
 pub use store::HistoryStore;
 
 use rusqlite::{Connection, OptionalExtension};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 use value::Val;
 
@@ -335,10 +335,11 @@ pub fn failure_values(f: &Failure) -> Vec<Val> {
     ]
 }
 
-/// An open history database.
+/// An open history database. Its connection belongs to the writer thread (group commit, see
+/// [`writer`]).
 pub struct Store {
     path: PathBuf,
-    conn: Mutex<Connection>,
+    writer: writer::Writer,
 }
 
 impl Store {
@@ -409,7 +410,7 @@ impl Store {
         .map_err(fail)?;
         Ok(Store {
             path: path.to_path_buf(),
-            conn: Mutex::new(conn),
+            writer: writer::Writer::start(conn)?,
         })
     }
 
@@ -417,65 +418,39 @@ impl Store {
         &self.path
     }
 
-    /// Writes one record in a single transaction, committed only while `commit_by` has not
-    /// passed (waiting for a busy database at most until then); returns its row id, or the
-    /// existing row's when a record with the same message key is already there. Blocking: call
-    /// it from `spawn_blocking`.
+    /// Writes one record, committed (and synced) only while `commit_by` has not passed
+    /// (waiting for a busy database at most until then), possibly in one transaction with
+    /// other sessions' records; returns its row id, or the existing row's when a record with
+    /// the same message key is already there. Blocking; [`Store::insert_async`] is the same
+    /// without blocking the thread.
     pub fn insert(&self, r: &Record, commit_by: Instant) -> Result<i64, String> {
-        let mut conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
-        let left = commit_by.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Err("no time left to record the message before the deadline".into());
-        }
-        conn.busy_timeout(left).map_err(|e| e.to_string())?;
-        let tx = conn.transaction().map_err(|e| e.to_string())?;
-        let added = tx
-            .execute(
-                &value::for_sqlite(INSERT_MESSAGE),
-                rusqlite::params_from_iter(message_values(r)),
-            )
-            .map_err(|e| failure(&tx, e))?;
-        if added == 0 {
-            let id: i64 = tx
-                .query_row(
-                    "SELECT id FROM messages WHERE message_key = ?1",
-                    [&r.message_key],
-                    |row| row.get(0),
-                )
-                .map_err(|e| failure(&tx, e))?;
-            tracing::info!(
-                "{}: already recorded in the history (row {id}); not counted twice",
-                r.job_id
-            );
-            return Ok(id);
-        }
-        let id = tx.last_insert_rowid();
-        for d in &r.dkim {
-            tx.execute(
-                &value::for_sqlite(INSERT_DKIM),
-                rusqlite::params_from_iter(dkim_values(id, d)),
-            )
-            .map_err(|e| failure(&tx, e))?;
-        }
-        if Instant::now() >= commit_by {
-            // Dropping the transaction rolls it back.
-            return Err("recording took past the deadline; not committed".into());
-        }
-        tx.commit().map_err(|e| failure(&conn, e))?;
-        Ok(id)
+        self.writer.write(writer::Work::Message {
+            record: Box::new(r.clone()),
+            commit_by,
+        })
     }
-}
 
-impl Store {
-    /// Keeps a failing message for a failure report (one transaction). Blocking.
+    /// [`Store::insert`] for async callers.
+    pub async fn insert_async(&self, record: Record, commit_by: Instant) -> Result<i64, String> {
+        self.writer
+            .write_async(writer::Work::Message {
+                record: Box::new(record),
+                commit_by,
+            })
+            .await
+    }
+
+    /// Keeps a failing message for a failure report. Blocking.
     pub fn insert_failure(&self, f: &Failure) -> Result<i64, String> {
-        let conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
-        conn.execute(
-            &value::for_sqlite(INSERT_FAILURE),
-            rusqlite::params_from_iter(failure_values(f)),
-        )
-        .map_err(|e| failure(&conn, e))?;
-        Ok(conn.last_insert_rowid())
+        self.writer
+            .write(writer::Work::Failure(Box::new(f.clone())))
+    }
+
+    /// [`Store::insert_failure`] for async callers.
+    pub async fn insert_failure_async(&self, f: Failure) -> Result<i64, String> {
+        self.writer
+            .write_async(writer::Work::Failure(Box::new(f)))
+            .await
     }
 }
 
@@ -665,6 +640,80 @@ mod tests {
         assert_eq!(rows(&path), 0);
         store.insert(&sample(), soon()).unwrap();
         assert_eq!(rows(&path), 1);
+    }
+
+    /// Sessions writing at once share transactions (group commit): every record gets its own
+    /// committed row and id.
+    #[test]
+    fn concurrent_writers_each_get_a_committed_row() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("h.sqlite");
+        let store = std::sync::Arc::new(Store::open(&path).unwrap());
+        let threads: Vec<_> = (0..8)
+            .map(|t| {
+                let store = store.clone();
+                std::thread::spawn(move || {
+                    (0..25)
+                        .map(|i| store.insert(&keyed(&format!("t{t}-{i}")), soon()).unwrap())
+                        .collect::<Vec<i64>>()
+                })
+            })
+            .collect();
+        let mut ids: Vec<i64> = threads
+            .into_iter()
+            .flat_map(|t| t.join().unwrap())
+            .collect();
+        ids.sort();
+        ids.dedup();
+        assert_eq!(ids.len(), 200);
+        assert_eq!(rows(&path), 200);
+        let dkim: i64 = Connection::open(&path)
+            .unwrap()
+            .query_row("SELECT COUNT(*) FROM dkim_results", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(dkim, 200);
+    }
+
+    /// A record whose deadline passes while it waits behind a busy batch is not committed;
+    /// the one queued beside it with time left is.
+    #[test]
+    fn a_record_late_in_the_queue_is_not_committed_its_neighbour_is() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("h.sqlite");
+        let store = std::sync::Arc::new(Store::open(&path).unwrap());
+        let blocker = Connection::open(&path).unwrap();
+        blocker.execute_batch("BEGIN IMMEDIATE").unwrap();
+        let t0 = Instant::now();
+        let spawn = |key: &'static str, delay_ms: u64, budget_ms: u64| {
+            let store = store.clone();
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(delay_ms));
+                store.insert(
+                    &keyed(key),
+                    Instant::now() + Duration::from_millis(budget_ms),
+                )
+            })
+        };
+        // The writer waits on the lock for "first"; the other two queue meanwhile.
+        let first = spawn("first", 0, 600);
+        let late = spawn("late", 100, 100);
+        let neighbour = spawn("neighbour", 100, 5_000);
+        std::thread::sleep(Duration::from_millis(400));
+        blocker.execute_batch("ROLLBACK").unwrap();
+        assert!(first.join().unwrap().is_ok());
+        let e = late.join().unwrap().unwrap_err();
+        assert!(e.contains("deadline"), "{e}");
+        assert!(neighbour.join().unwrap().is_ok());
+        assert!(t0.elapsed() < Duration::from_secs(3));
+        let keys: Vec<String> = Connection::open(&path)
+            .unwrap()
+            .prepare("SELECT message_key FROM messages ORDER BY message_key")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        assert_eq!(keys, ["first", "neighbour"]);
     }
 
     /// A version-1 database (no message key) is migrated in place and keeps its rows.

@@ -107,7 +107,7 @@ impl HistoryStore {
     /// Records one message, committed before `commit_by` or not at all (see [`Store::insert`]).
     pub async fn insert(&self, record: Record, commit_by: Instant) -> Result<i64, String> {
         match self {
-            HistoryStore::Sqlite(s) => blocking(s, move |s| s.insert(&record, commit_by)).await,
+            HistoryStore::Sqlite(s) => s.insert_async(record, commit_by).await,
             HistoryStore::Postgres(p) => p.insert(&record, commit_by).await,
         }
     }
@@ -115,21 +115,10 @@ impl HistoryStore {
     /// Keeps a failing message for a failure report.
     pub async fn insert_failure(&self, failure: Failure) -> Result<i64, String> {
         match self {
-            HistoryStore::Sqlite(s) => blocking(s, move |s| s.insert_failure(&failure)).await,
+            HistoryStore::Sqlite(s) => s.insert_failure_async(failure).await,
             HistoryStore::Postgres(p) => p.insert_failure(&failure).await,
         }
     }
-}
-
-/// Runs `work` on the SQLite store in a blocking task (its calls wait on the disk).
-async fn blocking<T: Send + 'static>(
-    store: &Arc<Store>,
-    work: impl FnOnce(&Store) -> Result<T, String> + Send + 'static,
-) -> Result<T, String> {
-    let store = store.clone();
-    tokio::task::spawn_blocking(move || work(&store))
-        .await
-        .map_err(|e| e.to_string())?
 }
 
 #[cfg(test)]
