@@ -194,9 +194,10 @@ fn attempt(conn: &mut Connection, sql: &Statements, batch: &[Job]) -> Attempt {
             Err(e) => return Attempt::Failed(i, e),
         }
     }
+    let now = Instant::now();
     if batch
         .iter()
-        .any(|j| j.work.deadline().is_some_and(|d| Instant::now() >= d))
+        .any(|j| j.work.deadline().is_some_and(|d| d <= now))
     {
         return Attempt::Late;
     }
