@@ -267,6 +267,13 @@ async fn submission_is_signed_and_judges_accept_it() {
         "{}",
         r.smtpd.log().unwrap_or_default()
     );
+    // The filter reads that id from smtpd's Received field (it does not register for
+    // tx-begin): it is the message id smtpd itself logs.
+    assert!(
+        !r.log_lines(&format!("msgid={qid} ")).is_empty(),
+        "{}",
+        r.smtpd.log().unwrap_or_default()
+    );
 
     let (_, msg) = by_subject(&got, "os-dual");
     let sigs = fields(msg, "DKIM-Signature");

@@ -177,28 +177,96 @@ async fn dkim_setup(extra: &str) -> (tempfile::TempDir, TestDns, TestKey, Smtpd)
 
 /// smtpd 6.8's handshake gets our registration: every report event and phase we use, then
 /// `register|ready`, nothing before `config|ready`; with an authserv-id configured, not smtpd's
-/// greeting (its host name would never be used).
+/// greeting (its host name would never be used); without ARC sealing, not MAIL FROM's reports
+/// (dkim-milter's signing and verifying never read MAIL FROM), with it, those.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn registers_after_config_ready() {
     let (_d, _dns, _k, mut smtpd) = dkim_setup("").await;
     let got = smtpd.handshake().await;
-    assert_eq!(
-        got,
-        smtpdfront::proto::registration(
-            <dkim_policy::runtime::Runtime as chassis::policy::Policy>::FACTS,
-            false
-        )
-    );
     assert!(!got.iter().any(|l| l.ends_with("link-greeting")), "{got:?}");
+    for absent in ["tx-begin", "tx-mail", "tx-rcpt", "link-identify"] {
+        assert!(!got.iter().any(|l| l.ends_with(absent)), "{absent} in {got:?}");
+    }
     for expected in [
         "register|report|smtp-in|link-connect",
-        "register|report|smtp-in|tx-mail",
+        "register|report|smtp-in|link-disconnect",
+        "register|report|smtp-in|tx-rollback",
         "register|report|smtp-in|link-auth",
         "register|filter|smtp-in|data-line",
         "register|filter|smtp-in|commit",
     ] {
         assert!(got.iter().any(|l| l == expected), "{expected} in {got:?}");
     }
+    assert_eq!(got.last().map(String::as_str), Some("register|ready"));
+
+    let (_d, _dns, _k, mut smtpd) = dkim_setup(
+        "[[arc.seal]]\ndomain = \"example.com\"\nselector = \"ed\"\nkey_file = \"ed.pem\"\n",
+    )
+    .await;
+    let got = smtpd.handshake().await;
+    for expected in [
+        "register|report|smtp-in|tx-begin",
+        "register|report|smtp-in|tx-mail",
+    ] {
+        assert!(got.iter().any(|l| l == expected), "{expected} in {got:?}");
+    }
+    assert!(!got.iter().any(|l| l.ends_with("tx-rollback")), "{got:?}");
+}
+
+/// As smtpd sends a session to a filter that did not register for MAIL FROM: no tx-begin, the
+/// message's first line smtpd's own Received field with the message id, which our log lines
+/// then carry; a second transaction in the same session gets its own id, and one rolled back
+/// before its final `.` (tx-rollback) leaves nothing behind for the next.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queue_id_comes_from_smtpds_received_field() {
+    let (_d, _dns, _k, mut smtpd) = dkim_setup("").await;
+    smtpd.handshake().await;
+    smtpd
+        .report(
+            "link-connect",
+            "client.example.net|pass|127.0.0.1:40000|127.0.0.1:587",
+        )
+        .await;
+    let received = |id: &str| {
+        format!(
+            "Received: from client.example.net (client.example.net [127.0.0.1])\r\n\t\
+             by {AUTHSERV} (OpenSMTPD) with ESMTP id {id};\r\n\tFri, 4 Dec 2026 02:51:02 +0000 (UTC)\r\n"
+        )
+    };
+    for (id, subject) in [("5eed0001", "first"), ("5eed0002", "second")] {
+        let mut raw = received(id).into_bytes();
+        raw.extend(message("alice@example.com", subject));
+        let back = smtpd.data(&raw).await;
+        assert_eq!(
+            smtpd.commit().await,
+            format!("filter-result|{SID}|{TOKEN}|proceed")
+        );
+        assert_eq!(header_names(&back)[..2], ["DKIM-Signature", "Received"]);
+        assert_eq!(
+            lines_with(id),
+            [format!("{id}: DKIM-Signature field added (s=ed, d=example.com)")]
+        );
+    }
+    // Half a message, then smtpd rolls the transaction back: the next message is whole.
+    let partial = format!(
+        "filter|0.6|1.0|smtp-in|data-line|{SID}|{TOKEN}|{}",
+        received("5eed0003").split("\r\n").next().unwrap()
+    );
+    smtpd.send(partial.as_bytes()).await;
+    smtpd.report("tx-rollback", "5eed0003").await;
+    let mut raw = received("5eed0004").into_bytes();
+    raw.extend(message("alice@example.com", "after-rollback"));
+    let back = smtpd.data(&raw).await;
+    smtpd.commit().await;
+    assert_eq!(header_names(&back)[..2], ["DKIM-Signature", "Received"]);
+    assert_eq!(
+        back.windows(8).filter(|w| w == b"5eed0003").count(),
+        0,
+        "{}",
+        String::from_utf8_lossy(&back)
+    );
+    assert_eq!(lines_with("5eed0003"), Vec::<String>::new());
+    assert_eq!(lines_with("5eed0004").len(), 1);
 }
 
 /// Mail on the submission listener (the `mta` setting names the local address:port smtpd

@@ -14,19 +14,23 @@ pub struct Authenticated {
     pub mechanism: String,
 }
 
-/// Which of the envelope's optional facts a policy reads. The connection, the AUTH identity,
-/// the queue id and MAIL FROM are always filled; HELO and the recipients only when asked for.
+/// Which of the envelope's optional facts a policy reads. The connection, the AUTH identity
+/// and the queue id are always filled; HELO, MAIL FROM and the recipients only when asked for.
 /// A front end that pays per fact (OpenSMTPD sends each as a report line of its own, arriving
-/// at its own SMTP round trip and costing a wake-up of the filter) asks only for these.
+/// at its own SMTP round trip and costing a wake-up of the filter) asks only for these; the
+/// milter front end gets them all with the commands it needs anyway (MAIL carries the AUTH
+/// macros).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Facts {
     pub helo: bool,
+    pub mail_from: bool,
     pub recipients: bool,
 }
 
 impl Facts {
     pub const ALL: Facts = Facts {
         helo: true,
+        mail_from: true,
         recipients: true,
     };
 }

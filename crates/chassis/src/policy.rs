@@ -131,6 +131,13 @@ pub trait Policy: Sized + Send + Sync + 'static {
     /// The optional envelope facts this policy reads (any configuration of it).
     const FACTS: crate::envelope::Facts = crate::envelope::Facts::ALL;
 
+    /// The optional envelope facts this configuration reads: [`Policy::FACTS`] unless a fact
+    /// is needed only by some configurations (dkim-milter reads MAIL FROM only to match ARC
+    /// sealing rules).
+    fn facts(&self) -> crate::envelope::Facts {
+        Self::FACTS
+    }
+
     /// Loads and validates a configuration file (TOML or the legacy `.conf` format).
     fn load(path: &Path) -> Result<Self::Config, ConfigError> {
         Self::Config::load(path)

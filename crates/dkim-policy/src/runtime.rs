@@ -36,8 +36,18 @@ impl Policy for Runtime {
     /// recipients.
     const FACTS: chassis::envelope::Facts = chassis::envelope::Facts {
         helo: false,
+        mail_from: true,
         recipients: false,
     };
+
+    /// MAIL FROM only matters to `[[arc.seal]]` rules (their `senders`); signing and
+    /// verifying never read it.
+    fn facts(&self) -> chassis::envelope::Facts {
+        chassis::envelope::Facts {
+            mail_from: !self.config.arc.seal.is_empty(),
+            ..Self::FACTS
+        }
+    }
 
     fn describe(cfg: &Config) -> String {
         format!(

@@ -38,6 +38,38 @@ impl std::str::FromStr for Filter {
     }
 }
 
+/// A filter to run, with the binary of ours when it is not `--bin`'s: `ours=PATH` compares two
+/// builds of our filter side by side (`--filter ours=old/dkim-milter,ours=new/dkim-milter`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FilterSpec {
+    pub kind: Filter,
+    pub bin: Option<PathBuf>,
+}
+
+impl FilterSpec {
+    fn label(&self) -> String {
+        match &self.bin {
+            Some(b) => format!("{}={}", self.kind.name(), b.display()),
+            None => self.kind.name().to_string(),
+        }
+    }
+}
+
+impl std::str::FromStr for FilterSpec {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (kind, bin) = match s.split_once('=') {
+            Some((k, b)) => (k, Some(PathBuf::from(b))),
+            None => (s, None),
+        };
+        let kind: Filter = kind.parse()?;
+        if bin.is_some() && !matches!(kind, Filter::Ours | Filter::OursVerify) {
+            return Err(format!("{s:?}: only ours and ours-verify take a binary"));
+        }
+        Ok(FilterSpec { kind, bin })
+    }
+}
+
 /// What one run measured.
 #[derive(Debug, serde::Serialize)]
 pub struct Report {
@@ -102,14 +134,47 @@ fn message(size: usize, n: u64) -> Vec<u8> {
     .into_bytes()
 }
 
-/// Runs `messages` submissions with `concurrency` clients through smtpd with `filter`.
-pub fn run(
+/// One smtpd with one filter, ready to take submissions.
+struct Rig {
     filter: Filter,
-    ours: &Path,
-    messages: u64,
-    concurrency: usize,
+    label: String,
+    smtpd: Opensmtpd,
+    /// The filter process (none without a filter).
+    pid: Option<u32>,
+    addr: std::net::SocketAddr,
+    /// The one signed message sent N times (verification), or none: a fresh message each time.
+    signed: Option<Arc<Vec<u8>>>,
     size: usize,
-) -> Result<Report, String> {
+    _dns: Option<testkit::dns::TestDns>,
+    _dir: tempfile::TempDir,
+}
+
+impl Rig {
+    fn body(&self, n: u64) -> Vec<u8> {
+        match &self.signed {
+            Some(m) => m.as_ref().clone(),
+            None => message(self.size, n),
+        }
+    }
+
+    fn send(&self, n: u64) -> bool {
+        testkit::smtp::send(
+            self.addr,
+            "bench.example",
+            "sender@example.com",
+            &["rcpt@example.org"],
+            &self.body(n),
+            None,
+        )
+        .map(|r| r.code == 250)
+        .unwrap_or(false)
+    }
+}
+
+/// Starts a throwaway smtpd with `filter` on the listener that filter serves.
+fn rig(spec: &FilterSpec, ours: &Path, size: usize) -> Result<Rig, String> {
+    let filter = spec.kind;
+    let ours = spec.bin.as_deref().unwrap_or(ours);
     // smtpd runs relative proc-exec paths from /usr/libexec/opensmtpd.
     let ours = &std::fs::canonicalize(ours).map_err(|e| format!("{}: {e}", ours.display()))?;
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
@@ -213,50 +278,75 @@ pub fn run(
     } else {
         (smtpd.submission_addr(), None)
     };
-    let body_of = move |n: u64| -> Vec<u8> {
-        match &signed {
-            Some(m) => m.as_ref().clone(),
-            None => message(size, n),
-        }
-    };
-    let body_of = Arc::new(body_of);
-    // One warm-up message (keys loaded, caches filled), not counted.
-    let warm = testkit::smtp::send(
+    let rig = Rig {
+        filter,
+        label: spec.label(),
+        smtpd,
+        pid,
         addr,
-        "bench.example",
-        "sender@example.com",
-        &["rcpt@example.org"],
-        &body_of(0),
-        None,
-    )
-    .map_err(|e| e.to_string())?;
-    if warm.code != 250 {
-        return Err(format!("warm-up message refused: {warm}"));
+        signed,
+        size,
+        _dns: dns,
+        _dir: dir,
+    };
+    // One warm-up message (keys loaded, caches filled), not counted.
+    if !rig.send(0) {
+        return Err(format!("{}: the warm-up message was refused", spec.label()));
     }
-    let cpu_before = pid.map(cpu_seconds).unwrap_or(0.0);
-    let next = Arc::new(AtomicU64::new(1));
-    let failed = Arc::new(AtomicU64::new(0));
+    Ok(rig)
+}
+
+impl Filter {
+    fn name(self) -> &'static str {
+        match self {
+            Filter::None => "none",
+            Filter::Ours => "ours",
+            Filter::Dkimsign => "dkimsign",
+            Filter::OursVerify => "ours-verify",
+        }
+    }
+}
+
+/// Runs `messages` submissions per filter, each filter in an smtpd of its own, all at the same
+/// time: the clients take the next message number and send it to filter `number % filters`, so
+/// every filter sees the same minutes of the machine. On a shared VM whose speed drifts by 10-50 %
+/// between runs minutes apart, this is what makes a ratio of two filters' CPU per message
+/// repeatable; one filter alone is the plain run.
+pub fn run_side_by_side(
+    filters: &[FilterSpec],
+    ours: &Path,
+    messages: u64,
+    concurrency: usize,
+    size: usize,
+) -> Result<Vec<Report>, String> {
+    if filters.is_empty() {
+        return Err("no filter to run".into());
+    }
+    let rigs: Vec<Rig> = filters
+        .iter()
+        .map(|f| rig(f, ours, size))
+        .collect::<Result<_, _>>()?;
+    let rigs = Arc::new(rigs);
+    let k = rigs.len() as u64;
+    let cpu_before: Vec<f64> = rigs
+        .iter()
+        .map(|r| r.pid.map(cpu_seconds).unwrap_or(0.0))
+        .collect();
+    let next = Arc::new(AtomicU64::new(0));
+    let failed: Arc<Vec<AtomicU64>> = Arc::new(rigs.iter().map(|_| AtomicU64::new(0)).collect());
     let started = Instant::now();
     let workers: Vec<_> = (0..concurrency)
         .map(|_| {
-            let (next, failed, body_of) = (next.clone(), failed.clone(), body_of.clone());
+            let (next, failed, rigs) = (next.clone(), failed.clone(), rigs.clone());
             std::thread::spawn(move || loop {
-                let n = next.fetch_add(1, Ordering::Relaxed);
-                if n > messages {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= messages * k {
                     return;
                 }
-                let ok = testkit::smtp::send(
-                    addr,
-                    "bench.example",
-                    "sender@example.com",
-                    &["rcpt@example.org"],
-                    &body_of(n),
-                    None,
-                )
-                .map(|r| r.code == 250)
-                .unwrap_or(false);
-                if !ok {
-                    failed.fetch_add(1, Ordering::Relaxed);
+                let which = (i % k) as usize;
+                // Message numbers start at 1 (0 was the warm-up).
+                if !rigs[which].send(i / k + 1) {
+                    failed[which].fetch_add(1, Ordering::Relaxed);
                 }
             })
         })
@@ -265,33 +355,32 @@ pub fn run(
         let _ = w.join();
     }
     let seconds = started.elapsed().as_secs_f64();
-    let cpu = pid.map(cpu_seconds).unwrap_or(0.0) - cpu_before;
-    // Deliveries finish in the background; the run measured submission only.
-    let delivered = smtpd.wait_for_deliveries(messages as usize + 1, Duration::from_secs(60));
-    if filter == Filter::OursVerify {
-        // Every delivered copy must carry our dkim=pass, or the rate measured nothing.
-        let passed = delivered
-            .iter()
-            .filter(|(_, m)| String::from_utf8_lossy(m).contains("dkim=pass"))
-            .count();
-        if passed == 0 {
-            return Err("no delivered message says dkim=pass".into());
+    let mut reports = Vec::new();
+    for (i, r) in rigs.iter().enumerate() {
+        let cpu = r.pid.map(cpu_seconds).unwrap_or(0.0) - cpu_before[i];
+        // Deliveries finish in the background; the run measured submission only.
+        let delivered = r
+            .smtpd
+            .wait_for_deliveries(messages as usize + 1, Duration::from_secs(60));
+        if r.filter == Filter::OursVerify {
+            // Every delivered copy must carry our dkim=pass, or the rate measured nothing.
+            let passed = delivered
+                .iter()
+                .filter(|(_, m)| String::from_utf8_lossy(m).contains("dkim=pass"))
+                .count();
+            if passed == 0 {
+                return Err("no delivered message says dkim=pass".into());
+            }
         }
+        reports.push(Report {
+            filter: r.label.clone(),
+            messages,
+            failed: failed[i].load(Ordering::Relaxed),
+            concurrency,
+            seconds,
+            messages_per_second: messages as f64 / seconds,
+            filter_cpu_ms_per_message: cpu * 1000.0 / messages as f64,
+        });
     }
-    drop(dns);
-    Ok(Report {
-        filter: match filter {
-            Filter::None => "none",
-            Filter::Ours => "ours",
-            Filter::Dkimsign => "dkimsign",
-            Filter::OursVerify => "ours-verify",
-        }
-        .into(),
-        messages,
-        failed: failed.load(Ordering::Relaxed),
-        concurrency,
-        seconds,
-        messages_per_second: messages as f64 / seconds,
-        filter_cpu_ms_per_message: cpu * 1000.0 / messages as f64,
-    })
+    Ok(reports)
 }

@@ -144,6 +144,8 @@ pub async fn serve<P: Policy>(
         sessions: HashMap::new(),
         admd: None,
         registered: false,
+        mail_reports: true,
+        warned_facts: false,
     };
     let result = loop {
         // A line already whole in the read buffer is handled where it lies (no copy); one
@@ -193,6 +195,11 @@ struct State<P: Policy> {
     /// `config|admd|ID`: smtpd's configured authserv-id, our default one.
     admd: Option<String>,
     registered: bool,
+    /// We registered for MAIL FROM's reports (`tx-begin`, `tx-mail`); without them each
+    /// message's queue id is read from smtpd's Received field.
+    mail_reports: bool,
+    /// A reloaded configuration that needs MAIL FROM, which smtpd no longer sends, was logged.
+    warned_facts: bool,
 }
 
 impl<P: Policy> State<P> {
@@ -244,10 +251,7 @@ impl<P: Policy> State<P> {
             let sid = String::from_utf8_lossy(fields[5]).into_owned();
             let token = String::from_utf8_lossy(fields[6]).into_owned();
             if let Some(s) = self.sessions.get_mut(&sid) {
-                let snap = s.snap.clone();
-                let m = s
-                    .message
-                    .get_or_insert_with(|| Incoming::new(&snap, &token));
+                let m = s.message(&token);
                 m.broken = Some(format!("a message line of {len} bytes could not be read"));
             }
         }
@@ -266,7 +270,9 @@ impl<P: Policy> State<P> {
                         // configured id falls back to this host's name, not smtpd's.
                         let greeting = self.admd.is_none()
                             && self.policy.current().configured_authserv_id().is_none();
-                        for line in proto::registration(P::FACTS, greeting) {
+                        let facts = self.policy.current().facts();
+                        self.mail_reports = facts.mail_from;
+                        for line in proto::registration(facts, greeting) {
                             if !self.send(line.into_bytes()).await {
                                 return false;
                             }
@@ -366,19 +372,21 @@ impl<P: Policy> State<P> {
             echo.extend_from_slice(line);
             return self.send(echo).await;
         }
+        if s.message.is_none() && !self.mail_reports {
+            if s.snap.facts().mail_from && !self.warned_facts {
+                self.warned_facts = true;
+                tracing::warn!(
+                    "the configuration now reads MAIL FROM ([[arc.seal]] senders), which smtpd \
+                     sends only to a filter that asked for it when it started: restart smtpd \
+                     (smtpctl stop, then start it) so the filter registers for it"
+                );
+            }
+        }
         if line != b"." {
-            let Session {
-                snap, env, message, ..
-            } = s;
-            message
-                .get_or_insert_with(|| Incoming::new(snap, token))
-                .line(snap, env, line);
+            s.line(token, line);
             return true;
         }
-        let incoming = s
-            .message
-            .take()
-            .unwrap_or_else(|| Incoming::new(&s.snap, token));
+        let incoming = s.take_message(token);
         tokio::spawn(end_of_message(
             s.snap.clone(),
             s.env.clone(),
@@ -413,16 +421,17 @@ fn tempfail(text: &str) -> Verdict {
 /// commit request (before the final `.`, after which smtpd sends commit).
 async fn end_of_message<P: Policy>(
     snap: Arc<P>,
-    env: Envelope,
+    mut env: Envelope,
     sid: String,
     incoming: Incoming<P>,
     tx: mpsc::Sender<Vec<u8>>,
     decisions: Decisions,
 ) {
-    let qid = env.queue_id().to_string();
     let token = incoming.token.clone();
     let broken = incoming.broken.clone();
-    let (msg, carry, copy) = incoming.finish(&snap, &env);
+    let (msg, carry, copy) = incoming.finish(&snap, &mut env);
+    // After `finish`: a message ended before its header did still had its Received read.
+    let qid = env.queue_id().to_string();
     let (verdict, seen) = match (broken, msg) {
         (Some(why), _) => {
             tracing::error!("{qid}: {why}; temporarily failing");

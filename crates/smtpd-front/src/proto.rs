@@ -180,19 +180,22 @@ pub fn parse(line: &[u8]) -> Result<Input<'_>, ParseError> {
 /// The report events we always follow to know the session (see [`crate::session`]): the
 /// connection, AUTH, and each transaction's start (which also ends the one before, so
 /// `tx-reset`/`tx-rollback` add nothing) with its MAIL FROM.
-pub const REPORTS: &[&str] = &[
-    "link-connect",
-    "link-disconnect",
-    "link-auth",
-    "tx-begin",
-    "tx-mail",
-];
+pub const REPORTS: &[&str] = &["link-connect", "link-disconnect", "link-auth"];
+
+/// The reports of MAIL FROM: the transaction's start with smtpd's message id, and the
+/// address. Without them (a policy that does not read MAIL FROM) the message id is read from
+/// smtpd's own Received field, the first line of every message it hands to a filter
+/// ([`crate::session::smtpd_received_id`]), and the filter is not woken at MAIL; `tx-rollback`,
+/// which smtpd sends only for a transaction that failed (never for one that commits, so it
+/// costs no wake-up), then ends a message that will get no final `.`.
+pub const MAIL_REPORTS: &[&str] = &["tx-begin", "tx-mail"];
 
 /// The filter phases we answer: the message lines, and the commit that takes our disposition.
 pub const PHASES: &[&str] = &["data-line", "commit"];
 
 /// The registration smtpd expects after `config|ready`, ending with `register|ready`. HELO
-/// (`link-identify`) and the recipients (`tx-rcpt`) only when the policy reads them, and smtpd's
+/// (`link-identify`), MAIL FROM ([`MAIL_REPORTS`]) and the recipients (`tx-rcpt`) only when the
+/// policy reads them, and smtpd's
 /// greeting name (`link-greeting`, the authserv-id fallback) only when `greeting` says it may be
 /// used: each such report arrives at a moment of its own (the greeting a little after the
 /// connect report), so each costs the filter a wake-up per message.
@@ -200,6 +203,9 @@ pub fn registration(facts: Facts, greeting: bool) -> Vec<String> {
     let optional = [
         (greeting, "link-greeting"),
         (facts.helo, "link-identify"),
+        (facts.mail_from, MAIL_REPORTS[0]),
+        (facts.mail_from, MAIL_REPORTS[1]),
+        (!facts.mail_from, "tx-rollback"),
         (facts.recipients, "tx-rcpt"),
     ];
     let mut out: Vec<String> = REPORTS
@@ -380,14 +386,21 @@ mod tests {
         let lean = registration(
             Facts {
                 helo: false,
+                mail_from: false,
                 recipients: false,
             },
             false,
         );
-        assert_eq!(lean.len(), all.len() - 3);
+        assert!(all.contains(&"register|report|smtp-in|tx-begin".to_string()));
+        assert!(all.contains(&"register|report|smtp-in|tx-mail".to_string()));
+        assert!(!all.iter().any(|l| l.ends_with("tx-rollback")));
+        assert!(lean.contains(&"register|report|smtp-in|tx-rollback".to_string()));
+        assert_eq!(lean.len(), all.len() - 5 + 1);
         assert!(!lean.iter().any(|l| l.ends_with("tx-rcpt")
             || l.ends_with("link-identify")
-            || l.ends_with("link-greeting")));
+            || l.ends_with("link-greeting")
+            || l.ends_with("tx-begin")
+            || l.ends_with("tx-mail")));
         assert!(lean.contains(&"register|report|smtp-in|link-connect".to_string()));
         let mut out = b"x\n".to_vec();
         push_data_line(&mut out, "s", "t", b".dot");

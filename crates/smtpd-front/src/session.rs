@@ -48,6 +48,10 @@ pub struct Session<P: Policy> {
     pub ignored: bool,
     /// The message of the current transaction, while its lines arrive.
     pub message: Option<Incoming<P>>,
+    /// A `tx-begin` report opened the current transaction (its queue id is known); without
+    /// one (a filter that did not register for it), the message's first line opens it and
+    /// smtpd's Received field gives the queue id.
+    pub announced: bool,
 }
 
 impl<P: Policy> Session<P> {
@@ -57,6 +61,7 @@ impl<P: Policy> Session<P> {
             env: Envelope::default(),
             ignored: false,
             message: None,
+            announced: false,
         }
     }
 
@@ -64,6 +69,39 @@ impl<P: Policy> Session<P> {
     pub fn report(&mut self, version: Version, event: &str, params: &[u8]) {
         if apply_report(&mut self.env, version, event, params) {
             self.message = None;
+            self.announced = event == "tx-begin";
+        }
+    }
+
+    /// The message of the current transaction, opened by its first line: a transaction that
+    /// no `tx-begin` announced starts here (the previous one's envelope and queue id cleared),
+    /// and reads its queue id from smtpd's Received field.
+    pub fn message(&mut self, token: &str) -> &mut Incoming<P> {
+        if self.message.is_none() && !self.announced {
+            self.env.reset_transaction();
+            self.env.queue_id = None;
+        }
+        let learn = !self.announced;
+        let snap = &self.snap;
+        self.message
+            .get_or_insert_with(|| Incoming::new(snap, token, learn))
+    }
+
+    /// The finished message (an empty one if no line came before the final `.`); the next
+    /// transaction needs a `tx-begin` of its own to count as announced.
+    pub fn take_message(&mut self, token: &str) -> Incoming<P> {
+        self.message(token);
+        self.announced = false;
+        self.message
+            .take()
+            .unwrap_or_else(|| Incoming::new(&self.snap, token, false))
+    }
+
+    /// One line of the current transaction's message (see [`Incoming::line`]).
+    pub fn line(&mut self, token: &str, line: &[u8]) {
+        self.message(token);
+        if let Some(m) = self.message.as_mut() {
+            m.line(&self.snap, &mut self.env, line);
         }
     }
 }
@@ -120,6 +158,25 @@ pub fn apply_report(env: &mut Envelope, version: Version, event: &str, params: &
     false
 }
 
+/// smtpd's message id in its own Received field (`… by HOST (OpenSMTPD) with ESMTP id
+/// 0ff60d3c …`, the `%08x` of the id `tx-begin` reports and smtpd logs as `msgid=`); `None` if
+/// the field is not smtpd's.
+pub fn smtpd_received_id(value: &[u8]) -> Option<String> {
+    let value = std::str::from_utf8(value).ok()?;
+    if !value.contains("(OpenSMTPD)") {
+        return None;
+    }
+    let mut words = value.split_ascii_whitespace();
+    while let Some(w) = words.next() {
+        if w == "id" {
+            let id = words.next()?.trim_end_matches(';');
+            return (id.len() == 8 && id.bytes().all(|b| b.is_ascii_hexdigit()))
+                .then(|| id.to_ascii_lowercase());
+        }
+    }
+    None
+}
+
 /// A message being received.
 pub struct Incoming<P: Policy> {
     /// The token of the data-line requests, for our replies.
@@ -133,11 +190,17 @@ pub struct Incoming<P: Policy> {
     field: Vec<u8>,
     /// Why the message cannot be passed on (a line we could not read): tempfailed at commit.
     pub broken: Option<String>,
+    /// The queue id is to be read from smtpd's Received field (no `tx-begin` report); cleared
+    /// once the first Received field has been looked at.
+    learn_queue_id: bool,
 }
 
 impl<P: Policy> Incoming<P> {
-    pub fn new(snap: &P, token: &str) -> Self {
+    /// A message whose first line is `token`'s. With `learn_queue_id` the queue id comes from
+    /// smtpd's Received field rather than a `tx-begin` report.
+    pub fn new(snap: &P, token: &str, learn_queue_id: bool) -> Self {
         Self {
+            learn_queue_id,
             token: token.to_string(),
             // Field values are passed with the space after the colon, as written.
             builder: MessageBuilder::new(snap.limits(), true),
@@ -150,7 +213,7 @@ impl<P: Policy> Incoming<P> {
         }
     }
 
-    fn end_field(&mut self) {
+    fn end_field(&mut self, env: &mut Envelope) {
         if self.field.is_empty() {
             return;
         }
@@ -159,11 +222,17 @@ impl<P: Policy> Incoming<P> {
             Some(i) => (&field[..i], &field[i + 1..]),
             None => (&field[..], &b""[..]),
         };
+        // The topmost Received is smtpd's own (a filter earlier in a chain adds other fields,
+        // not Received); older ones are other hops' and are never read for the id.
+        if self.learn_queue_id && name.eq_ignore_ascii_case(b"Received") {
+            self.learn_queue_id = false;
+            env.queue_id = smtpd_received_id(value);
+        }
         self.builder.header(name, value);
     }
 
-    fn end_headers(&mut self, snap: &P, env: &Envelope) {
-        self.end_field();
+    fn end_headers(&mut self, snap: &P, env: &mut Envelope) {
+        self.end_field(env);
         self.in_headers = false;
         self.builder.end_of_headers();
         let planned = snap.plan(env, self.builder.headers(), self.builder.header_block());
@@ -172,7 +241,7 @@ impl<P: Policy> Incoming<P> {
     }
 
     /// One line of the message as smtpd sent it (dot-escaped, no line end; not the final `.`).
-    pub fn line(&mut self, snap: &P, env: &Envelope, escaped: &[u8]) {
+    pub fn line(&mut self, snap: &P, env: &mut Envelope, escaped: &[u8]) {
         let line = escaped.strip_prefix(b".").unwrap_or(escaped);
         self.copied += line.len() + 1;
         if let Err(e) = self
@@ -194,7 +263,7 @@ impl<P: Policy> Incoming<P> {
                 return;
             }
             if line.contains(&b':') {
-                self.end_field();
+                self.end_field(env);
                 self.field.extend_from_slice(line);
                 return;
             }
@@ -210,7 +279,7 @@ impl<P: Policy> Incoming<P> {
     pub fn finish(
         mut self,
         snap: &P,
-        env: &Envelope,
+        env: &mut Envelope,
     ) -> (io::Result<Message>, Option<P::Carry>, Copy) {
         if self.in_headers {
             self.end_headers(snap, env);
@@ -379,6 +448,31 @@ mod tests {
         assert_eq!(env.client_ip, "127.0.0.1".parse().ok());
         assert_eq!(env.client_name, "localhost");
         assert_eq!(client_ip(""), None);
+    }
+
+    #[test]
+    fn queue_id_from_smtpds_received_field() {
+        // As smtpd 6.8 writes it (value after the colon, folds as CRLF), with and without TLS.
+        let plain = b" from bench.example (mx.test.example [127.0.0.1])\r\n\tby mx.test.example \
+            (OpenSMTPD) with ESMTP id 987f29b8;\r\n\tFri, 4 Dec 2026 02:51:02 +0000 (UTC)";
+        assert_eq!(smtpd_received_id(plain).as_deref(), Some("987f29b8"));
+        let tls = b" from c (c [192.0.2.1])\r\n\tby mx (OpenSMTPD) with ESMTPSA id 0FF60D3C\r\n\t\
+            (TLSv1.3:TLS_AES_256_GCM_SHA384:256:NO)\r\n\tfor <b@example.org>;\r\n\tFri, 4 Dec 2026";
+        assert_eq!(smtpd_received_id(tls).as_deref(), Some("0ff60d3c"));
+        // Another MTA's field, or an id that is not smtpd's %08x, gives none.
+        assert_eq!(
+            smtpd_received_id(b" from a by b (Postfix) with ESMTP id 4Q1xYz2abc;"),
+            None
+        );
+        assert_eq!(
+            smtpd_received_id(b" from a by b (OpenSMTPD) with ESMTP id 12345;"),
+            None
+        );
+        assert_eq!(
+            smtpd_received_id(b" from a by b (OpenSMTPD) with ESMTP id"),
+            None
+        );
+        assert_eq!(smtpd_received_id(b"\xff (OpenSMTPD) id 987f29b8"), None);
     }
 
     fn copy_of(lines: &[&[u8]]) -> Copy {
