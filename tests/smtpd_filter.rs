@@ -185,7 +185,10 @@ async fn registers_after_config_ready() {
     let got = smtpd.handshake().await;
     assert!(!got.iter().any(|l| l.ends_with("link-greeting")), "{got:?}");
     for absent in ["tx-begin", "tx-mail", "tx-rcpt", "link-identify"] {
-        assert!(!got.iter().any(|l| l.ends_with(absent)), "{absent} in {got:?}");
+        assert!(
+            !got.iter().any(|l| l.ends_with(absent)),
+            "{absent} in {got:?}"
+        );
     }
     for expected in [
         "register|report|smtp-in|link-connect",
@@ -244,7 +247,9 @@ async fn queue_id_comes_from_smtpds_received_field() {
         assert_eq!(header_names(&back)[..2], ["DKIM-Signature", "Received"]);
         assert_eq!(
             lines_with(id),
-            [format!("{id}: DKIM-Signature field added (s=ed, d=example.com)")]
+            [format!(
+                "{id}: DKIM-Signature field added (s=ed, d=example.com)"
+            )]
         );
     }
     // Half a message, then smtpd rolls the transaction back: the next message is whole.

@@ -168,7 +168,12 @@ struct SmtpdArgs {
     /// none, ours, dkimsign or ours-verify (ours=PATH: that build of ours); several,
     /// comma-separated (`ours,dkimsign`), run side by side, each in an smtpd of its own, the
     /// messages dealt to them in turn
-    #[arg(long, value_name = "FILTER[,FILTER…]", value_delimiter = ',', required = true)]
+    #[arg(
+        long,
+        value_name = "FILTER[,FILTER…]",
+        value_delimiter = ',',
+        required = true
+    )]
     filter: Vec<milter_bench::smtpd::FilterSpec>,
     /// Our filter's binary (dkim-milter)
     #[arg(

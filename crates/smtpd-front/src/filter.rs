@@ -372,15 +372,17 @@ impl<P: Policy> State<P> {
             echo.extend_from_slice(line);
             return self.send(echo).await;
         }
-        if s.message.is_none() && !self.mail_reports {
-            if s.snap.facts().mail_from && !self.warned_facts {
-                self.warned_facts = true;
-                tracing::warn!(
-                    "the configuration now reads MAIL FROM ([[arc.seal]] senders), which smtpd \
-                     sends only to a filter that asked for it when it started: restart smtpd \
-                     (smtpctl stop, then start it) so the filter registers for it"
-                );
-            }
+        if s.message.is_none()
+            && !self.mail_reports
+            && !self.warned_facts
+            && s.snap.facts().mail_from
+        {
+            self.warned_facts = true;
+            tracing::warn!(
+                "the configuration now reads MAIL FROM ([[arc.seal]] senders), which smtpd \
+                 sends only to a filter that asked for it when it started: restart smtpd \
+                 (smtpctl stop, then start it) so the filter registers for it"
+            );
         }
         if line != b"." {
             s.line(token, line);

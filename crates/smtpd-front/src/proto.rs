@@ -178,8 +178,7 @@ pub fn parse(line: &[u8]) -> Result<Input<'_>, ParseError> {
 }
 
 /// The report events we always follow to know the session (see [`crate::session`]): the
-/// connection, AUTH, and each transaction's start (which also ends the one before, so
-/// `tx-reset`/`tx-rollback` add nothing) with its MAIL FROM.
+/// connection, its end, and AUTH.
 pub const REPORTS: &[&str] = &["link-connect", "link-disconnect", "link-auth"];
 
 /// The reports of MAIL FROM: the transaction's start with smtpd's message id, and the
