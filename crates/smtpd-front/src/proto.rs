@@ -194,10 +194,10 @@ pub const PHASES: &[&str] = &["data-line", "commit"];
 
 /// The registration smtpd expects after `config|ready`, ending with `register|ready`. HELO
 /// (`link-identify`), MAIL FROM ([`MAIL_REPORTS`]) and the recipients (`tx-rcpt`) only when the
-/// policy reads them, and smtpd's
-/// greeting name (`link-greeting`, the authserv-id fallback) only when `greeting` says it may be
-/// used: each such report arrives at a moment of its own (the greeting a little after the
-/// connect report), so each costs the filter a wake-up per message.
+/// policy reads them, and smtpd's greeting name (`link-greeting`, the authserv-id fallback)
+/// only when `greeting` says it may be used: each such report arrives at a moment of its own
+/// (the greeting a little after the connect report), so each costs the filter a wake-up per
+/// message.
 pub fn registration(facts: Facts, greeting: bool) -> Vec<String> {
     let optional = [
         (greeting, "link-greeting"),
