@@ -6,7 +6,7 @@
 
 use chassis::envelope::{Authenticated, Envelope};
 use indymilter::MacroStage;
-use std::collections::HashMap;
+use std::ffi::CString;
 
 /// Macros the SMTP server knows and a later stage may answer differently (Postfix sends
 /// end-of-header and end-of-message macros from its cleanup process, with its own
@@ -20,75 +20,152 @@ const SESSION_MACROS: &[&str] = &[
     "client_name",
 ];
 
+/// The macros anything here reads (besides the policy's attributes): the queue id, the MTA's
+/// name, the listener, SMTP AUTH and the client address.
+const READ_MACROS: &[&str] = &[
+    "i",
+    "j",
+    "daemon_name",
+    "client_addr",
+    "auth_type",
+    "auth_authen",
+];
+
 /// A macro name without braces: `{auth_type}` and `auth_type` are the same macro.
 fn bare(name: &str) -> &str {
     name.trim_start_matches('{').trim_end_matches('}')
 }
 
-/// Every macro the MTA sent on one connection, and the names the policy wants as attributes.
-#[derive(Debug, Default)]
+/// One macro we read: its bare name, and the form(s) to look it up by in what the MTA sent
+/// (`{daemon_name}` as MTAs send it, and `daemon_name`; indymilter answers `i` for `{i}`).
+#[derive(Debug)]
+struct Lookup {
+    name: String,
+    forms: Vec<CString>,
+}
+
+impl Lookup {
+    fn new(name: &str) -> Option<Lookup> {
+        let name = bare(name);
+        let mut forms = Vec::new();
+        if name.len() > 1 {
+            forms.push(CString::new(format!("{{{name}}}")).ok()?);
+        }
+        forms.push(CString::new(name).ok()?);
+        Some(Lookup {
+            name: name.to_string(),
+            forms,
+        })
+    }
+}
+
+/// The macros read on one connection (the fixed ones and the names the policy wants as
+/// attributes), with their values so far. Only those are looked up at each stage: copying
+/// every macro of every stage, as a map, at each of a message's six stages cost more
+/// allocations than the rest of the milter glue.
+#[derive(Debug)]
 pub struct MacroState {
-    values: HashMap<String, String>,
+    lookups: Vec<Lookup>,
+    /// Values by bare name; a handful, so a list.
+    values: Vec<(String, String)>,
     wanted: Vec<String>,
+}
+
+impl Default for MacroState {
+    fn default() -> Self {
+        Self::new(Vec::new())
+    }
 }
 
 impl MacroState {
     pub fn new(wanted: Vec<String>) -> Self {
+        let wanted: Vec<String> = wanted.iter().map(|w| bare(w).to_string()).collect();
+        let mut lookups: Vec<Lookup> = Vec::new();
+        for name in READ_MACROS
+            .iter()
+            .copied()
+            .chain(wanted.iter().map(String::as_str))
+        {
+            if lookups.iter().all(|l| l.name != bare(name)) {
+                lookups.extend(Lookup::new(name));
+            }
+        }
         Self {
-            values: HashMap::new(),
-            wanted: wanted.iter().map(|w| bare(w).to_string()).collect(),
+            lookups,
+            values: Vec::new(),
+            wanted,
         }
     }
 
-    /// Takes in one stage's macros: session macros keep their first non-empty value, others
+    /// Takes in the macros the MTA has sent so far (indymilter answers each name from the
+    /// latest stage that defined it): session macros keep their first non-empty value, others
     /// the newest non-empty one.
     pub fn merge(&mut self, macros: &indymilter::Macros) {
-        for (k, v) in macros.to_hash_map() {
-            let name = k.to_string_lossy();
+        for i in 0..self.lookups.len() {
+            let l = &self.lookups[i];
+            let Some(v) = l.forms.iter().find_map(|f| macros.get(f)) else {
+                continue;
+            };
             let value = v.to_string_lossy();
+            let name = l.name.clone();
             self.set(&name, &value);
         }
     }
 
     fn set(&mut self, name: &str, value: &str) {
         let name = bare(name);
-        let known = self.get(name).is_some();
-        if known && (value.is_empty() || SESSION_MACROS.contains(&name)) {
-            return;
+        match self.values.iter_mut().find(|(n, _)| n == name) {
+            Some((_, v)) => {
+                let keep = value.is_empty() || (!v.is_empty() && SESSION_MACROS.contains(&name));
+                if !keep && v != value {
+                    *v = value.to_string();
+                }
+            }
+            None => self.values.push((name.to_string(), value.to_string())),
         }
-        self.values.insert(name.to_string(), value.to_string());
     }
 
     /// A macro's non-empty value.
     pub fn get(&self, name: &str) -> Option<&str> {
+        let name = bare(name);
         self.values
-            .get(bare(name))
-            .map(String::as_str)
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
             .filter(|v| !v.is_empty())
     }
 
-    /// Writes what the macros say into the typed envelope.
+    /// Writes what the macros say into the typed envelope (allocating only what changed).
     pub fn fill(&self, env: &mut Envelope) {
-        let owned = |name: &str| self.get(name).map(str::to_string);
-        if let Some(i) = owned("i") {
-            env.queue_id = Some(i);
+        fn update(slot: &mut Option<String>, value: Option<&str>) {
+            if let Some(v) = value {
+                if slot.as_deref() != Some(v) {
+                    *slot = Some(v.to_string());
+                }
+            }
         }
-        if let Some(j) = owned("j") {
-            env.mta_hostname = Some(j);
-        }
-        if let Some(d) = owned("daemon_name") {
-            env.listener = Some(d);
-        }
-        let (mechanism, user) = (owned("auth_type"), owned("auth_authen"));
+        update(&mut env.queue_id, self.get("i"));
+        update(&mut env.mta_hostname, self.get("j"));
+        update(&mut env.listener, self.get("daemon_name"));
+        let (mechanism, user) = (self.get("auth_type"), self.get("auth_authen"));
         if mechanism.is_some() || user.is_some() {
-            env.auth = Some(Authenticated {
-                user: user.unwrap_or_default(),
-                mechanism: mechanism.unwrap_or_default(),
-            });
+            let (mechanism, user) = (mechanism.unwrap_or_default(), user.unwrap_or_default());
+            let same = env
+                .auth
+                .as_ref()
+                .is_some_and(|a| a.user == user && a.mechanism == mechanism);
+            if !same {
+                env.auth = Some(Authenticated {
+                    user: user.to_string(),
+                    mechanism: mechanism.to_string(),
+                });
+            }
         }
         for w in &self.wanted {
             if let Some(v) = self.get(w) {
-                env.attributes.insert(w.clone(), v.to_string());
+                if env.attributes.get(w).map(String::as_str) != Some(v) {
+                    env.attributes.insert(w.clone(), v.to_string());
+                }
             }
         }
     }
@@ -158,6 +235,41 @@ mod tests {
             })
         );
         assert_eq!(env.attribute("client_ptr"), Some("host.example"));
+    }
+
+    /// What is looked up in the MTA's macros: the names read here and the wanted ones, once
+    /// each, multi-letter names braced as MTAs send them and bare.
+    #[test]
+    fn lookups_cover_read_and_wanted_names_once() {
+        let m = MacroState::new(vec!["{client_ptr}".into(), "i".into()]);
+        let names: Vec<&str> = m.lookups.iter().map(|l| l.name.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "i",
+                "j",
+                "daemon_name",
+                "client_addr",
+                "auth_type",
+                "auth_authen",
+                "client_ptr"
+            ]
+        );
+        let forms = |name: &str| -> Vec<String> {
+            m.lookups
+                .iter()
+                .find(|l| l.name == name)
+                .map(|l| {
+                    l.forms
+                        .iter()
+                        .map(|f| f.to_string_lossy().into_owned())
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        assert_eq!(forms("daemon_name"), ["{daemon_name}", "daemon_name"]);
+        assert_eq!(forms("client_ptr"), ["{client_ptr}", "client_ptr"]);
+        assert_eq!(forms("i"), ["i"]);
     }
 
     /// Postfix's cleanup process sends its own `{daemon_name}` later: the SMTP server's stays.
