@@ -36,6 +36,12 @@ fn bare(name: &str) -> &str {
     name.trim_start_matches('{').trim_end_matches('}')
 }
 
+/// The lookups of [`READ_MACROS`], built once for every connection.
+fn read_lookups() -> &'static [Lookup] {
+    static READ: std::sync::OnceLock<Vec<Lookup>> = std::sync::OnceLock::new();
+    READ.get_or_init(|| READ_MACROS.iter().filter_map(|n| Lookup::new(n)).collect())
+}
+
 /// One macro we read: its bare name, and the form(s) to look it up by in what the MTA sent
 /// (`{daemon_name}` as MTAs send it, and `daemon_name`; indymilter answers `i` for `{i}`).
 #[derive(Debug)]
@@ -65,6 +71,8 @@ impl Lookup {
 /// allocations than the rest of the milter glue.
 #[derive(Debug)]
 pub struct MacroState {
+    /// The policy's attribute names not among [`READ_MACROS`] (whose lookups are built once,
+    /// in [`read_lookups`]).
     lookups: Vec<Lookup>,
     /// Values by bare name; a handful, so a list.
     values: Vec<(String, String)>,
@@ -81,12 +89,8 @@ impl MacroState {
     pub fn new(wanted: Vec<String>) -> Self {
         let wanted: Vec<String> = wanted.iter().map(|w| bare(w).to_string()).collect();
         let mut lookups: Vec<Lookup> = Vec::new();
-        for name in READ_MACROS
-            .iter()
-            .copied()
-            .chain(wanted.iter().map(String::as_str))
-        {
-            if lookups.iter().all(|l| l.name != bare(name)) {
+        for name in &wanted {
+            if !READ_MACROS.contains(&name.as_str()) && lookups.iter().all(|l| l.name != *name) {
                 lookups.extend(Lookup::new(name));
             }
         }
@@ -101,15 +105,13 @@ impl MacroState {
     /// latest stage that defined it): session macros keep their first non-empty value, others
     /// the newest non-empty one.
     pub fn merge(&mut self, macros: &indymilter::Macros) {
-        for i in 0..self.lookups.len() {
-            let l = &self.lookups[i];
-            let Some(v) = l.forms.iter().find_map(|f| macros.get(f)) else {
-                continue;
-            };
-            let value = v.to_string_lossy();
-            let name = l.name.clone();
-            self.set(&name, &value);
+        let wanted = std::mem::take(&mut self.lookups);
+        for l in read_lookups().iter().chain(&wanted) {
+            if let Some(v) = l.forms.iter().find_map(|f| macros.get(f)) {
+                self.set(&l.name, &v.to_string_lossy());
+            }
         }
+        self.lookups = wanted;
     }
 
     fn set(&mut self, name: &str, value: &str) {
@@ -241,8 +243,12 @@ mod tests {
     /// each, multi-letter names braced as MTAs send them and bare.
     #[test]
     fn lookups_cover_read_and_wanted_names_once() {
-        let m = MacroState::new(vec!["{client_ptr}".into(), "i".into()]);
-        let names: Vec<&str> = m.lookups.iter().map(|l| l.name.as_str()).collect();
+        let m = MacroState::new(vec!["{client_ptr}".into(), "i".into(), "client_ptr".into()]);
+        let names: Vec<&str> = read_lookups()
+            .iter()
+            .chain(&m.lookups)
+            .map(|l| l.name.as_str())
+            .collect();
         assert_eq!(
             names,
             [
@@ -256,8 +262,9 @@ mod tests {
             ]
         );
         let forms = |name: &str| -> Vec<String> {
-            m.lookups
+            read_lookups()
                 .iter()
+                .chain(&m.lookups)
                 .find(|l| l.name == name)
                 .map(|l| {
                     l.forms
