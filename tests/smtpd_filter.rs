@@ -591,3 +591,93 @@ async fn end_of_input_ends_the_filter() {
         .unwrap();
     assert!(done.is_ok(), "{done:?}");
 }
+
+/// A measurement, not run by default (`cargo test --release -p authmilter-tests --test
+/// smtpd_filter -- --ignored --nocapture back_to_back`): 5,000 submissions signed Ed25519 one
+/// after the other through the filter on its own thread, over in-memory pipes, so its caches
+/// stay warm; prints the filter thread's CPU per message (BENCHMARKS.md, "OpenSMTPD", compares
+/// it with the same work inside a real, mostly idle smtpd). Every message must come back signed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn back_to_back_messages_cpu_per_message() {
+    let (dir, _dns, _key, placeholder) = dkim_setup("[log]\nsuccess = false\n").await;
+    drop(placeholder);
+    let cfg = std::fs::read_to_string(dir.path().join("dkim-milter.toml")).expect("config");
+    let pol = policy::<dkim_policy::runtime::Runtime>(dir.path(), &cfg);
+    let (mut to_filter, filter_in) = tokio::io::duplex(1 << 16);
+    let (filter_out, from_filter) = tokio::io::duplex(1 << 16);
+    let (cpu_tx, cpu_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let cpu_ns = || -> u64 {
+            std::fs::read_to_string("/proc/thread-self/schedstat")
+                .ok()
+                .and_then(|s| s.split_whitespace().next()?.parse().ok())
+                .unwrap_or(0)
+        };
+        let t0 = cpu_ns();
+        let _ = rt.block_on(smtpdfront::filter::serve(pol, filter_in, filter_out));
+        let _ = cpu_tx.send(cpu_ns() - t0);
+    });
+    let mut lines = BufReader::new(from_filter).lines();
+    for l in [
+        "config|smtpd-version|6.8.0p2",
+        "config|subsystem|smtp-in",
+        "config|ready",
+    ] {
+        to_filter
+            .write_all(format!("{l}\n").as_bytes())
+            .await
+            .unwrap();
+    }
+    while lines.next_line().await.unwrap().unwrap() != "register|ready" {}
+    let n = 5000u64;
+    let text = String::from_utf8(message("alice@example.com", "back-to-back")).unwrap();
+    for i in 0..n {
+        let sid = format!("{:016x}", 0x1000 + i);
+        let data = |l: &str| format!("filter|0.6|1.0|smtp-in|data-line|{sid}|{TOKEN}|{l}\n");
+        let mut batch = format!(
+            "report|0.6|1.0|smtp-in|link-connect|{sid}|c.example|pass|127.0.0.1:4000|127.0.0.1:587\n"
+        );
+        batch += &data("Received: from c (c [127.0.0.1])");
+        batch += &data(&format!("\tby mx (OpenSMTPD) with ESMTP id {i:08x};"));
+        for l in text.trim_end_matches("\r\n").split("\r\n") {
+            let escaped = if l.starts_with('.') {
+                format!(".{l}")
+            } else {
+                l.to_string()
+            };
+            batch += &data(&escaped);
+        }
+        batch += &data(".");
+        to_filter.write_all(batch.as_bytes()).await.unwrap();
+        let first = lines.next_line().await.unwrap().unwrap();
+        assert!(
+            first.starts_with(&format!("filter-dataline|{sid}|{TOKEN}|DKIM-Signature: ")),
+            "message {i}: {first}"
+        );
+        while !lines.next_line().await.unwrap().unwrap().ends_with("|.") {}
+        to_filter
+            .write_all(
+                format!(
+                    "filter|0.6|1.0|smtp-in|commit|{sid}|{TOKEN}\nreport|0.6|1.0|smtp-in|link-disconnect|{sid}\n"
+                )
+                .as_bytes(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            lines.next_line().await.unwrap().unwrap(),
+            format!("filter-result|{sid}|{TOKEN}|proceed")
+        );
+    }
+    drop(to_filter);
+    let ns = cpu_rx.recv().expect("the filter ends at end of input");
+    eprintln!(
+        "back to back: the filter thread's CPU per message: {:.4} ms",
+        ns as f64 / 1e6 / n as f64
+    );
+}
