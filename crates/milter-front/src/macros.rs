@@ -36,6 +36,21 @@ fn bare(name: &str) -> &str {
     name.trim_start_matches('{').trim_end_matches('}')
 }
 
+/// Records one macro value: session macros keep their first non-empty value, others the
+/// newest non-empty one.
+fn set_value(values: &mut Vec<(String, String)>, name: &str, value: &str) {
+    let name = bare(name);
+    match values.iter_mut().find(|(n, _)| n == name) {
+        Some((_, v)) => {
+            let keep = value.is_empty() || (!v.is_empty() && SESSION_MACROS.contains(&name));
+            if !keep && v != value {
+                *v = value.to_string();
+            }
+        }
+        None => values.push((name.to_string(), value.to_string())),
+    }
+}
+
 /// The lookups of [`READ_MACROS`], built once for every connection.
 fn read_lookups() -> &'static [Lookup] {
     static READ: std::sync::OnceLock<Vec<Lookup>> = std::sync::OnceLock::new();
@@ -105,26 +120,17 @@ impl MacroState {
     /// latest stage that defined it): session macros keep their first non-empty value, others
     /// the newest non-empty one.
     pub fn merge(&mut self, macros: &indymilter::Macros) {
-        let wanted = std::mem::take(&mut self.lookups);
-        for l in read_lookups().iter().chain(&wanted) {
+        for l in read_lookups().iter().chain(&self.lookups) {
             if let Some(v) = l.forms.iter().find_map(|f| macros.get(f)) {
-                self.set(&l.name, &v.to_string_lossy());
+                set_value(&mut self.values, &l.name, &v.to_string_lossy());
             }
         }
-        self.lookups = wanted;
     }
 
+    /// One value by hand (the tests' way in; the MTA's values come through [`Self::merge`]).
+    #[cfg(test)]
     fn set(&mut self, name: &str, value: &str) {
-        let name = bare(name);
-        match self.values.iter_mut().find(|(n, _)| n == name) {
-            Some((_, v)) => {
-                let keep = value.is_empty() || (!v.is_empty() && SESSION_MACROS.contains(&name));
-                if !keep && v != value {
-                    *v = value.to_string();
-                }
-            }
-            None => self.values.push((name.to_string(), value.to_string())),
-        }
+        set_value(&mut self.values, name, value);
     }
 
     /// A macro's non-empty value.
